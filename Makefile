@@ -1,0 +1,60 @@
+# Lineside: the two commands a user needs are `make demo` and `make test`.
+# Everything is installed into .venv; nothing outside it except, on Debian/Ubuntu
+# without python3-venv, that one apt package (asked for, with sudo when not root).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# onnxruntime-gpu on machines with an NVIDIA driver, the CPU build elsewhere (never both).
+ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: setup demo test test-unit test-integration lint format train evaluate bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Lineside needs Python 3.11+; found " + sys.version.split()[0])'
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+		echo "python3 -m venv failed: installing Debian/Ubuntu's python3-venv"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),dev]"
+	@echo "installed Lineside into $(VENV) with onnxruntime ($(ORT_EXTRA))"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/lineside demo
+
+test: setup
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+test-integration: setup
+	$(PY) -m pytest tests/integration
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+train: setup
+	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),dev,train]"
+	$(PY) -m models.train
+	$(PY) -m models.evaluate --write-card
+
+evaluate: setup
+	$(PY) -m models.evaluate --json
+
+bench: setup
+	$(PY) -m bench.runtime_throughput --json
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,92 @@
+"""Throughput of the bundled model: raw ONNX Runtime vs. Lineside's runtime, by batch and threads.
+
+The baseline is a bare ``onnxruntime.InferenceSession.run`` on ready tensors,
+measured in the same run as ``InspectionModel.inspect`` on encoded JPEG/PNG
+frames (decode, resize, normalise, infer, verdict). Their ratio is the cost of
+preprocessing, which a slice pays per frame.
+
+    python -m bench.runtime_throughput --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_node.runtime import InspectionModel
+from edge_node.settings import EdgeSettings
+from models import synth
+from models.manifest import BUNDLED_MANIFEST, model_file
+
+
+def _rate(run: Callable[[], object], items: int, min_seconds: float) -> float:
+    """Items per second of ``run`` over at least ``min_seconds`` (after one untimed call)."""
+    run()
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < min_seconds or calls < 3:
+        run()
+        calls += 1
+    return items * calls / elapsed
+
+
+def measure(batches: list[int], threads: list[int], min_seconds: float) -> dict[str, Any]:
+    frames = [synth.generate(99, i).data for i in range(max(batches))]
+    rows = []
+    for n_threads in threads:
+        settings = EdgeSettings(intra_op_threads=n_threads, inter_op_threads=1, providers=None)
+        model = InspectionModel(BUNDLED_MANIFEST, settings)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = n_threads
+        options.inter_op_num_threads = 1
+        raw = ort.InferenceSession(
+            str(model_file(BUNDLED_MANIFEST, model.manifest)), options, providers=model.providers
+        )
+        spec = model.manifest.input
+        for batch in batches:
+            tensor = np.random.default_rng(0).standard_normal((batch, 3, spec.height, spec.width)).astype(np.float32)
+            raw_fps = _rate(lambda: raw.run(None, {spec.name: tensor}), batch, min_seconds)  # noqa: B023
+            subset = frames[:batch]
+            e2e_fps = _rate(lambda: model.inspect(subset), batch, min_seconds)  # noqa: B023
+            rows.append(
+                {
+                    "threads": n_threads,
+                    "batch": batch,
+                    "raw_ort_frames_per_s": round(raw_fps, 1),
+                    "lineside_frames_per_s": round(e2e_fps, 1),
+                    "lineside_vs_raw": round(e2e_fps / raw_fps, 3),
+                }
+            )
+            print(f"threads={n_threads} batch={batch}: raw {raw_fps:.0f}/s, lineside {e2e_fps:.0f}/s", file=sys.stderr)
+    return {
+        "benchmark": "runtime_throughput",
+        "model": f"{model.manifest.name}:{model.manifest.version}",
+        "providers": model.providers,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "onnxruntime": ort.__version__,
+        "results": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.runtime_throughput", description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="batch sizes to measure")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts to measure")
+    parser.add_argument("--seconds", type=float, default=3.0, help="minimum seconds per measurement")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (default: also JSON, indented)")
+    args = parser.parse_args(argv)
+    result = measure(args.batches, args.threads, args.seconds)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Settings of an edge-node process, read once from ``LINESIDE_*`` environment variables."""
+
+from __future__ import annotations
+
+import functools
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edge_node import wire
+
+
+class EdgeSettings(BaseSettings):
+    """Everything an edge-node process can be told from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LINESIDE_", extra="ignore")
+
+    providers: list[str] | None = Field(
+        default=None,
+        description=(
+            "ONNX Runtime execution providers to use, in order (JSON list, e.g. "
+            '["CUDAExecutionProvider","CPUExecutionProvider"]). Default: the best available of '
+            "TensorRT, CUDA, CPU."
+        ),
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it decide.")
+    inter_op_threads: int = Field(default=1, ge=0, description="ONNX Runtime inter-op threads; 0 lets it decide.")
+    max_frame_bytes: int = Field(default=wire.MAX_FRAME_BYTES, gt=0, description="Largest encoded frame accepted.")
+    max_frame_pixels: int = Field(default=wire.MAX_FRAME_PIXELS, gt=0, description="Largest width x height accepted.")
+    max_frame_side: int = Field(default=wire.MAX_FRAME_SIDE, gt=0, description="Longest side accepted, in pixels.")
+
+
+@functools.cache
+def get_settings() -> EdgeSettings:
+    """The process's settings, read from the environment once."""
+    return EdgeSettings()

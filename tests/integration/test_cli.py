@@ -1,0 +1,62 @@
+"""The installed ``lineside`` command and the module entry points, run as a user runs them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models import synth
+
+LINESIDE = str(Path(sys.executable).parent / "lineside")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, check=check)
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["inspect"], ["model-info"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run(LINESIDE, *command, "--help")
+    assert "Usage" in result.stdout
+    assert "--help" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["models.train", "models.evaluate", "bench.runtime_throughput"])
+def test_module_entry_points_have_help(module: str) -> None:
+    assert "usage" in run(sys.executable, "-m", module, "--help").stdout
+
+
+def test_inspect_prints_a_verdict_per_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.jpg"
+    good.write_bytes(synth.generate(31, 0, "good").data)
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a frame")
+    result = run(LINESIDE, "inspect", str(good), str(junk), check=False)
+    assert result.returncode == 1
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["file"] == str(good)
+    assert first["verdict"] in ("pass", "fail")
+    assert second["code"] == "unsupported_format"
+
+
+def test_demo_judges_generated_parts() -> None:
+    result = run(LINESIDE, "demo", "--parts", "6")
+    assert "summary: 6 parts" in result.stdout
+    assert result.stdout.count("truth=") == 6
+
+
+def test_evaluate_prints_one_json_object() -> None:
+    result = run(sys.executable, "-m", "models.evaluate", "--json", "-n", "64")
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 64
+    assert {"accuracy", "fail_recall", "false_reject_rate", "per_class"} <= metrics.keys()
+
+
+def test_runtime_benchmark_prints_json() -> None:
+    result = run(sys.executable, "-m", "bench.runtime_throughput", "--json", "--batches", "1", "8",
+                 "--threads", "1", "--seconds", "0.2")  # fmt: skip
+    report = json.loads(result.stdout)
+    assert [r["batch"] for r in report["results"]] == [1, 8]
+    assert all(r["raw_ort_frames_per_s"] > 0 and r["lineside_frames_per_s"] > 0 for r in report["results"])
