@@ -54,40 +54,93 @@ def inspect(
 
 @app.command()
 def demo(
-    parts: Annotated[int, typer.Option(min=1, help="Generated parts to inspect.")] = 60,
-    seed: Annotated[int, typer.Option(help="Seed of the generated parts.")] = 2026,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to stream; default: until Ctrl-C.", min=1)
+    ] = None,
+    robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 8,
+    fps: Annotated[float, typer.Option(min=0.1, help="Frames per second per robot.")] = 5.0,
+) -> None:
+    """Run the main job on embedded defaults: broker, local Ray, one slice, simulated robots.
+
+    Exits non-zero if any frame was sent and never answered.
+    """
+    from edge_node.demo import run_demo
+
+    raise typer.Exit(run_demo(duration_s=duration, robots=robots, fps=fps, echo=typer.echo))
+
+
+robots_app = typer.Typer(help="Inspection robots: simulate a fleet.", no_args_is_help=True)
+app.add_typer(robots_app, name="robots")
+
+
+@robots_app.command("simulate")
+def robots_simulate(
+    robots: Annotated[int, typer.Option(min=1, help="Robots to simulate.")] = 4,
+    fps: Annotated[float, typer.Option(min=0.1, help="Frames per second per robot.")] = 5.0,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds to stream.")] = 10.0,
+    host: Annotated[str, typer.Option(help="MQTT broker host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="MQTT broker port.")] = 1883,
+    tenant: Annotated[str, typer.Option(help="Tenant the robots belong to.")] = "acme",
+    line: Annotated[str, typer.Option(help="Line the robots stand on.")] = "line-1",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer before resending.")] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Stream generated parts with known ground truth; print throughput, latency, accuracy, lost frames."""
+    from edge_node.demo import progress_line
+    from edge_node.simulate import Simulation, render_pool
+
+    pool = render_pool(96)
+    sim = Simulation(host, port, tenant=tenant, line=line, robots=robots, fps=fps, pool=pool, timeout_s=timeout)
+    report = sim.run(duration, progress=lambda r: typer.echo(progress_line(r), err=as_json))
+    typer.echo(json.dumps(report.summary()) if as_json else "summary: " + progress_line(report))
+    raise typer.Exit(1 if report.lost else 0)
+
+
+slice_app = typer.Typer(help="Slices: one tenant's inference capacity as a Ray Serve application.", no_args_is_help=True)
+app.add_typer(slice_app, name="slice")
+
+
+@slice_app.command("run")
+def slice_run(
+    name: Annotated[str, typer.Option(help="Slice name.")] = "slice-1",
+    tenant: Annotated[str, typer.Option(help="Tenant whose frames the slice judges.")] = "acme",
+    line: Annotated[list[str], typer.Option(help="Line to serve (repeat for several).")] = ["line-1"],  # noqa: B006
+    broker_host: Annotated[str, typer.Option(help="MQTT broker host.")] = "127.0.0.1",
+    broker_port: Annotated[int, typer.Option(help="MQTT broker port.")] = 1883,
+    min_replicas: Annotated[int, typer.Option(min=0, help="Model replica floor.")] = 1,
+    max_replicas: Annotated[int, typer.Option(min=1, help="Model replica ceiling.")] = 1,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most frames per ONNX Runtime call.")] = 32,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="Longest wait to fill a batch.")] = 5.0,
+    ingress_replicas: Annotated[int, typer.Option(min=1, help="MQTT ingress replicas.")] = 1,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
     manifest: ManifestOption = BUNDLED_MANIFEST,
 ) -> None:
-    """Run the main job on embedded defaults: judge generated parts and print verdicts.
+    """Deploy a slice from flags and serve until Ctrl-C."""
+    from edge_node import cluster
+    from edge_node.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, SliceSpec
 
-    Until the MQTT data path lands this runs the model locally on generated
-    frames (with known ground truth) through the same runtime a slice uses.
-    """
-    from edge_node.runtime import InspectionModel, Verdict
-    from models import synth
-
-    model = InspectionModel(manifest)
-    typer.echo(f"model {model.manifest.name} {model.manifest.version} on {', '.join(model.providers)}")
-    correct = 0
-    started = time.perf_counter()
-    for i in range(parts):
-        sample = synth.generate(seed, i)
-        (outcome,) = model.inspect([sample.data])
-        if not isinstance(outcome, Verdict):
-            typer.echo(f"frame {i} refused: {outcome}", err=True)
-            raise typer.Exit(1)
-        expected = "pass" if sample.label == "good" else "fail"
-        correct += outcome.verdict == expected
-        mark = "ok " if outcome.verdict == expected else "MISS"
-        typer.echo(
-            f"[{i + 1:>4}/{parts}] {mark} part {i:<5} {sample.family:<9} truth={sample.label:<16} "
-            f"verdict={outcome.verdict:<4} class={outcome.defect_class or '-':<16} score={outcome.score:.3f}"
-        )
-    elapsed = time.perf_counter() - started
-    typer.echo(
-        f"summary: {parts} parts, {correct} verdicts match ground truth ({correct / parts:.1%}), "
-        f"{parts / elapsed:.1f} parts/s including rendering"
-    )
+    spec = SliceSpec(
+        name=name,
+        tenant=tenant,
+        lines=line,
+        manifest=manifest,
+        ingress_replicas=ingress_replicas,
+        broker=BrokerSpec(host=broker_host, port=broker_port),
+        replicas=ReplicaSpec(min_replicas=min_replicas, max_replicas=max_replicas),
+        batch=BatchSpec(max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
+                        ingress_batch=min(16, max_batch_size)),
+    )  # fmt: skip
+    cluster.start(ray_address)
+    try:
+        cluster.apply_slice(spec)
+        typer.echo(f"slice {name} serving {', '.join(spec.frame_filters)}; Ctrl-C to stop")
+        while True:
+            time.sleep(10)
+            typer.echo(f"{cluster.slice_status(spec)} {cluster.slice_stats(spec)}")
+    except KeyboardInterrupt:
+        typer.echo("stopping")
+    finally:
+        cluster.stop()
 
 
 @app.command("model-info")

@@ -55,6 +55,13 @@ def decide(manifest: ModelManifest, probs: np.ndarray) -> Verdict:
     return Verdict("pass", None, 1.0 - fail_score, fail_score, scores)
 
 
+def as_reply(outcome: Verdict | FrameError) -> dict[str, object]:
+    """A verdict or frame error as the plain dict that travels from model to ingress."""
+    if isinstance(outcome, FrameError):
+        return {"code": outcome.code.value, "detail": outcome.detail}
+    return dict(outcome.__dict__)
+
+
 def choose_providers(available: Sequence[str], requested: Sequence[str] | None = None) -> list[str]:
     """Providers to try, best first. ``requested`` must all be available; CPU is always last."""
     if requested:

@@ -3,24 +3,62 @@
 Importable without Ray, ONNX Runtime or paho so that robots, the control
 plane (which derives broker ACLs from it) and the edge node share one
 definition. Bump ``WIRE_VERSION`` on any incompatible change.
+
+Topics, per robot::
+
+    lineside/{tenant}/{line}/{robot}/frames    robot -> slice   JPEG/PNG bytes, QoS 1
+    lineside/{tenant}/{line}/{robot}/results   slice -> robot   ``Result`` JSON
+    lineside/{tenant}/{line}/{robot}/errors    slice -> robot   ``ErrorReply`` JSON
+    lineside/{tenant}/{line}/{robot}/status    robot (will)     retained "online" / "offline"
+
+MQTT 5 correlation data on a frame is its id (UTF-8); it and the frame's user
+properties come back on the result or error.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 WIRE_VERSION: Final = 1
 """Version of the topics, payload limits and JSON schemas defined here."""
 
+TOPIC_ROOT: Final = "lineside"
+"""First level of every Lineside topic."""
+
 MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 """Largest encoded frame (JPEG or PNG bytes) a slice accepts by default."""
+
+BROKER_MESSAGE_LIMIT: Final = 2 * MAX_FRAME_BYTES
+"""Broker-side message size limit: above the slice's, so an oversized frame reaches the
+slice and gets a ``too_large`` error instead of vanishing at the broker."""
 
 MAX_FRAME_PIXELS: Final = 16_000_000
 """Largest decoded frame, width x height, a slice accepts by default (checked before decoding)."""
 
 MAX_FRAME_SIDE: Final = 8192
 """Longest side, in pixels, a slice accepts by default (checked before decoding)."""
+
+MAX_FRAME_ID_BYTES: Final = 128
+"""Longest frame id (correlation data) echoed back; longer ids are refused as ``bad_frame_id``."""
+
+NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+"""Tenant, line, robot and slice names: lowercase, no MQTT wildcards or separators."""
+
+_NAME = re.compile(NAME_PATTERN)
+
+
+class TopicKind(StrEnum):
+    """Last level of a robot topic."""
+
+    FRAMES = "frames"
+    RESULTS = "results"
+    ERRORS = "errors"
+    STATUS = "status"
 
 
 class ErrorCode(StrEnum):
@@ -32,3 +70,98 @@ class ErrorCode(StrEnum):
     """The payload exceeds the byte or pixel limits: send a smaller or cropped frame."""
     UNSUPPORTED_FORMAT = "unsupported_format"
     """The payload is neither JPEG nor PNG: encode frames as JPEG or PNG."""
+    BAD_FRAME_ID = "bad_frame_id"
+    """The correlation data is longer than ``MAX_FRAME_ID_BYTES``: use a shorter frame id."""
+    INTERNAL = "internal"
+    """The slice failed on this frame; it was not judged. Retry it; tell the operator if it persists."""
+
+
+@dataclass(frozen=True)
+class RobotTopic:
+    """A parsed robot topic."""
+
+    tenant: str
+    line: str
+    robot: str
+    kind: TopicKind
+
+    def sibling(self, kind: TopicKind) -> str:
+        """The same robot's topic of another kind (e.g. results for a frame)."""
+        return topic(self.tenant, self.line, self.robot, kind)
+
+
+def check_name(value: str, what: str) -> str:
+    """Return ``value`` if it is a valid topic level name, else raise ``ValueError`` saying why."""
+    if not _NAME.match(value):
+        raise ValueError(f"{what} {value!r} must match {NAME_PATTERN} (lowercase letters, digits, '-', '_')")
+    return value
+
+
+def topic(tenant: str, line: str, robot: str, kind: TopicKind) -> str:
+    """``lineside/{tenant}/{line}/{robot}/{kind}``, with every level checked."""
+    for value, what in ((tenant, "tenant"), (line, "line"), (robot, "robot")):
+        check_name(value, what)
+    return f"{TOPIC_ROOT}/{tenant}/{line}/{robot}/{kind.value}"
+
+
+def parse_topic(value: str) -> RobotTopic:
+    """Inverse of ``topic``; raises ``ValueError`` for anything else."""
+    parts = value.split("/")
+    if len(parts) != 5 or parts[0] != TOPIC_ROOT:
+        raise ValueError(f"{value!r} is not a Lineside robot topic ({TOPIC_ROOT}/tenant/line/robot/kind)")
+    _, tenant, line, robot, kind = parts
+    for name, what in ((tenant, "tenant"), (line, "line"), (robot, "robot")):
+        check_name(name, what)
+    return RobotTopic(tenant, line, robot, TopicKind(kind))
+
+
+def line_frames_filter(tenant: str, line: str) -> str:
+    """Subscription filter for every robot's frames on one line."""
+    return f"{TOPIC_ROOT}/{check_name(tenant, 'tenant')}/{check_name(line, 'line')}/+/{TopicKind.FRAMES.value}"
+
+
+def shared_frames_filter(group: str, tenant: str, line: str) -> str:
+    """Shared subscription so that the ingress replicas of slice ``group`` split one line's frames."""
+    return f"$share/{check_name(group, 'slice')}/{line_frames_filter(tenant, line)}"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wire_version: Literal[1] = Field(default=WIRE_VERSION, description="Version of this schema.")
+    frame_id: str = Field(description="The frame's correlation data, or the id the ingress assigned.")
+    tenant: str = Field(description="Tenant (factory) the robot belongs to.")
+    line: str = Field(description="Production line.")
+    robot: str = Field(description="Robot that sent the frame.")
+    slice: str = Field(description="Slice that handled the frame.")
+    node: str = Field(description="Host that handled the frame.")
+    user_properties: dict[str, str] = Field(default_factory=dict, description="The frame's MQTT 5 user properties.")
+
+
+class Timings(BaseModel):
+    """Where the time went, in milliseconds, measured by the slice."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue: float = Field(description="From arrival at the ingress until the model call started.")
+    inference: float = Field(description="Model call: decoding, preprocessing, inference, verdict.")
+    total: float = Field(description="From arrival at the ingress until the result was handed to the broker.")
+
+
+class Result(_Message):
+    """JSON on ``.../results``: the verdict for one frame."""
+
+    verdict: Literal["pass", "fail"] = Field(description="Whether the part passes inspection.")
+    defect_class: str | None = Field(description="Most likely defect when the part fails, else null.")
+    score: float = Field(description="Probability of the reported outcome.")
+    fail_score: float = Field(description="Summed probability of all defect classes.")
+    scores: dict[str, float] = Field(description="Probability of every class.")
+    model: str = Field(description="Model name and version, name:version.")
+    timings_ms: Timings = Field(description="Where the time went.")
+
+
+class ErrorReply(_Message):
+    """JSON on ``.../errors``: why a frame got no verdict."""
+
+    code: ErrorCode = Field(description="Stable error code.")
+    detail: str = Field(description="What went wrong and what to do about it.")

@@ -35,12 +35,13 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class PartNet(nn.Module):
-    """Compact CNN (~35 M multiply-adds at 128x128). Global max pooling keeps tiny defects visible."""
+    """Compact CNN (~45 M multiply-adds at 128x128). Global max pooling keeps tiny defects visible."""
 
     def __init__(self, n_classes: int) -> None:
         super().__init__()
         self.features = nn.Sequential(
             _block(3, 16, 2),
+            _block(16, 16, 1),
             _block(16, 32, 2),
             _block(32, 32, 1),
             _block(32, 64, 2),
@@ -184,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
     parser.add_argument("--train-size", type=int, default=16000, help="generated training frames")
     parser.add_argument("--val-size", type=int, default=2000, help="generated validation frames")
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the training set")
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the training set")
     parser.add_argument("--batch", type=int, default=64, help="batch size")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
+    parser.add_argument("--lr", type=float, default=4e-3, help="peak learning rate (one-cycle)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and batch order")
     parser.add_argument("--version", default="1.0.0", help="version written to the manifest")

@@ -1,0 +1,121 @@
+"""Run a Mosquitto broker with a generated configuration (demo, tests, single-node sites).
+
+The configuration is what Lineside needs from a broker: persistence so QoS 1
+frames survive a restart, no per-client queue limit (Mosquitto's default of
+1000 silently drops QoS 1 messages for a slow consumer; robots bound their own
+in-flight frames instead), and a packet limit above the slice's frame limit so
+an oversized frame reaches the slice and is answered with ``too_large``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from edge_node.errors import EdgeNodeError
+from edge_node.wire import BROKER_MESSAGE_LIMIT
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(EdgeNodeError):
+    """The broker could not be started."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> None:
+    """Block until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BrokerError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s")
+
+
+class MosquittoBroker:
+    """A Mosquitto process on 127.0.0.1 with its own config and data folder."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *, extra_config: str = "") -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.extra_config = extra_config
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    def render_config(self) -> str:
+        """The generated mosquitto.conf."""
+        return (
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "autosave_interval 5\n"
+            "max_queued_messages 0\n"
+            "max_inflight_messages 0\n"
+            f"max_packet_size {BROKER_MESSAGE_LIMIT + 4096}\n"
+            "persistent_client_expiration 1d\n"
+            f"log_dest file {self.workdir}/mosquitto.log\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            "connection_messages true\n" + self.extra_config
+        )
+
+    def start(self, timeout_s: float = 10.0) -> MosquittoBroker:
+        binary = shutil.which("mosquitto") or next(
+            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+        )
+        if binary is None:
+            raise BrokerError("mosquitto is not installed: apt-get install mosquitto (make demo does this for you)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.render_config())
+        self._process = subprocess.Popen(
+            [binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for_port(self.host, self.port, timeout_s)
+        except BrokerError:
+            self.stop()
+            raise
+        log.info("mosquitto listening on %s:%d (config %s)", self.host, self.port, self.config_path)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self._process:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> MosquittoBroker:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,68 @@
+"""Every Ray call Lineside makes goes through here, so the rest is testable without a cluster."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+from ray import serve
+
+from edge_node.serving import deploy
+from edge_node.slice_spec import SliceSpec
+
+log = logging.getLogger(__name__)
+
+
+def start(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Connect to the site's Ray cluster (``address``) or start a local one; start Serve without HTTP."""
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            num_cpus=None if address else num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    serve.start(proxy_location="Disabled")
+    log.info("ray ready: %s", ray.cluster_resources())
+
+
+def apply_slice(spec: SliceSpec) -> None:
+    """Create or update a slice; returns once its replicas are running."""
+    deploy(spec)
+    log.info("slice %s serving %s for tenant %s", spec.name, ", ".join(spec.lines), spec.tenant)
+
+
+def slice_stats(spec: SliceSpec) -> dict[str, Any]:
+    """Counters of one ingress replica of the slice (routing picks which)."""
+    handle = serve.get_deployment_handle("ingress", app_name=spec.name)
+    return dict(handle.stats.remote().result())
+
+
+def slice_status(spec: SliceSpec) -> dict[str, Any]:
+    """Serve's view of the slice: application status and running replicas per deployment."""
+    status = serve.status().applications.get(spec.name)
+    if status is None:
+        return {"status": "NOT_DEPLOYED", "deployments": {}}
+    return {
+        "status": str(status.status.value if hasattr(status.status, "value") else status.status),
+        "deployments": {
+            name: {"status": str(d.status.value if hasattr(d.status, "value") else d.status),
+                   "replicas": dict(d.replica_states)}
+            for name, d in status.deployments.items()
+        },
+    }  # fmt: skip
+
+
+def delete_slice(name: str) -> None:
+    serve.delete(name)
+
+
+def stop() -> None:
+    """Shut down Serve and, when this process started it, the local Ray."""
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

@@ -1,0 +1,319 @@
+"""MQTT side of a slice: consume frames, micro-batch them to the model, publish verdicts.
+
+No Ray here: the model is reached through an ``infer`` callable (a Serve
+handle in production, an in-process model in tests), so this module runs and
+is tested against a real broker without a cluster.
+
+Delivery guarantees:
+
+* Frames arrive at QoS 1 on a persistent MQTT 5 session (``clean_start=False``,
+  stable client id per replica rank), with manual acknowledgement. A frame is
+  acknowledged only after its result or error was published and the broker
+  confirmed it, so a crashed ingress gets its unacknowledged frames back when
+  it reconnects under the same id.
+* Backpressure: the MQTT 5 receive maximum caps unacknowledged frames per
+  replica, so the broker stops sending when the model falls behind; the queue
+  here can never hold more than that.
+* A retried frame id whose result was already published gets the same result
+  again without a second inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_node import wire
+from edge_node.slice_spec import SliceSpec
+
+log = logging.getLogger(__name__)
+
+InferFn = Callable[[list[bytes]], list[dict[str, Any]]]
+"""Judges encoded frames; one dict per frame: a verdict, or ``code``/``detail`` for an error."""
+
+ANSWERED_MEMORY = 20_000
+"""Recently answered frame ids remembered per replica, to answer retries without re-inference."""
+
+INFER_ATTEMPTS = 3
+"""Model calls tried per batch before the frames are answered with ``internal``."""
+
+
+@dataclass
+class Frame:
+    """One received frame, until it is acknowledged."""
+
+    mid: int
+    qos: int
+    robot: wire.RobotTopic
+    payload: bytes
+    frame_id: str
+    correlation: bytes | None
+    user_properties: dict[str, str]
+    received: float = field(default_factory=time.monotonic)
+
+
+def frame_id_of(correlation: bytes | None) -> str | None:
+    """The frame id carried in MQTT 5 correlation data (UTF-8, else hex)."""
+    if correlation is None:
+        return None
+    try:
+        return correlation.decode("utf-8")
+    except UnicodeDecodeError:
+        return correlation.hex()
+
+
+class FrameIngress:
+    """One ingress replica's MQTT consumer and result publisher."""
+
+    def __init__(self, spec: SliceSpec, infer: InferFn, *, client_id: str, node: str, model: str) -> None:
+        self.spec = spec
+        self.node = node
+        self.model = model
+        self._infer = infer
+        self._queue: queue.Queue[Frame] = queue.Queue()
+        self._slots = threading.Semaphore(spec.batch.ingress_concurrency)
+        self._pool = ThreadPoolExecutor(spec.batch.ingress_concurrency, thread_name_prefix=f"{client_id}-batch")
+        self._answered: OrderedDict[tuple[str, str], tuple[str, bytes]] = OrderedDict()
+        self._answered_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._next_id = 0
+        self.counts: Counter[str] = Counter()
+        self.connected = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.max_inflight_messages_set(max(spec.max_inflight_frames, 20))
+        self._client.max_queued_messages_set(0)
+        if spec.broker.username:
+            password = spec.broker.password.get_secret_value() if spec.broker.password else None
+            self._client.username_pw_set(spec.broker.username, password)
+        self._batcher = threading.Thread(target=self._batch_loop, name=f"{client_id}-batcher", daemon=True)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (persistent session, receive maximum) and start consuming."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 24 * 3600
+        props.ReceiveMaximum = self.spec.max_inflight_frames
+        self._client.connect_async(
+            self.spec.broker.host,
+            self.spec.broker.port,
+            self.spec.broker.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self._client.loop_start()
+        self._batcher.start()
+
+    def stop(self) -> None:
+        """Finish batches in progress, then disconnect; unacknowledged frames stay with the broker."""
+        self._stop.set()
+        self._batcher.join(timeout=5)
+        self._pool.shutdown(wait=True)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # --- MQTT callbacks (network thread) ---------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Properties | None
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker %s:%d refused the ingress: %s", self.spec.broker.host, self.spec.broker.port, reason)
+            return
+        client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.spec.frame_filters])
+        self.connected.set()
+        log.info("ingress %s subscribed to %s", client._client_id.decode(), ", ".join(self.spec.frame_filters))
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("ingress lost the broker (%s); reconnecting", reason)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            robot = wire.parse_topic(msg.topic)
+        except ValueError:
+            log.warning("ignoring message on unexpected topic %r", msg.topic)
+            self._client.ack(msg.mid, msg.qos)
+            return
+        props = msg.properties
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        user_properties = dict(getattr(props, "UserProperty", []) or []) if props else {}
+        frame_id = frame_id_of(correlation)
+        if frame_id is None:
+            self._next_id += 1
+            frame_id = f"{self.node}-{id(self):x}-{self._next_id}"
+        self.counts["frames_received"] += 1
+        self._queue.put(Frame(msg.mid, msg.qos, robot, msg.payload, frame_id, correlation, user_properties))
+
+    # --- batching (batcher thread) -------------------------------------------
+
+    def _batch_loop(self) -> None:
+        size, wait_s = self.spec.batch.ingress_batch, self.spec.batch.ingress_wait_ms / 1000
+        while not self._stop.is_set():
+            try:
+                batch = [self._queue.get(timeout=0.2)]
+            except queue.Empty:
+                continue
+            deadline = time.monotonic() + wait_s
+            while len(batch) < size:
+                try:
+                    batch.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0)))
+                except queue.Empty:
+                    break
+            self._slots.acquire()
+            self._pool.submit(self._handle_batch, batch)
+
+    def _handle_batch(self, batch: list[Frame]) -> None:
+        try:
+            replies = self._replies(batch)
+            infos = [
+                (frame, self._client.publish(topic, payload, qos=1, properties=self._reply_properties(frame)))
+                for frame, topic, payload in replies
+            ]
+            for frame, info in infos:
+                try:
+                    info.wait_for_publish(timeout=30)
+                except (RuntimeError, ValueError) as e:
+                    log.warning("result for frame %s not confirmed (%s); broker will redeliver it", frame.frame_id, e)
+                    continue
+                if info.is_published():
+                    self._client.ack(frame.mid, frame.qos)
+                    self.counts["frames_acked"] += 1
+        except Exception:
+            log.exception("batch of %d frames failed; they stay unacknowledged and come back", len(batch))
+        finally:
+            self._slots.release()
+
+    def _replies(self, batch: list[Frame]) -> list[tuple[Frame, str, bytes]]:
+        """Topic and payload of the answer to every frame in ``batch``."""
+        replies: list[tuple[Frame, str, bytes]] = []
+        to_judge: list[Frame] = []
+        for frame in batch:
+            cached = self._cached(frame)
+            if cached:
+                self.counts["retries_answered_from_memory"] += 1
+                replies.append((frame, *cached))
+            elif problem := self._refuse(frame):
+                replies.append((frame, *self._error(frame, *problem)))
+            else:
+                to_judge.append(frame)
+        if to_judge:
+            started = time.monotonic()
+            outcomes = self._judge([f.payload for f in to_judge])
+            inference_ms = (time.monotonic() - started) * 1000
+            for frame, outcome in zip(to_judge, outcomes, strict=True):
+                if "code" in outcome:
+                    replies.append((frame, *self._error(frame, wire.ErrorCode(outcome["code"]), outcome["detail"])))
+                else:
+                    replies.append((frame, *self._result(frame, outcome, started, inference_ms)))
+        return replies
+
+    def _judge(self, payloads: list[bytes]) -> list[dict[str, Any]]:
+        for attempt in range(1, INFER_ATTEMPTS + 1):
+            try:
+                return self._infer(payloads)
+            except Exception as e:
+                log.warning("model call failed (attempt %d/%d): %s", attempt, INFER_ATTEMPTS, e)
+                self.counts["model_call_failures"] += 1
+                time.sleep(0.5 * attempt)
+        detail = "the slice could not run the model; retry the frame, and tell the operator if this persists"
+        return [{"code": wire.ErrorCode.INTERNAL.value, "detail": detail}] * len(payloads)
+
+    def _refuse(self, frame: Frame) -> tuple[wire.ErrorCode, str] | None:
+        """Checks that need no decoding: empty, oversized, bad frame id."""
+        if not frame.payload:
+            return wire.ErrorCode.BAD_IMAGE, "empty payload: publish the JPEG or PNG bytes of the frame"
+        if len(frame.payload) > wire.MAX_FRAME_BYTES:
+            return wire.ErrorCode.TOO_LARGE, (
+                f"frame is {len(frame.payload)} bytes; the limit is {wire.MAX_FRAME_BYTES}: "
+                "crop or compress on the robot"
+            )
+        if frame.correlation is not None and len(frame.correlation) > wire.MAX_FRAME_ID_BYTES:
+            return wire.ErrorCode.BAD_FRAME_ID, f"frame id is {len(frame.correlation)} bytes; the limit is 128"
+        return None
+
+    # --- answers ---------------------------------------------------------------
+
+    def _cached(self, frame: Frame) -> tuple[str, bytes] | None:
+        if frame.correlation is None:
+            return None
+        with self._answered_lock:
+            return self._answered.get((frame.robot.sibling(wire.TopicKind.FRAMES), frame.frame_id))
+
+    def _remember(self, frame: Frame, topic: str, payload: bytes) -> tuple[str, bytes]:
+        if frame.correlation is not None:
+            with self._answered_lock:
+                self._answered[(frame.robot.sibling(wire.TopicKind.FRAMES), frame.frame_id)] = (topic, payload)
+                while len(self._answered) > ANSWERED_MEMORY:
+                    self._answered.popitem(last=False)
+        return topic, payload
+
+    def _envelope(self, frame: Frame) -> dict[str, Any]:
+        return {
+            "frame_id": frame.frame_id,
+            "tenant": frame.robot.tenant,
+            "line": frame.robot.line,
+            "robot": frame.robot.robot,
+            "slice": self.spec.name,
+            "node": self.node,
+            "user_properties": frame.user_properties,
+        }
+
+    def _result(
+        self, frame: Frame, outcome: dict[str, Any], started: float, inference_ms: float
+    ) -> tuple[str, bytes]:
+        now = time.monotonic()
+        timings = wire.Timings(
+            queue=round((started - frame.received) * 1000, 2),
+            inference=round(inference_ms, 2),
+            total=round((now - frame.received) * 1000, 2),
+        )
+        result = wire.Result(
+            **self._envelope(frame),
+            verdict=outcome["verdict"],
+            defect_class=outcome["defect_class"],
+            score=outcome["score"],
+            fail_score=outcome["fail_score"],
+            scores=outcome["scores"],
+            model=self.model,
+            timings_ms=timings,
+        )
+        self.counts[f"verdict_{result.verdict}"] += 1
+        return self._remember(frame, frame.robot.sibling(wire.TopicKind.RESULTS), result.model_dump_json().encode())
+
+    def _error(self, frame: Frame, code: wire.ErrorCode, detail: str) -> tuple[str, bytes]:
+        reply = wire.ErrorReply(**self._envelope(frame), code=code, detail=detail)
+        self.counts[f"error_{code.value}"] += 1
+        payload = reply.model_dump_json().encode()
+        if code is wire.ErrorCode.INTERNAL:  # not final: a retry must be judged afresh
+            return frame.robot.sibling(wire.TopicKind.ERRORS), payload
+        return self._remember(frame, frame.robot.sibling(wire.TopicKind.ERRORS), payload)
+
+    @staticmethod
+    def _reply_properties(frame: Frame) -> Properties:
+        props = Properties(PacketTypes.PUBLISH)
+        if frame.correlation is not None:
+            props.CorrelationData = frame.correlation
+        if frame.user_properties:
+            props.UserProperty = list(frame.user_properties.items())
+        props.ContentType = "application/json"
+        return props

@@ -1,0 +1,139 @@
+"""A slice as one Ray Serve application: an MQTT ingress deployment and a model deployment.
+
+    Ingress (N replicas, shared MQTT subscription)  --handle, micro-batches-->  Model (@serve.batch, autoscaled)
+
+The model deployment batches calls from every ingress replica (``@serve.batch``
+counting frames, not calls), runs ONNX Runtime off the event loop, and
+scales between the slice's replica bounds. Each ingress replica holds one
+persistent MQTT session named after its replica rank, so a restarted replica
+resumes the session, and the frames, of the one it replaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from edge_node.ingress import FrameIngress
+from edge_node.runtime import InspectionModel, as_reply
+from edge_node.settings import EdgeSettings
+from edge_node.slice_spec import SliceSpec
+from models.manifest import load_manifest
+
+log = logging.getLogger(__name__)
+
+DISCONNECTED_GRACE_S = 30.0
+"""An ingress replica that cannot reach its broker for this long reports unhealthy and is restarted."""
+
+
+def _frames_in(calls: list[list[bytes]]) -> int:
+    return sum(len(call) for call in calls)
+
+
+@serve.deployment
+class ModelServer:
+    """Judges batches of encoded frames with the slice's ONNX model."""
+
+    def __init__(self, spec_json: str) -> None:
+        spec = SliceSpec.model_validate_json(spec_json)
+        threads = spec.resources.ort_threads or max(int(spec.resources.cpus_per_replica), 1)
+        settings = EdgeSettings(intra_op_threads=threads, inter_op_threads=1, providers=spec.resources.providers)
+        self.model = InspectionModel(spec.manifest, settings, warmup_batch=spec.batch.max_batch_size)
+        self.delay_s = spec.inject_delay_ms / 1000
+        self.inspect.set_max_batch_size(spec.batch.max_batch_size)  # type: ignore[attr-defined]
+        self.inspect.set_batch_wait_timeout_s(spec.batch.batch_wait_ms / 1000)  # type: ignore[attr-defined]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_frames_in)
+    async def inspect(self, calls: list[list[bytes]]) -> list[list[dict[str, Any]]]:
+        frames = [frame for call in calls for frame in call]
+        started = time.perf_counter()
+        outcomes = await asyncio.get_running_loop().run_in_executor(None, self._judge, frames)
+        log.debug("judged %d frames from %d calls in %.1f ms", len(frames), len(calls), (time.perf_counter() - started) * 1e3)
+        replies, offset = [], 0
+        for call in calls:
+            replies.append(outcomes[offset : offset + len(call)])
+            offset += len(call)
+        return replies
+
+    def _judge(self, frames: list[bytes]) -> list[dict[str, Any]]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return [as_reply(o) for o in self.model.inspect(frames)]
+
+    def info(self) -> dict[str, Any]:
+        """Model and execution providers of this replica."""
+        manifest = self.model.manifest
+        return {"model": f"{manifest.name}:{manifest.version}", "providers": self.model.providers}
+
+
+@serve.deployment
+class Ingress:
+    """Consumes the slice's lines from MQTT and publishes verdicts."""
+
+    def __init__(self, spec_json: str, model: DeploymentHandle) -> None:
+        spec = SliceSpec.model_validate_json(spec_json)
+        context = serve.get_replica_context()
+        client_id = f"lineside-{spec.name}-ingress-{context.rank.rank}"
+        self._model = model
+        manifest = load_manifest(spec.manifest)
+        self.ingress = FrameIngress(
+            spec, self._infer, client_id=client_id, node=socket.gethostname(), model=f"{manifest.name}:{manifest.version}"
+        )
+        self.ingress.start()
+        self._last_connected = time.monotonic()
+        log.info("ingress replica %s started for slice %s", client_id, spec.name)
+
+    def _infer(self, frames: list[bytes]) -> list[dict[str, Any]]:
+        return list(self._model.inspect.remote(frames).result())
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this replica: frames received, acknowledged, verdicts and errors by code."""
+        return dict(self.ingress.counts)
+
+    def check_health(self) -> None:
+        if self.ingress.connected.is_set():
+            self._last_connected = time.monotonic()
+        elif time.monotonic() - self._last_connected > DISCONNECTED_GRACE_S:
+            raise RuntimeError(f"no broker connection for {DISCONNECTED_GRACE_S:.0f}s")
+
+    def __del__(self) -> None:
+        if hasattr(self, "ingress"):  # the constructor may have failed before it existed
+            self.ingress.stop()
+
+
+def build_app(spec: SliceSpec) -> Any:
+    """The Serve application (bound deployment graph) for ``spec``."""
+    spec_json = spec.model_dump_json()
+    resources = spec.resources
+    model = ModelServer.options(
+        name="model",
+        autoscaling_config={
+            "min_replicas": spec.replicas.min_replicas,
+            "initial_replicas": max(spec.replicas.min_replicas, 1),
+            "max_replicas": spec.replicas.max_replicas,
+            "target_ongoing_requests": spec.replicas.target_ongoing_requests,
+            "upscale_delay_s": spec.replicas.upscale_delay_s,
+            "downscale_delay_s": spec.replicas.downscale_delay_s,
+            "metrics_interval_s": 1.0,
+            "look_back_period_s": 5.0,
+        },
+        max_ongoing_requests=max(spec.batch.max_batch_size, 16),
+        ray_actor_options={"num_cpus": resources.cpus_per_replica, "num_gpus": resources.gpus_per_replica},
+    ).bind(spec_json)
+    return Ingress.options(
+        name="ingress",
+        num_replicas=spec.ingress_replicas,
+        ray_actor_options={"num_cpus": resources.ingress_cpus},
+        health_check_period_s=5,
+    ).bind(spec_json, model)
+
+
+def deploy(spec: SliceSpec) -> DeploymentHandle:
+    """Create or update the slice's Serve application; idempotent for an unchanged spec."""
+    return serve.run(build_app(spec), name=spec.name, route_prefix=None)

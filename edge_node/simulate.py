@@ -1,0 +1,174 @@
+"""Simulated inspection robots: stream generated parts with known ground truth, measure what comes back."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_node.sdk import FrameLost, Reply, RobotClient
+from edge_node.wire import ErrorReply
+from models import synth
+
+ProgressFn = Callable[["SimulationReport"], None]
+
+
+def _render(args: tuple[int, int]) -> tuple[str, bytes]:
+    sample = synth.generate(*args)
+    return sample.label, sample.data
+
+
+def render_pool(n: int, seed: int = 2026, workers: int | None = None) -> list[tuple[str, bytes]]:
+    """``n`` generated frames (label, JPEG/PNG bytes) for robots to cycle through."""
+    with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
+        return pool.map(_render, [(seed, i) for i in range(n)], chunksize=8)
+
+
+@dataclass
+class SimulationReport:
+    """What the robots saw."""
+
+    robots: int
+    target_fps: float
+    elapsed_s: float = 0.0
+    sent: int = 0
+    results: int = 0
+    errors: int = 0
+    lost: int = 0
+    pending: int = 0
+    duplicates: int = 0
+    resent: int = 0
+    correct: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def throughput_fps(self) -> float:
+        return (self.results + self.errors) / self.elapsed_s if self.elapsed_s else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures: throughput, latency percentiles, accuracy, losses."""
+        data = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        data.update(
+            throughput_fps=round(self.throughput_fps, 1),
+            p50_ms=round(self.percentile(50), 2),
+            p95_ms=round(self.percentile(95), 2),
+            p99_ms=round(self.percentile(99), 2),
+            accuracy=round(self.correct / self.results, 4) if self.results else None,
+        )
+        return data
+
+
+class Simulation:
+    """``robots`` robots on one line, each sending ``fps`` frames a second."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tenant: str,
+        line: str,
+        robots: int,
+        fps: float,
+        pool: list[tuple[str, bytes]],
+        timeout_s: float = 5.0,
+        retries: int = 2,
+        window: int = 32,
+        credentials: Callable[[str], tuple[str | None, str | None]] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.fps = fps
+        self.window = window
+        self.timeout_s, self.retries = timeout_s, retries
+        self.report = SimulationReport(robots=robots, target_fps=fps * robots)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._futures: list[Future[Reply]] = []
+        self.clients = []
+        for k in range(robots):
+            name = f"robot-{k:03d}"
+            username, password = credentials(name) if credentials else (None, None)
+            self.clients.append(
+                RobotClient(host, port, tenant=tenant, line=line, robot=name, username=username, password=password)
+            )
+
+    def run(self, duration_s: float | None, progress: ProgressFn | None = None, stop: threading.Event | None = None) -> SimulationReport:
+        """Stream until ``duration_s`` passes (or ``stop`` is set), then wait for answers still due."""
+        for client in self.clients:
+            client.connect()
+        started = time.monotonic()
+        threads = [threading.Thread(target=self._robot, args=(i, c, started), daemon=True) for i, c in enumerate(self.clients)]
+        for t in threads:
+            t.start()
+        stop = stop or threading.Event()
+        while not stop.is_set() and (duration_s is None or time.monotonic() - started < duration_s):
+            stop.wait(1.0)
+            self.report.elapsed_s = time.monotonic() - started
+            if progress:
+                progress(self.report)
+        self._stop.set()
+        for t in threads:
+            t.join()
+        deadline = time.monotonic() + self.timeout_s * (self.retries + 1) + 1
+        for future in list(self._futures):
+            try:
+                future.result(timeout=max(deadline - time.monotonic(), 0.01))
+            except (FrameLost, TimeoutError):
+                pass
+        self.report.elapsed_s = time.monotonic() - started
+        self.report.pending = sum(not f.done() for f in self._futures)
+        self.report.lost += self.report.pending
+        self.report.duplicates = sum(c.duplicates for c in self.clients)
+        self.report.resent = sum(c.resent for c in self.clients)
+        for client in self.clients:
+            client.close()
+        return self.report
+
+    def _robot(self, index: int, client: RobotClient, started: float) -> None:
+        period = 1.0 / self.fps
+        k = 0
+        while not self._stop.is_set():
+            due = started + k * period + index * period / max(len(self.clients), 1)
+            delay = due - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            while client.in_flight >= self.window and not self._stop.is_set():
+                time.sleep(0.002)  # closed loop when the slice is saturated
+            label, frame = self.pool[(index * 7919 + k) % len(self.pool)]
+            sent_at = time.monotonic()
+            future = client.send(frame, frame_id=f"{client.robot}-{k}", timeout_s=self.timeout_s, retries=self.retries)
+            future.add_done_callback(lambda f, lb=label, t=sent_at: self._record(f, lb, t))
+            with self._lock:
+                self._futures.append(future)
+                self.report.sent += 1
+            k += 1
+
+    def _record(self, future: Future[Reply], label: str, sent_at: float) -> None:
+        latency_ms = (time.monotonic() - sent_at) * 1000
+        with self._lock:
+            error = future.exception()
+            if error is not None:
+                self.report.lost += 1
+                return
+            reply = future.result()
+            if isinstance(reply, ErrorReply):
+                self.report.errors += 1
+                codes = Counter(self.report.errors_by_code)
+                codes[reply.code.value] += 1
+                self.report.errors_by_code = dict(codes)
+                return
+            self.report.results += 1
+            self.report.latencies_ms.append(latency_ms)
+            self.report.correct += (reply.verdict == "pass") == (label == "good")

@@ -1,0 +1,111 @@
+"""Slice specification: one tenant's rented inference capacity on a site.
+
+A slice is one Ray Serve application: an MQTT ingress deployment and a model
+deployment. The control plane produces these specs; the CLI can build one
+from flags. Unknown fields are errors that name the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from edge_node import wire
+from models.manifest import BUNDLED_MANIFEST
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerSpec(_Strict):
+    """Where the slice's ingress connects."""
+
+    host: str = Field(default="127.0.0.1", description="MQTT broker host.")
+    port: int = Field(default=1883, gt=0, lt=65536, description="MQTT broker port.")
+    username: str | None = Field(default=None, description="Ingress username, if the broker requires one.")
+    password: SecretStr | None = Field(default=None, description="Ingress password.")
+    keepalive_s: int = Field(default=30, ge=5, le=600, description="MQTT keepalive in seconds.")
+
+
+class ReplicaSpec(_Strict):
+    """Model replicas: Ray Serve autoscales between the bounds."""
+
+    min_replicas: int = Field(default=1, ge=0, le=256, description="Replica floor (set by the control plane).")
+    max_replicas: int = Field(default=1, ge=1, le=256, description="Replica ceiling (the lease limit).")
+    target_ongoing_requests: float = Field(
+        default=2.0, gt=0, description="Model calls in flight per replica that autoscaling aims for."
+    )
+    upscale_delay_s: float = Field(default=3.0, ge=0, description="Sustained load needed before adding replicas.")
+    downscale_delay_s: float = Field(default=60.0, ge=0, description="Sustained idleness before removing replicas.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReplicaSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        return self
+
+
+class BatchSpec(_Strict):
+    """How frames are grouped on their way to the model."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=512, description="Most frames in one ONNX Runtime call.")
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="Longest wait to fill a model batch.")
+    ingress_batch: int = Field(default=16, ge=1, le=512, description="Most frames the ingress sends per model call.")
+    ingress_wait_ms: float = Field(default=4.0, ge=0, le=1000, description="Longest wait to fill an ingress batch.")
+    ingress_concurrency: int = Field(default=3, ge=1, le=64, description="Model calls in flight per ingress replica.")
+
+    @model_validator(mode="after")
+    def _ingress_fits(self) -> BatchSpec:
+        if self.ingress_batch > self.max_batch_size:
+            raise ValueError(
+                f"ingress_batch ({self.ingress_batch}) must be <= max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+
+class ResourceSpec(_Strict):
+    """What each replica reserves on its node."""
+
+    cpus_per_replica: float = Field(default=1.0, gt=0, le=64, description="CPUs reserved per model replica.")
+    gpus_per_replica: float = Field(default=0.0, ge=0, le=1, description="GPU fraction per model replica (0 on CPU).")
+    ingress_cpus: float = Field(default=0.25, gt=0, le=8, description="CPUs reserved per ingress replica.")
+    ort_threads: int = Field(default=0, ge=0, le=64, description="ONNX Runtime intra-op threads; 0 = per CPUs.")
+    providers: list[str] | None = Field(default=None, description="ONNX Runtime providers; default best available.")
+
+
+class SliceSpec(_Strict):
+    """One slice: which tenant's lines it serves, with which model and how much capacity."""
+
+    name: str = Field(description="Slice name: Serve application name and shared-subscription group.")
+    tenant: str = Field(description="Tenant (factory) whose frames this slice judges.")
+    lines: list[str] = Field(min_length=1, description="Production lines whose robots this slice serves.")
+    manifest: Path = Field(default=BUNDLED_MANIFEST, description="Model manifest (JSON) on this node.")
+    latency_budget_ms: float = Field(default=100.0, gt=0, description="Line's latency budget for one verdict.")
+    ingress_replicas: int = Field(default=1, ge=1, le=64, description="MQTT ingress replicas sharing the lines.")
+    max_inflight_frames: int = Field(
+        default=64, ge=1, le=65535, description="Unacknowledged frames per ingress replica (MQTT receive maximum)."
+    )
+    replicas: ReplicaSpec = Field(default_factory=ReplicaSpec, description="Model replica bounds and autoscaling.")
+    batch: BatchSpec = Field(default_factory=BatchSpec, description="Batching on the way to the model.")
+    resources: ResourceSpec = Field(default_factory=ResourceSpec, description="Per-replica reservations.")
+    broker: BrokerSpec = Field(default_factory=BrokerSpec, description="MQTT broker of the site.")
+    inject_delay_ms: float = Field(
+        default=0.0, ge=0, le=60_000, description="Fault injection: extra sleep per model call (tests only)."
+    )
+
+    @field_validator("name", "tenant")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        return wire.check_name(value, "name")
+
+    @field_validator("lines")
+    @classmethod
+    def _lines_topic_safe(cls, value: list[str]) -> list[str]:
+        return [wire.check_name(line, "line") for line in value]
+
+    @property
+    def frame_filters(self) -> list[str]:
+        """Shared subscriptions of this slice's ingress replicas."""
+        return [wire.shared_frames_filter(self.name, self.tenant, line) for line in self.lines]
