@@ -54,9 +54,7 @@ def inspect(
 
 @app.command()
 def demo(
-    duration: Annotated[
-        float | None, typer.Option(help="Seconds to stream; default: until Ctrl-C.", min=1)
-    ] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds to stream; default: until Ctrl-C.", min=1)] = None,
     robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 8,
     fps: Annotated[float, typer.Option(min=0.1, help="Frames per second per robot.")] = 5.0,
 ) -> None:
@@ -96,7 +94,9 @@ def robots_simulate(
     raise typer.Exit(1 if report.lost else 0)
 
 
-slice_app = typer.Typer(help="Slices: one tenant's inference capacity as a Ray Serve application.", no_args_is_help=True)
+slice_app = typer.Typer(
+    help="Slices: one tenant's inference capacity as a Ray Serve application.", no_args_is_help=True
+)
 app.add_typer(slice_app, name="slice")
 
 
@@ -141,6 +141,37 @@ def slice_run(
         typer.echo("stopping")
     finally:
         cluster.stop()
+
+
+bench_app = typer.Typer(help="Benchmarks that print JSON (see BENCHMARKS.md).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    duration: Annotated[float, typer.Option(min=1, help="Seconds per measured phase.")] = 20.0,
+    robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 16,
+    batch: Annotated[int, typer.Option(min=1, help="Model max batch size.")] = 32,
+    ort_threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads in the model replica.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Raw ONNX Runtime vs. end to end over MQTT and Ray, an MQTT echo baseline, latency at half load."""
+    from bench.pipeline import run
+
+    result = run(duration, robots, batch, ort_threads)
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+@bench_app.command("runtime")
+def bench_runtime(
+    seconds: Annotated[float, typer.Option(min=0.1, help="Minimum seconds per measurement.")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Raw ONNX Runtime vs. Lineside's runtime throughput by batch size (1, 8, 32) and threads (1, 2)."""
+    from bench.runtime_throughput import measure
+
+    result = measure([1, 8, 32], [1, 2], seconds)
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 
 @app.command("model-info")

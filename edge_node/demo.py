@@ -63,7 +63,10 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, w
         echo(f"slice {spec.name}: {cluster.slice_status(spec)}")
         echo("rendering part images for the robots...")
         pool = render_pool(96)
-        echo(f"{robots} robots x {fps:g} fps on acme/line-1 " + (f"for {duration_s:g}s" if duration_s else "(Ctrl-C to stop)"))
+        echo(
+            f"{robots} robots x {fps:g} fps on acme/line-1 "
+            + (f"for {duration_s:g}s" if duration_s else "(Ctrl-C to stop)")
+        )
         simulation = Simulation(
             broker.host, broker.port, tenant="acme", line="line-1", robots=robots, fps=fps, pool=pool
         )

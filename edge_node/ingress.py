@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -57,6 +58,7 @@ class Frame:
 
     mid: int
     qos: int
+    generation: int
     robot: wire.RobotTopic
     payload: bytes
     frame_id: str
@@ -92,34 +94,42 @@ class FrameIngress:
         self._next_id = 0
         self.counts: Counter[str] = Counter()
         self.connected = threading.Event()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
+        # Two connections: frames in (manual acks, receive maximum) and results out. Mosquitto
+        # 2.0 miscounts a client's receive-maximum quota when that client also publishes at
+        # QoS 1, letting unacknowledged frames pile up past the bound; one role per connection
+        # keeps the bound exact.
+        self._client = self._mqtt_client(client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self._client.max_inflight_messages_set(max(spec.max_inflight_frames, 20))
-        self._client.max_queued_messages_set(0)
-        if spec.broker.username:
-            password = spec.broker.password.get_secret_value() if spec.broker.password else None
-            self._client.username_pw_set(spec.broker.username, password)
+        self._publisher = self._mqtt_client(f"{client_id}-out", manual_ack=False)
+        self._publisher.max_inflight_messages_set(max(spec.max_inflight_frames * 2, 20))
+        self._publisher.max_queued_messages_set(0)
         self._batcher = threading.Thread(target=self._batch_loop, name=f"{client_id}-batcher", daemon=True)
+        self._network = threading.Thread(target=self._network_loop, name=f"{client_id}-network", daemon=True)
+        self._backlog = 0
+        """Frames received on the current connection and not yet acknowledged."""
+        self._generation = 0
+        """Connection number: message ids of an earlier connection must not be acknowledged on this one."""
+        self._ack_lock = threading.Lock()
+
+    def _mqtt_client(self, client_id: str, *, manual_ack: bool) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack
+        )
+        if self.spec.broker.username:
+            password = self.spec.broker.password.get_secret_value() if self.spec.broker.password else None
+            client.username_pw_set(self.spec.broker.username, password)
+        return client
 
     # --- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
-        """Connect (persistent session, receive maximum) and start consuming."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 24 * 3600
-        props.ReceiveMaximum = self.spec.max_inflight_frames
-        self._client.connect_async(
-            self.spec.broker.host,
-            self.spec.broker.port,
-            self.spec.broker.keepalive_s,
-            clean_start=False,
-            properties=props,
-        )
-        self._client.loop_start()
+        """Connect (persistent session) and start consuming."""
+        broker = self.spec.broker
+        self._publisher.connect_async(broker.host, broker.port, broker.keepalive_s, clean_start=True)
+        self._publisher.loop_start()
+        self._network.start()
         self._batcher.start()
 
     def stop(self) -> None:
@@ -127,8 +137,54 @@ class FrameIngress:
         self._stop.set()
         self._batcher.join(timeout=5)
         self._pool.shutdown(wait=True)
+        self._network.join(timeout=5)
         self._client.disconnect()
-        self._client.loop_stop()
+        self._publisher.disconnect()
+        self._publisher.loop_stop()
+
+    def _network_loop(self) -> None:
+        """paho's network loop, run by hand so that reading stops while the backlog is full.
+
+        The MQTT 5 receive maximum should bound unacknowledged frames at the broker, but
+        Mosquitto 2.0 over-delivers (each PUBACK frees two slots), so the bound is enforced
+        here: while ``max_inflight_frames`` frames are unacknowledged, the socket is not read
+        and the broker keeps the rest queued in the session.
+        """
+        broker, client = self.spec.broker, self._client
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 24 * 3600
+        props.ReceiveMaximum = self.spec.max_inflight_frames
+        backoff = 0.5
+        first = True
+        while not self._stop.is_set():
+            sock = client.socket()
+            if sock is None:
+                try:
+                    if first:
+                        client.connect(
+                            broker.host, broker.port, broker.keepalive_s, clean_start=False, properties=props
+                        )
+                        first = False
+                    else:
+                        client.reconnect()
+                    backoff = 0.5
+                except OSError as e:
+                    log.warning("ingress cannot reach broker %s:%d (%s); retrying in %.1fs",
+                                broker.host, broker.port, e, backoff)  # fmt: skip
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                continue
+            readable = [sock] if self._backlog < self.spec.max_inflight_frames else []
+            writable = [sock] if client.want_write() else []
+            try:
+                ready_r, ready_w, _ = select.select(readable, writable, [], 0.005)
+            except (OSError, ValueError):
+                ready_r, ready_w = [], []
+            if ready_r:
+                client.loop_read()
+            if ready_w or client.want_write():
+                client.loop_write()
+            client.loop_misc()
 
     # --- MQTT callbacks (network thread) ---------------------------------------
 
@@ -138,6 +194,9 @@ class FrameIngress:
         if reason.is_failure:
             log.error("broker %s:%d refused the ingress: %s", self.spec.broker.host, self.spec.broker.port, reason)
             return
+        with self._ack_lock:
+            self._generation += 1
+            self._backlog = 0  # the broker redelivers whatever the last connection left unacknowledged
         client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.spec.frame_filters])
         self.connected.set()
         log.info("ingress %s subscribed to %s", client._client_id.decode(), ", ".join(self.spec.frame_filters))
@@ -154,6 +213,9 @@ class FrameIngress:
             log.warning("ignoring message on unexpected topic %r", msg.topic)
             self._client.ack(msg.mid, msg.qos)
             return
+        with self._ack_lock:
+            self._backlog += 1
+            generation = self._generation
         props = msg.properties
         correlation = getattr(props, "CorrelationData", None) if props else None
         user_properties = dict(getattr(props, "UserProperty", []) or []) if props else {}
@@ -162,7 +224,9 @@ class FrameIngress:
             self._next_id += 1
             frame_id = f"{self.node}-{id(self):x}-{self._next_id}"
         self.counts["frames_received"] += 1
-        self._queue.put(Frame(msg.mid, msg.qos, robot, msg.payload, frame_id, correlation, user_properties))
+        self._queue.put(
+            Frame(msg.mid, msg.qos, generation, robot, bytes(msg.payload), frame_id, correlation, user_properties)
+        )
 
     # --- batching (batcher thread) -------------------------------------------
 
@@ -186,7 +250,7 @@ class FrameIngress:
         try:
             replies = self._replies(batch)
             infos = [
-                (frame, self._client.publish(topic, payload, qos=1, properties=self._reply_properties(frame)))
+                (frame, self._publisher.publish(topic, payload, qos=1, properties=self._reply_properties(frame)))
                 for frame, topic, payload in replies
             ]
             for frame, info in infos:
@@ -196,12 +260,19 @@ class FrameIngress:
                     log.warning("result for frame %s not confirmed (%s); broker will redeliver it", frame.frame_id, e)
                     continue
                 if info.is_published():
-                    self._client.ack(frame.mid, frame.qos)
-                    self.counts["frames_acked"] += 1
+                    self._ack(frame)
         except Exception:
             log.exception("batch of %d frames failed; they stay unacknowledged and come back", len(batch))
         finally:
             self._slots.release()
+
+    def _ack(self, frame: Frame) -> None:
+        with self._ack_lock:
+            if frame.generation != self._generation:
+                return  # its connection is gone; the broker redelivers it and the retry is answered from memory
+            self._backlog -= 1
+        self._client.ack(frame.mid, frame.qos)
+        self.counts["frames_acked"] += 1
 
     def _replies(self, batch: list[Frame]) -> list[tuple[Frame, str, bytes]]:
         """Topic and payload of the answer to every frame in ``batch``."""
@@ -278,9 +349,7 @@ class FrameIngress:
             "user_properties": frame.user_properties,
         }
 
-    def _result(
-        self, frame: Frame, outcome: dict[str, Any], started: float, inference_ms: float
-    ) -> tuple[str, bytes]:
+    def _result(self, frame: Frame, outcome: dict[str, Any], started: float, inference_ms: float) -> tuple[str, bytes]:
         now = time.monotonic()
         timings = wire.Timings(
             queue=round((started - frame.received) * 1000, 2),

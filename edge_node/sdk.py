@@ -180,7 +180,9 @@ class RobotClient:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             body = json.loads(msg.payload)
-            reply: Reply = Result.model_validate(body) if msg.topic == self._results_topic else ErrorReply.model_validate(body)
+            reply: Reply = (
+                Result.model_validate(body) if msg.topic == self._results_topic else ErrorReply.model_validate(body)
+            )
         except ValueError as e:
             log.warning("robot %s ignored an unreadable answer on %s: %s", self.robot, msg.topic, e)
             return

@@ -54,7 +54,9 @@ class ModelServer:
         frames = [frame for call in calls for frame in call]
         started = time.perf_counter()
         outcomes = await asyncio.get_running_loop().run_in_executor(None, self._judge, frames)
-        log.debug("judged %d frames from %d calls in %.1f ms", len(frames), len(calls), (time.perf_counter() - started) * 1e3)
+        log.debug(
+            "judged %d frames from %d calls in %.1f ms", len(frames), len(calls), (time.perf_counter() - started) * 1e3
+        )
         replies, offset = [], 0
         for call in calls:
             replies.append(outcomes[offset : offset + len(call)])
@@ -83,7 +85,11 @@ class Ingress:
         self._model = model
         manifest = load_manifest(spec.manifest)
         self.ingress = FrameIngress(
-            spec, self._infer, client_id=client_id, node=socket.gethostname(), model=f"{manifest.name}:{manifest.version}"
+            spec,
+            self._infer,
+            client_id=client_id,
+            node=socket.gethostname(),
+            model=f"{manifest.name}:{manifest.version}",
         )
         self.ingress.start()
         self._last_connected = time.monotonic()
@@ -111,7 +117,7 @@ def build_app(spec: SliceSpec) -> Any:
     """The Serve application (bound deployment graph) for ``spec``."""
     spec_json = spec.model_dump_json()
     resources = spec.resources
-    model = ModelServer.options(
+    model = ModelServer.options(  # type: ignore[attr-defined]
         name="model",
         autoscaling_config={
             "min_replicas": spec.replicas.min_replicas,
@@ -126,7 +132,7 @@ def build_app(spec: SliceSpec) -> Any:
         max_ongoing_requests=max(spec.batch.max_batch_size, 16),
         ray_actor_options={"num_cpus": resources.cpus_per_replica, "num_gpus": resources.gpus_per_replica},
     ).bind(spec_json)
-    return Ingress.options(
+    return Ingress.options(  # type: ignore[attr-defined]
         name="ingress",
         num_replicas=spec.ingress_replicas,
         ray_actor_options={"num_cpus": resources.ingress_cpus},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import multiprocessing
 import os
 import threading
@@ -49,17 +52,25 @@ class SimulationReport:
     correct: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    answered_at: list[float] = field(default_factory=list, repr=False)
+    """Monotonic time of every answer, for gaps in service."""
 
     @property
     def throughput_fps(self) -> float:
         return (self.results + self.errors) / self.elapsed_s if self.elapsed_s else 0.0
+
+    def longest_gap_s(self, after: float = 0.0) -> float:
+        """Longest time without any answer, counting only answers after ``after`` (monotonic)."""
+        times = sorted(t for t in self.answered_at if t >= after)
+        points = [after, *times] if after else times
+        return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures: throughput, latency percentiles, accuracy, losses."""
-        data = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        data = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "answered_at")}
         data.update(
             throughput_fps=round(self.throughput_fps, 1),
             p50_ms=round(self.percentile(50), 2),
@@ -104,12 +115,16 @@ class Simulation:
                 RobotClient(host, port, tenant=tenant, line=line, robot=name, username=username, password=password)
             )
 
-    def run(self, duration_s: float | None, progress: ProgressFn | None = None, stop: threading.Event | None = None) -> SimulationReport:
+    def run(
+        self, duration_s: float | None, progress: ProgressFn | None = None, stop: threading.Event | None = None
+    ) -> SimulationReport:
         """Stream until ``duration_s`` passes (or ``stop`` is set), then wait for answers still due."""
         for client in self.clients:
             client.connect()
         started = time.monotonic()
-        threads = [threading.Thread(target=self._robot, args=(i, c, started), daemon=True) for i, c in enumerate(self.clients)]
+        threads = [
+            threading.Thread(target=self._robot, args=(i, c, started), daemon=True) for i, c in enumerate(self.clients)
+        ]
         for t in threads:
             t.start()
         stop = stop or threading.Event()
@@ -123,10 +138,8 @@ class Simulation:
             t.join()
         deadline = time.monotonic() + self.timeout_s * (self.retries + 1) + 1
         for future in list(self._futures):
-            try:
+            with contextlib.suppress(FrameLost, TimeoutError):
                 future.result(timeout=max(deadline - time.monotonic(), 0.01))
-            except (FrameLost, TimeoutError):
-                pass
         self.report.elapsed_s = time.monotonic() - started
         self.report.pending = sum(not f.done() for f in self._futures)
         self.report.lost += self.report.pending
@@ -149,13 +162,13 @@ class Simulation:
             label, frame = self.pool[(index * 7919 + k) % len(self.pool)]
             sent_at = time.monotonic()
             future = client.send(frame, frame_id=f"{client.robot}-{k}", timeout_s=self.timeout_s, retries=self.retries)
-            future.add_done_callback(lambda f, lb=label, t=sent_at: self._record(f, lb, t))
+            future.add_done_callback(functools.partial(self._record, label=label, sent_at=sent_at))
             with self._lock:
                 self._futures.append(future)
                 self.report.sent += 1
             k += 1
 
-    def _record(self, future: Future[Reply], label: str, sent_at: float) -> None:
+    def _record(self, future: Future[Reply], *, label: str, sent_at: float) -> None:
         latency_ms = (time.monotonic() - sent_at) * 1000
         with self._lock:
             error = future.exception()
@@ -163,6 +176,7 @@ class Simulation:
                 self.report.lost += 1
                 return
             reply = future.result()
+            self.report.answered_at.append(time.monotonic())
             if isinstance(reply, ErrorReply):
                 self.report.errors += 1
                 codes = Counter(self.report.errors_by_code)

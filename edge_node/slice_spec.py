@@ -59,9 +59,7 @@ class BatchSpec(_Strict):
     @model_validator(mode="after")
     def _ingress_fits(self) -> BatchSpec:
         if self.ingress_batch > self.max_batch_size:
-            raise ValueError(
-                f"ingress_batch ({self.ingress_batch}) must be <= max_batch_size ({self.max_batch_size})"
-            )
+            raise ValueError(f"ingress_batch ({self.ingress_batch}) must be <= max_batch_size ({self.max_batch_size})")
         return self
 
 

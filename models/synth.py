@@ -13,10 +13,10 @@ features (bolt holes, bores, printed marks) so that a missing one is detectable.
 
 How the generator is made hard, on purpose:
 
-* Defects are small and faint. A scratch is 2-3 px wide (about one pixel at
-  the model's 128 px input) and changes brightness by 10-25 %; a pit is
-  3.5-8 px across; a stain blends in at 22-45 % opacity; cracks are thin and
-  dark grey rather than black.
+* Defects are small and faint. A scratch is 3-4 px wide (under two pixels at
+  the model's 128 px input), covers well under 1 % of the frame and changes
+  brightness by 15-30 %; a pit is 5-10 px across; a stain blends in at 30-50 %
+  opacity; cracks are 2-3 px wide and dark grey rather than black.
 * Defect contrast is of the same order as the surface texture itself
   (brushing, turning marks, casting grain, orange peel), which varies per part.
 * Good parts carry harmless features that look like defects to a naive
@@ -298,8 +298,8 @@ def _scratch(rng: np.random.Generator, luma: Array, mask: Array, features: list[
     direction = np.array([np.cos(angle), np.sin(angle)])
     normal = np.array([-direction[1], direction[0]])
     points = np.array([cx, cy]) + t * length * direction + (t**2 - 0.25) * bend * length * normal
-    width = rng.uniform(0.9, 1.6)
-    strength = rng.uniform(0.1, 0.25) * rng.choice([-1, 1])
+    width = rng.uniform(1.3, 2.2)
+    strength = rng.uniform(0.15, 0.3) * rng.choice([-1, 1])
     luma += strength * np.exp(-((_polyline_distance(points) / width) ** 2)) * mask
 
 
@@ -309,11 +309,11 @@ def _dent(rng: np.random.Generator, luma: Array, mask: Array, features: list[Fea
     cx0, cy0 = _free_spot(rng, mask, features, 16)
     for k in range(int(rng.integers(1, 4))):
         cx, cy = (cx0, cy0) if k == 0 else (cx0 + rng.uniform(-10, 10), cy0 + rng.uniform(-10, 10))
-        radius = rng.uniform(3.5, 8.0) / (1 + 0.3 * k)
+        radius = rng.uniform(5.0, 10.0) / (1 + 0.3 * k)
         dx, dy = (x - cx) / radius, (y - cy) / radius
         bowl = np.exp(-(dx**2 + dy**2))
         shade = -(dx * np.cos(light) + dy * np.sin(light)) * bowl  # lit on one side, shadowed on the other
-        depth = rng.uniform(0.12, 0.3)
+        depth = rng.uniform(0.18, 0.35)
         luma += depth * (0.8 * shade - 0.5 * bowl) * mask
 
 
@@ -331,13 +331,13 @@ def _crack(rng: np.random.Generator, luma: Array, mask: Array, features: list[Fe
         branch_turns = turns[: steps // 3] + rng.choice([-0.9, 0.9])
         branch = start + np.cumsum(np.stack([np.cos(branch_turns), np.sin(branch_turns)], 1) * 3, axis=0)
         distance = np.minimum(distance, _polyline_distance(np.vstack([start, branch])))
-    width = rng.uniform(0.7, 1.2)
-    luma -= rng.uniform(0.15, 0.35) * np.exp(-((distance / width) ** 2)) * mask
+    width = rng.uniform(1.0, 1.6)
+    luma -= rng.uniform(0.2, 0.4) * np.exp(-((distance / width) ** 2)) * mask
 
 
 def _stain(rng: np.random.Generator, rgb: Array, mask: Array, features: list[Feature]) -> None:
     x, y = _grid()
-    radius = rng.uniform(12, 35)
+    radius = rng.uniform(14, 35)
     cx, cy = _free_spot(rng, mask, features, radius * 0.6)
     envelope = np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / radius**2))
     blob = envelope * (1 + 0.35 * smooth_noise(rng, 8))
@@ -350,7 +350,7 @@ def _stain(rng: np.random.Generator, rgb: Array, mask: Array, features: list[Fea
     else:  # dried water spot: lighter with a ring
         colour = np.array([0.9, 0.9, 0.85])
         cover = cover * (0.5 + np.clip((blob - 0.5) * 4, 0, 1) * (1 - np.clip((blob - 0.7) * 6, 0, 1)))
-    alpha = rng.uniform(0.22, 0.45) * cover[..., None]
+    alpha = rng.uniform(0.3, 0.5) * cover[..., None]
     rgb[:] = rgb * (1 - alpha) + alpha * colour * rgb.mean(axis=(0, 1)) / 0.6
 
 

@@ -1,0 +1,162 @@
+"""End-to-end benchmark of the data path, with its baselines measured in the same run.
+
+One run, one model, one machine (broker, Ray and the load generator all on it):
+
+(a) raw ONNX Runtime throughput at its best batch size and thread count;
+(b) end-to-end throughput robots -> broker -> ingress -> model -> broker -> robots at saturation;
+(c) latency p50/p99 at 50 % of the end-to-end throughput measured in (b);
+(d) an MQTT echo baseline: the same frames through the same broker to a trivial
+    consumer that publishes a tiny reply, i.e. what the broker and clients cost alone.
+
+    lineside bench pipeline --duration 20 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bench.runtime_throughput import measure as measure_runtime
+from edge_node import cluster, wire
+from edge_node.broker import MosquittoBroker
+from edge_node.simulate import Simulation, render_pool
+from edge_node.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
+
+TENANT, LINE = "bench", "line-1"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class EchoConsumer:
+    """Trivial consumer: answers every frame with a tiny JSON result, nothing else."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-echo", protocol=mqtt.MQTTv5)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(wire.shared_frames_filter("echo", TENANT, LINE), qos=1)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        robot = wire.parse_topic(msg.topic)
+        correlation: bytes = getattr(msg.properties, "CorrelationData", b"?")
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = correlation
+        reply = wire.Result(
+            frame_id=correlation.decode(), tenant=robot.tenant, line=robot.line, robot=robot.robot, slice="echo",
+            node="bench", verdict="pass", defect_class=None, score=1.0, fail_score=0.0, scores={}, model="echo",
+            timings_ms=wire.Timings(queue=0, inference=0, total=0),
+        )  # fmt: skip
+        client.publish(robot.sibling(wire.TopicKind.RESULTS), reply.model_dump_json(), qos=1, properties=props)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _stream(broker: MosquittoBroker, pool: list[tuple[str, bytes]], robots: int, fps: float, seconds: float,
+            window: int) -> dict[str, Any]:  # fmt: skip
+    sim = Simulation(broker.host, broker.port, tenant=TENANT, line=LINE, robots=robots, fps=fps, pool=pool,
+                     timeout_s=30, retries=0, window=window)  # fmt: skip
+    return sim.run(seconds).summary()
+
+
+def _rss_mb(app: str) -> float:
+    from ray.util.state import list_actors
+
+    total_kb = 0
+    for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+        if actor.class_name.startswith(f"ServeReplica:{app}:") and actor.pid:
+            status = Path(f"/proc/{actor.pid}/status").read_text()
+            total_kb += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+    return round(total_kb / 1024, 1)
+
+
+def run(duration_s: float, robots: int, batch: int, ort_threads: int) -> dict[str, Any]:
+    _log("(a) raw ONNX Runtime throughput by batch size and thread count...")
+    raw = measure_runtime([8, 32, 64], [1, 2], min_seconds=max(duration_s / 6, 1.0))
+    best = max(raw["results"], key=lambda r: r["raw_ort_frames_per_s"])
+    _log(f"    best: batch {best['batch']}, {best['threads']} threads: {best['raw_ort_frames_per_s']} frames/s")
+    pool = render_pool(96)
+    with tempfile.TemporaryDirectory(prefix="lineside-bench-") as workdir, MosquittoBroker(Path(workdir)) as broker:
+        _log("(d) MQTT echo baseline...")
+        echo = EchoConsumer(broker.host, broker.port)
+        echo_report = _stream(broker, pool, robots, fps=10_000, seconds=duration_s, window=16)
+        echo.stop()
+        _log(f"    echo: {echo_report['throughput_fps']} frames/s")
+
+        spec = SliceSpec(
+            name="bench", tenant=TENANT, lines=[LINE], broker=BrokerSpec(port=broker.port),
+            replicas=ReplicaSpec(min_replicas=1, max_replicas=1),
+            batch=BatchSpec(max_batch_size=batch, batch_wait_ms=2.0, ingress_batch=min(batch, 32), ingress_wait_ms=2.0,
+                            ingress_concurrency=3),
+            resources=ResourceSpec(cpus_per_replica=1.0, ort_threads=ort_threads),
+            max_inflight_frames=256,
+        )  # fmt: skip
+        cluster.start()
+        try:
+            cluster.apply_slice(spec)
+            _log("    warming up the slice...")
+            _stream(broker, pool, robots, fps=10_000, seconds=3, window=16)
+            _log("(b) end-to-end throughput at saturation...")
+            saturated = _stream(broker, pool, robots, fps=10_000, seconds=duration_s, window=16)
+            e2e_fps = saturated["throughput_fps"]
+            _log(f"    end to end: {e2e_fps} frames/s")
+            _log("(c) latency at 50% of that...")
+            half = _stream(broker, pool, robots, fps=e2e_fps * 0.5 / robots, seconds=duration_s, window=1000)
+            _log(f"    p50 {half['p50_ms']} ms, p99 {half['p99_ms']} ms")
+            rss = _rss_mb(spec.name)
+        finally:
+            cluster.stop()
+    return {
+        "benchmark": "pipeline",
+        "model": raw["model"],
+        "providers": raw["providers"],
+        "batch_size": batch,
+        "raw_ort_fps": best["raw_ort_frames_per_s"],
+        "raw_ort_best": {"batch": best["batch"], "threads": best["threads"]},
+        "e2e_fps": e2e_fps,
+        "efficiency": round(e2e_fps / best["raw_ort_frames_per_s"], 3),
+        "echo_fps": echo_report["throughput_fps"],
+        "p50_ms": half["p50_ms"],
+        "p95_ms": half["p95_ms"],
+        "p99_ms": half["p99_ms"],
+        "load_at_latency_fps": half["throughput_fps"],
+        "sent": saturated["sent"] + half["sent"],
+        "lost_frames": saturated["lost"] + half["lost"],
+        "verdict_accuracy": saturated["accuracy"],
+        "slice_rss_mb": rss,
+        "robots": robots,
+        "duration_s": duration_s,
+        "cpu_count": raw["cpu_count"],
+        "raw_ort_table": raw["results"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lineside bench pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per measured phase")
+    parser.add_argument("--robots", type=int, default=16, help="simulated robots")
+    parser.add_argument("--batch", type=int, default=32, help="model max batch size")
+    parser.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime threads in the model replica")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (default: indented JSON)")
+    args = parser.parse_args(argv)
+    result = run(args.duration, args.robots, args.batch, args.ort_threads)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Real services for integration tests: a Mosquitto per test, one ONNX model and one Ray per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_node.broker import MosquittoBroker
+from edge_node.runtime import InspectionModel
+from edge_node.settings import EdgeSettings
+from models.manifest import BUNDLED_MANIFEST
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A Mosquitto process of its own, on a free port, with Lineside's generated config."""
+    with MosquittoBroker(tmp_path / "broker") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def model() -> InspectionModel:
+    return InspectionModel(BUNDLED_MANIFEST, EdgeSettings(intra_op_threads=1))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray (with Serve, no HTTP proxy) for the whole test session."""
+    from edge_node import cluster
+
+    cluster.start(num_cpus=2)
+    yield
+    cluster.stop()

@@ -1,0 +1,194 @@
+"""The MQTT ingress against a real Mosquitto and the real model, without Ray."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_node import wire
+from edge_node.broker import MosquittoBroker
+from edge_node.ingress import FrameIngress, InferFn
+from edge_node.runtime import InspectionModel, as_reply
+from edge_node.sdk import RobotClient
+from edge_node.simulate import Simulation
+from edge_node.slice_spec import BrokerSpec, SliceSpec
+from models import synth
+from tests.unit.test_imaging import _png_header_only
+
+TENANT, LINE = "acme", "line-1"
+
+
+def _spec(broker: MosquittoBroker, **overrides: Any) -> SliceSpec:
+    return SliceSpec(name="s1", tenant=TENANT, lines=[LINE], broker=BrokerSpec(port=broker.port), **overrides)
+
+
+@pytest.fixture
+def start_ingress(broker: MosquittoBroker, model: InspectionModel) -> Iterator[Callable[..., FrameIngress]]:
+    started: list[FrameIngress] = []
+
+    def start(infer: InferFn | None = None, **overrides: Any) -> FrameIngress:
+        ingress = FrameIngress(
+            _spec(broker, **overrides),
+            infer or (lambda frames: [as_reply(o) for o in model.inspect(frames)]),
+            client_id=f"ingress-{len(started)}",
+            node="test-node",
+            model="part-inspector:test",
+        )
+        ingress.start()
+        assert ingress.connected.wait(10)
+        started.append(ingress)
+        return ingress
+
+    yield start
+    for ingress in started:
+        ingress.stop()
+
+
+@pytest.fixture
+def robot(broker: MosquittoBroker) -> Iterator[RobotClient]:
+    client = RobotClient(broker.host, broker.port, tenant=TENANT, line=LINE, robot="cam-7").connect()
+    yield client
+    client.close()
+
+
+def test_frame_gets_a_verdict_with_its_id_and_properties(
+    broker: MosquittoBroker, start_ingress: Callable[..., FrameIngress]
+) -> None:
+    start_ingress()
+    answers: list[mqtt.MQTTMessage] = []
+    got = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw-robot", protocol=mqtt.MQTTv5)
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        answers.append(msg)
+        got.set()
+
+    client.on_message = on_message
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe(wire.topic(TENANT, LINE, "cam-9", wire.TopicKind.RESULTS), qos=1)
+    time.sleep(0.3)
+    props = Properties(PacketTypes.PUBLISH)
+    props.CorrelationData = b"frame-42"
+    props.UserProperty = [("part_id", "P-1001"), ("view", "top")]
+    sample = synth.generate(4242, 0, "scratch")
+    client.publish(wire.topic(TENANT, LINE, "cam-9", wire.TopicKind.FRAMES), sample.data, qos=1, properties=props)
+    assert got.wait(10), "no result within 10 s"
+    client.loop_stop()
+    msg = answers[0]
+    result = wire.Result.model_validate_json(msg.payload)
+    assert result.frame_id == "frame-42"
+    assert (result.tenant, result.line, result.robot) == (TENANT, LINE, "cam-9")
+    assert result.user_properties == {"part_id": "P-1001", "view": "top"}
+    assert result.verdict in ("pass", "fail")
+    assert set(result.scores) == set(synth.CLASSES)
+    assert result.timings_ms.total >= result.timings_ms.inference > 0
+    assert msg.properties is not None
+    assert getattr(msg.properties, "CorrelationData", None) == b"frame-42"
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
+def test_plain_mosquitto_pub_of_a_jpeg_yields_a_result(
+    broker: MosquittoBroker, start_ingress: Callable[..., FrameIngress], tmp_path: Path
+) -> None:
+    start_ingress()
+    part = tmp_path / "part.jpg"
+    part.write_bytes(synth.generate(4242, 1, "good").data)
+    results = wire.topic(TENANT, LINE, "cam-7", wire.TopicKind.RESULTS)
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-p", str(broker.port), "-t", results, "-C", "1", "-W", "15"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.5)
+    frames = wire.topic(TENANT, LINE, "cam-7", wire.TopicKind.FRAMES)
+    subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-f", str(part), "-t", frames], check=True)
+    out, _ = sub.communicate(timeout=20)
+    result = json.loads(out)
+    assert result["robot"] == "cam-7"
+    assert result["frame_id"]  # assigned by the ingress
+    assert result["verdict"] in ("pass", "fail")
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (synth.generate(4242, 2, "good").data[:3000], "bad_image"),
+        (np.random.default_rng(1).bytes(5000), "unsupported_format"),
+        (_png_header_only(20000, 20000), "too_large"),
+        (b"\xff\xd8\xff" + bytes(wire.MAX_FRAME_BYTES), "too_large"),
+        (b"", "bad_image"),
+    ],
+    ids=["truncated-jpeg", "random-bytes", "20000x20000-png", "over-size-limit", "empty"],
+)
+def test_bad_frames_get_coded_errors_and_good_frames_keep_flowing(
+    start_ingress: Callable[..., FrameIngress], robot: RobotClient, payload: bytes, code: str
+) -> None:
+    start_ingress()
+    good = synth.generate(4242, 3, "good").data
+    before = robot.send(good)
+    bad = robot.send(payload)
+    after = robot.send(good)
+    error = bad.result(timeout=15)
+    assert isinstance(error, wire.ErrorReply)
+    assert error.code.value == code
+    assert error.detail
+    assert isinstance(before.result(timeout=15), wire.Result)
+    assert isinstance(after.result(timeout=15), wire.Result)
+
+
+def test_retried_frame_id_is_answered_from_memory(
+    broker: MosquittoBroker, start_ingress: Callable[..., FrameIngress], robot: RobotClient
+) -> None:
+    ingress = start_ingress()
+    frame = synth.generate(4242, 4, "dent").data
+    first = robot.inspect(frame, frame_id="retry-me", timeout_s=10)
+    second = robot.inspect(frame, frame_id="retry-me", timeout_s=10)
+    assert isinstance(first, wire.Result)
+    assert second == first
+    assert ingress.counts["retries_answered_from_memory"] == 1
+    assert ingress.counts["verdict_pass"] + ingress.counts["verdict_fail"] == 1
+
+
+def test_slow_model_means_backpressure_not_loss(
+    broker: MosquittoBroker, start_ingress: Callable[..., FrameIngress], model: InspectionModel
+) -> None:
+    """With a model 20x too slow, unacknowledged frames stay capped and every frame is answered."""
+    in_model = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def slow(frames: list[bytes]) -> list[dict[str, Any]]:
+        nonlocal in_model, peak
+        with lock:
+            in_model += len(frames)
+            peak = max(peak, in_model)
+        time.sleep(0.25)
+        try:
+            return [as_reply(o) for o in model.inspect(frames)]
+        finally:
+            with lock:
+                in_model -= len(frames)
+
+    ingress = start_ingress(slow, max_inflight_frames=8)
+    pool = [(s.label, s.data) for s in (synth.generate(4242, i) for i in range(20))]
+    sim = Simulation(broker.host, broker.port, tenant=TENANT, line=LINE, robots=4, fps=20, pool=pool,
+                     timeout_s=60, retries=0, window=1000)  # fmt: skip
+    report = sim.run(3.0)
+    assert report.sent >= 150
+    assert report.lost == 0
+    assert report.results == report.sent
+    assert peak <= 8, f"{peak} frames were inside the model at once; the receive maximum is 8"
+    assert ingress._queue.qsize() == 0

@@ -1,0 +1,81 @@
+"""A slice as a real Ray Serve application, fed by simulated robots through a real Mosquitto."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from ray import serve
+from ray.util.state import list_actors
+
+from edge_node import cluster
+from edge_node.broker import MosquittoBroker
+from edge_node.simulate import Simulation
+from edge_node.slice_spec import BrokerSpec, ReplicaSpec, SliceSpec
+from models import synth
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+POOL = [(s.label, s.data) for s in (synth.generate(5150, i) for i in range(48))]
+
+
+@pytest.fixture
+def deployed(broker: MosquittoBroker, request: pytest.FixtureRequest) -> Iterator[SliceSpec]:
+    spec = SliceSpec(
+        name=f"t-{request.node.name[5:25].replace('_', '-')}",
+        tenant="acme",
+        lines=["line-1"],
+        broker=BrokerSpec(port=broker.port),
+        replicas=ReplicaSpec(min_replicas=1, max_replicas=1),
+    )
+    cluster.apply_slice(spec)
+    yield spec
+    cluster.delete_slice(spec.name)
+
+
+def test_slice_answers_every_frame(broker: MosquittoBroker, deployed: SliceSpec) -> None:
+    status = cluster.slice_status(deployed)
+    assert status["status"] == "RUNNING"
+    assert status["deployments"]["model"]["replicas"] == {"RUNNING": 1}
+    sim = Simulation(broker.host, broker.port, tenant="acme", line="line-1", robots=6, fps=5, pool=POOL)
+    report = sim.run(6.0)
+    assert report.sent >= 150
+    assert report.lost == 0
+    assert report.results == report.sent
+    assert report.correct / report.results >= 0.85
+    stats = cluster.slice_stats(deployed)
+    assert stats["frames_received"] >= report.sent
+
+
+def _ingress_pid(app: str) -> int:
+    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{app}:ingress"), ("state", "=", "ALIVE")])
+    assert len(actors) == 1, actors
+    pid = actors[0].pid
+    assert pid is not None
+    return int(pid)
+
+
+def test_killed_ingress_loses_no_acknowledged_frame(broker: MosquittoBroker, deployed: SliceSpec) -> None:
+    """kill -9 of the ingress while 20 robots stream at QoS 1: every frame is answered, service resumes."""
+    sim = Simulation(broker.host, broker.port, tenant="acme", line="line-1", robots=20, fps=2, pool=POOL,
+                     timeout_s=5, retries=4)  # fmt: skip
+    killed_at: list[float] = []
+
+    def kill_soon() -> None:
+        time.sleep(4)
+        os.kill(_ingress_pid(deployed.name), signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    report = sim.run(22.0)
+    killer.join()
+    assert killed_at, "the ingress was never killed"
+    assert report.lost == 0, report.summary()
+    assert report.results == report.sent
+    assert report.longest_gap_s(after=killed_at[0]) <= 15.0, "service did not resume within 15 s"
+    assert serve.status().applications[deployed.name].deployments["ingress"].replica_states == {"RUNNING": 1}
