@@ -1,6 +1,7 @@
 # Lineside: the two commands a user needs are `make demo` and `make test`.
-# Everything is installed into .venv; nothing outside it except, on Debian/Ubuntu
-# without python3-venv, that one apt package (asked for, with sudo when not root).
+# Python packages go into .venv. Outside it, and only when missing, two things come
+# from apt (with sudo when not root): python3-venv, and the Mosquitto broker with its
+# clients (mosquitto, mosquitto-clients), which the demo and the tests start themselves.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,9 @@ STAMP := $(VENV)/.installed
 # onnxruntime-gpu on machines with an NVIDIA driver, the CPU build elsewhere (never both).
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: setup demo test test-unit test-integration lint format train evaluate bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: broker setup demo test test-unit test-integration lint format train evaluate bench clean
 
 setup: $(STAMP)
 
@@ -17,23 +20,30 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Lineside needs Python 3.11+; found " + sys.version.split()[0])'
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 		echo "python3 -m venv failed: installing Debian/Ubuntu's python3-venv"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),dev]"
 	@echo "installed Lineside into $(VENV) with onnxruntime ($(ORT_EXTRA))"
 	@touch $(STAMP)
 
-demo: setup
-	$(VENV)/bin/lineside demo
+broker:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] && command -v mosquitto_pub >/dev/null 2>&1 || { \
+		echo "installing the Mosquitto MQTT broker and clients with apt"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
 
-test: setup
+# `make demo DEMO_ARGS=` streams until Ctrl-C; see `lineside demo --help` for robots/fps.
+DEMO_ARGS ?= --duration 60
+
+demo: setup broker
+	$(VENV)/bin/lineside demo $(DEMO_ARGS)
+
+test: setup broker
 	$(PY) -m pytest
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
 
-test-integration: setup
+test-integration: setup broker
 	$(PY) -m pytest tests/integration
 
 lint: setup
@@ -53,8 +63,9 @@ train: setup
 evaluate: setup
 	$(PY) -m models.evaluate --json
 
-bench: setup
-	$(PY) -m bench.runtime_throughput --json
+bench: setup broker
+	$(VENV)/bin/lineside bench runtime --json
+	$(VENV)/bin/lineside bench pipeline --json
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ How the generator is made hard, on purpose:
 
 * Defects are small and faint. A scratch is 3-4 px wide (under two pixels at
   the model's 128 px input), covers well under 1 % of the frame and changes
-  brightness by 15-30 %; a pit is 5-10 px across; a stain blends in at 30-50 %
+  brightness by 15-30 %; a pit is 5-10 px across; a stain blends in at 35-55 %
   opacity; cracks are 2-3 px wide and dark grey rather than black.
 * Defect contrast is of the same order as the surface texture itself
   (brushing, turning marks, casting grain, orange peel), which varies per part.
@@ -164,7 +164,7 @@ def _surface(rng: np.random.Generator, family: str) -> tuple[Array, Array]:
         tex += 0.015 * smooth_noise(rng, 30)
         tint = np.array([1.0, 0.99, 0.97]) * rng.uniform(0.97, 1.03, 3)
     elif family == "cast":
-        tex = 0.05 * smooth_noise(rng, 24) + 0.03 * smooth_noise(rng, 6)
+        tex = 0.035 * smooth_noise(rng, 24) + 0.025 * smooth_noise(rng, 6)
         tex += 0.03 * rng.standard_normal(x.shape).astype(np.float32)
         level -= 0.08
         tint = np.array([1.0, 0.97, 0.93]) * rng.uniform(0.95, 1.05, 3)
@@ -313,7 +313,7 @@ def _dent(rng: np.random.Generator, luma: Array, mask: Array, features: list[Fea
         dx, dy = (x - cx) / radius, (y - cy) / radius
         bowl = np.exp(-(dx**2 + dy**2))
         shade = -(dx * np.cos(light) + dy * np.sin(light)) * bowl  # lit on one side, shadowed on the other
-        depth = rng.uniform(0.18, 0.35)
+        depth = rng.uniform(0.22, 0.38)
         luma += depth * (0.8 * shade - 0.5 * bowl) * mask
 
 
@@ -350,7 +350,7 @@ def _stain(rng: np.random.Generator, rgb: Array, mask: Array, features: list[Fea
     else:  # dried water spot: lighter with a ring
         colour = np.array([0.9, 0.9, 0.85])
         cover = cover * (0.5 + np.clip((blob - 0.5) * 4, 0, 1) * (1 - np.clip((blob - 0.7) * 6, 0, 1)))
-    alpha = rng.uniform(0.3, 0.5) * cover[..., None]
+    alpha = rng.uniform(0.35, 0.55) * cover[..., None]
     rgb[:] = rgb * (1 - alpha) + alpha * colour * rgb.mean(axis=(0, 1)) / 0.6
 
 

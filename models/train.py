@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from models import dataset, synth
+from models.calibration import calibrate_threshold
 from models.manifest import BUNDLED_MANIFEST, DecisionRule, InputSpec, ModelManifest, OutputSpec, Preprocess, sha256_of
 
 log = logging.getLogger("models.train")
@@ -26,8 +27,6 @@ INPUT_SIZE = 128
 OPSET = 17
 MEAN = (0.45, 0.45, 0.45)
 STD = (0.25, 0.25, 0.25)
-MAX_FALSE_REJECT = 0.015
-"""False-reject rate the threshold is calibrated to on the validation set (target 0.03, half as margin)."""
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -84,22 +83,6 @@ def _predict(net: nn.Module, images: np.ndarray, batch: int = 256) -> np.ndarray
     return np.concatenate(out)
 
 
-def calibrate_threshold(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
-    """Highest fail recall whose false-reject rate stays under ``MAX_FALSE_REJECT``.
-
-    Returns (threshold, fail_recall, false_reject_rate) on the given set.
-    """
-    fail_score = 1.0 - probs[:, 0]
-    good = labels == 0
-    best = (0.5, 0.0, 1.0)
-    for t in np.linspace(0.05, 0.95, 91):
-        frr = float((fail_score[good] >= t).mean())
-        recall = float((fail_score[~good] >= t).mean())
-        if frr <= MAX_FALSE_REJECT and (recall > best[1] or (recall == best[1] and abs(t - 0.5) < abs(best[0] - 0.5))):
-            best = (round(float(t), 3), recall, frr)
-    return best
-
-
 def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -110,9 +93,12 @@ def train(args: argparse.Namespace) -> None:
     log.info("data ready in %.0fs", time.monotonic() - started)
 
     net = PartNet(len(synth.CLASSES))
+    if args.init:
+        net.load_state_dict(torch.load(args.init))
+        log.info("starting from weights %s", args.init)
     steps = args.epochs * (len(train_set.labels) // args.batch)
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     loss_fn = nn.CrossEntropyLoss()
     rng = np.random.default_rng(args.seed)
     for epoch in range(args.epochs):
@@ -133,12 +119,14 @@ def train(args: argparse.Namespace) -> None:
             total += float(loss.detach())
         probs = _predict(net, val_set.images)
         accuracy = float((probs.argmax(1) == val_set.labels).mean())
-        threshold, recall, frr = calibrate_threshold(probs, val_set.labels)
+        threshold, recall, frr = calibrate_threshold(1.0 - probs[:, 0], val_set.labels == 0)
         log.info(
             "epoch %d/%d loss %.3f val accuracy %.3f fail_recall %.3f frr %.3f (t=%.2f) %.0fs",
             epoch + 1, args.epochs, total / max(b + 1, 1), accuracy, recall, frr, threshold, time.monotonic() - t0,
         )  # fmt: skip
-    threshold, recall, frr = calibrate_threshold(_predict(net, val_set.images), val_set.labels)
+    threshold, recall, frr = calibrate_threshold(1.0 - _predict(net, val_set.images)[:, 0], val_set.labels == 0)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), args.cache_dir / "part-inspector-weights.pt")
     export(net, args.out_dir, threshold, args.version)
     log.info(
         "done in %.0fs; threshold %.2f (val fail_recall %.3f, frr %.3f)",
@@ -185,13 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
     parser.add_argument("--train-size", type=int, default=16000, help="generated training frames")
     parser.add_argument("--val-size", type=int, default=2000, help="generated validation frames")
-    parser.add_argument("--epochs", type=int, default=16, help="passes over the training set")
+    parser.add_argument("--epochs", type=int, default=22, help="passes over the training set")
     parser.add_argument("--batch", type=int, default=64, help="batch size")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and batch order")
     parser.add_argument("--version", default="1.0.0", help="version written to the manifest")
     parser.add_argument("--out-dir", type=Path, default=BUNDLED_MANIFEST.parent, help="where to write the model")
+    parser.add_argument("--init", type=Path, help="start from these PyTorch weights (fine-tuning)")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/datasets"), help="rendered data cache")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(parser.parse_args(argv))

@@ -16,7 +16,11 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=300, check=check)
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["inspect"], ["model-info"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["demo"], ["inspect"], ["model-info"], ["robots", "simulate"], ["slice", "run"],
+     ["bench", "pipeline"], ["bench", "runtime"]],
+)  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     result = run(LINESIDE, *command, "--help")
     assert "Usage" in result.stdout
@@ -41,10 +45,16 @@ def test_inspect_prints_a_verdict_per_file(tmp_path: Path) -> None:
     assert second["code"] == "unsupported_format"
 
 
-def test_demo_judges_generated_parts() -> None:
-    result = run(LINESIDE, "demo", "--parts", "6")
-    assert "summary: 6 parts" in result.stdout
-    assert result.stdout.count("truth=") == 6
+def test_demo_streams_robots_through_a_slice_and_cleans_up() -> None:
+    """What `make demo` runs: broker, local Ray, slice, robots; non-zero exit only if frames were lost."""
+    result = run(LINESIDE, "demo", "--duration", "5", "--robots", "2", "--fps", "2")
+    assert "broker: mosquitto on 127.0.0.1:" in result.stdout
+    assert "slice demo:" in result.stdout
+    assert "summary:" in result.stdout
+    assert "ok: every one of" in result.stdout
+    assert "stopped Ray and the broker" in result.stdout
+    leftovers = subprocess.run(["pgrep", "-f", "lineside-demo-"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "the demo left a broker running"
 
 
 def test_evaluate_prints_one_json_object() -> None:

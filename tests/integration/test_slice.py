@@ -12,7 +12,7 @@ import pytest
 from ray import serve
 from ray.util.state import list_actors
 
-from edge_node import cluster
+from edge_node import cluster, wire
 from edge_node.broker import MosquittoBroker
 from edge_node.simulate import Simulation
 from edge_node.slice_spec import BrokerSpec, ReplicaSpec, SliceSpec
@@ -49,6 +49,30 @@ def test_slice_answers_every_frame(broker: MosquittoBroker, deployed: SliceSpec)
     assert report.correct / report.results >= 0.85
     stats = cluster.slice_stats(deployed)
     assert stats["frames_received"] >= report.sent
+
+
+def test_bad_frames_through_the_slice_get_coded_errors(broker: MosquittoBroker, deployed: SliceSpec) -> None:
+    from edge_node.sdk import RobotClient
+    from tests.unit.test_imaging import _png_header_only
+
+    robot = RobotClient(broker.host, broker.port, tenant="acme", line="line-1", robot="cam-1").connect()
+    try:
+        good = POOL[0][1]
+        bad = {
+            "bad_image": good[: len(good) // 3],
+            "unsupported_format": b"\x00\x01random bytes" * 100,
+            "too_large": _png_header_only(20000, 20000),
+        }
+        futures = {code: robot.send(payload, timeout_s=20) for code, payload in bad.items()}
+        after = robot.send(good, timeout_s=20)
+        for code, future in futures.items():
+            reply = future.result()
+            assert isinstance(reply, wire.ErrorReply)
+            assert reply.code.value == code
+            assert reply.slice == deployed.name
+        assert isinstance(after.result(), wire.Result)
+    finally:
+        robot.close()
 
 
 def _ingress_pid(app: str) -> int:

@@ -1,0 +1,23 @@
+import pytest
+
+from edge_node.ingress import frame_id_of
+from edge_node.simulate import SimulationReport
+
+
+def test_frame_ids_from_correlation_data() -> None:
+    assert frame_id_of(None) is None
+    assert frame_id_of(b"frame-42") == "frame-42"
+    assert frame_id_of(b"\xff\xfe") == "fffe"
+
+
+def test_report_percentiles_accuracy_and_gaps() -> None:
+    report = SimulationReport(robots=2, target_fps=10, elapsed_s=2.0, sent=5, results=4, errors=1, correct=3)
+    report.latencies_ms = [10.0, 20.0, 30.0, 40.0]
+    report.answered_at = [100.0, 100.5, 103.5, 104.0, 104.2]
+    summary = report.summary()
+    assert summary["throughput_fps"] == 2.5
+    assert summary["p50_ms"] == pytest.approx(25.0)
+    assert summary["accuracy"] == 0.75
+    assert "latencies_ms" not in summary
+    assert report.longest_gap_s() == pytest.approx(3.0)
+    assert report.longest_gap_s(after=103.9) == pytest.approx(0.2)
