@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from edge_node.errors import BadImage, TooLarge, UnsupportedFormat
@@ -45,19 +46,45 @@ def decode_rgb(data: bytes, limits: FrameLimits, size: tuple[int, int]) -> np.nd
     """Decode a frame to an RGB uint8 array of ``size`` (width, height), enforcing ``limits``."""
     if len(data) > limits.max_bytes:
         raise TooLarge(f"frame is {len(data)} bytes; the limit is {limits.max_bytes}")
-    fmt = sniff_format(data)
+    if sniff_format(data) == "JPEG":
+        return _decode_jpeg(data, limits, size)
+    return _decode_with_pillow(data, "PNG", limits, size)
+
+
+def _check_dimensions(fmt: str, width: int, height: int, limits: FrameLimits) -> None:
+    if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+        raise TooLarge(
+            f"{fmt} frame is {width}x{height} pixels; the limit is {limits.max_pixels} pixels "
+            f"and {limits.max_side} per side: crop or downscale on the robot"
+        )
+
+
+def _decode_jpeg(data: bytes, limits: FrameLimits, size: tuple[int, int]) -> np.ndarray:
+    """libjpeg-turbo through simplejpeg, scaling in the DCT domain (about twice Pillow's speed)."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError as e:
+        raise BadImage(f"cannot read JPEG header: {e}") from e
+    _check_dimensions("JPEG", width, height, limits)
+    if colorspace not in ("YCbCr", "Gray"):  # CMYK/YCCK: let Pillow convert the colours
+        return _decode_with_pillow(data, "JPEG", limits, size)
+    try:
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size[1], min_width=size[0], strict=True)
+    except ValueError as e:
+        raise BadImage(f"JPEG data is corrupt or truncated: {e}") from e
+    if rgb.shape[1::-1] != size:
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    return rgb
+
+
+def _decode_with_pillow(data: bytes, fmt: str, limits: FrameLimits, size: tuple[int, int]) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as e:
         raise TooLarge(f"{fmt} header declares a decompression bomb: {e}") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"cannot read {fmt} header: {e}") from e
-    width, height = image.size
-    if width * height > limits.max_pixels or max(width, height) > limits.max_side:
-        raise TooLarge(
-            f"frame is {width}x{height} pixels; the limit is {limits.max_pixels} pixels "
-            f"and {limits.max_side} per side: crop or downscale on the robot"
-        )
+    _check_dimensions(fmt, *image.size, limits)
     try:
         if fmt == "JPEG":
             image.draft("RGB", size)  # DCT-domain downscale: decode only what the model needs

@@ -24,15 +24,23 @@ from models import synth
 ProgressFn = Callable[["SimulationReport"], None]
 
 
-def _render(args: tuple[int, int]) -> tuple[str, bytes]:
+def _render(args: tuple[int, int]) -> tuple[str, str, bytes]:
     sample = synth.generate(*args)
-    return sample.label, sample.data
+    return sample.label, sample.encoding, sample.data
 
 
-def render_pool(n: int, seed: int = 2026, workers: int | None = None) -> list[tuple[str, bytes]]:
-    """``n`` generated frames (label, JPEG/PNG bytes) for robots to cycle through."""
+def render_pool(
+    n: int, seed: int = 2026, workers: int | None = None, *, jpeg_only: bool = False
+) -> list[tuple[str, bytes]]:
+    """``n`` generated frames (label, JPEG/PNG bytes) for robots to cycle through.
+
+    ``jpeg_only`` skips the generator's PNG frames (15 %), as robot cameras streaming
+    at line speed send JPEG.
+    """
+    candidates = [(seed, i) for i in range(n * 2 if jpeg_only else n)]
     with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
-        return pool.map(_render, [(seed, i) for i in range(n)], chunksize=8)
+        rendered = pool.map(_render, candidates, chunksize=8)
+    return [(label, data) for label, encoding, data in rendered if not jpeg_only or encoding == "jpeg"][:n]
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Pass/fail threshold calibration, shared by training (PyTorch) and recalibration (ONNX Runtime).
 
-    python -m models.calibration          # recalibrate the bundled manifest on the validation set
+python -m models.calibration          # recalibrate the bundled manifest on the validation set
 """
 
 from __future__ import annotations

@@ -97,3 +97,22 @@ def test_normalisation_follows_the_manifest() -> None:
     assert tensor.shape == (3, manifest.input.height, manifest.input.width)
     assert tensor.dtype == np.float32
     np.testing.assert_allclose(tensor, expected, rtol=1e-5)
+
+
+def test_huge_jpeg_header_is_refused_before_decoding() -> None:
+    data = bytearray(encode(_gradient(16, 16), "JPEG"))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = (20000).to_bytes(2, "big") + (20000).to_bytes(2, "big")
+    with pytest.raises(TooLarge, match="20000x20000"):
+        decode_rgb(bytes(data), LIMITS, (128, 128))
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grey_and_cmyk_jpegs_decode_to_rgb(mode: str) -> None:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, (300, 200)).save(out, format="JPEG")
+    assert decode_rgb(out.getvalue(), LIMITS, (128, 96)).shape == (96, 128, 3)
