@@ -20,9 +20,12 @@ Delivery guarantees:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import queue
 import select
+import socket
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -94,10 +97,9 @@ class FrameIngress:
         self._next_id = 0
         self.counts: Counter[str] = Counter()
         self.connected = threading.Event()
-        # Two connections: frames in (manual acks, receive maximum) and results out. Mosquitto
-        # 2.0 miscounts a client's receive-maximum quota when that client also publishes at
-        # QoS 1, letting unacknowledged frames pile up past the bound; one role per connection
-        # keeps the bound exact.
+        # Two connections: frames in (manual acks, reads paused under backpressure) and results
+        # out. Results must not share the frames connection: while its reads are paused, the
+        # PUBACKs confirming results would go unread and acknowledging would stall.
         self._client = self._mqtt_client(client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -112,6 +114,11 @@ class FrameIngress:
         self._generation = 0
         """Connection number: message ids of an earlier connection must not be acknowledged on this one."""
         self._ack_lock = threading.Lock()
+        self._acks: collections.deque[Frame] = collections.deque()
+        """Frames whose answers are confirmed, for the network thread to acknowledge (paho
+        does not serialise socket writes across threads, so only that thread writes)."""
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
 
     def _mqtt_client(self, client_id: str, *, manual_ack: bool) -> mqtt.Client:
         client = mqtt.Client(
@@ -138,6 +145,7 @@ class FrameIngress:
         self._batcher.join(timeout=5)
         self._pool.shutdown(wait=True)
         self._network.join(timeout=5)
+        self._send_acks()
         self._client.disconnect()
         self._publisher.disconnect()
         self._publisher.loop_stop()
@@ -174,17 +182,31 @@ class FrameIngress:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
                 continue
-            readable = [sock] if self._backlog < self.spec.max_inflight_frames else []
+            self._send_acks()
+            readable = [self._wake_r, sock] if self._backlog < self.spec.max_inflight_frames else [self._wake_r]
             writable = [sock] if client.want_write() else []
             try:
-                ready_r, ready_w, _ = select.select(readable, writable, [], 0.005)
+                ready_r, ready_w, _ = select.select(readable, writable, [], 0.5)
             except (OSError, ValueError):
                 ready_r, ready_w = [], []
-            if ready_r:
+            if self._wake_r in ready_r:
+                self._wake_r.recv(4096)
+            if sock in ready_r:
                 client.loop_read()
             if ready_w or client.want_write():
                 client.loop_write()
             client.loop_misc()
+
+    def _send_acks(self) -> None:
+        """Acknowledge answered frames (network thread only)."""
+        while self._acks:
+            frame = self._acks.popleft()
+            with self._ack_lock:
+                if frame.generation != self._generation:
+                    continue  # its connection is gone; the broker redelivers it and the retry is answered from memory
+                self._backlog -= 1
+            self._client.ack(frame.mid, frame.qos)
+            self.counts["frames_acked"] += 1
 
     # --- MQTT callbacks (network thread) ---------------------------------------
 
@@ -267,12 +289,9 @@ class FrameIngress:
             self._slots.release()
 
     def _ack(self, frame: Frame) -> None:
-        with self._ack_lock:
-            if frame.generation != self._generation:
-                return  # its connection is gone; the broker redelivers it and the retry is answered from memory
-            self._backlog -= 1
-        self._client.ack(frame.mid, frame.qos)
-        self.counts["frames_acked"] += 1
+        self._acks.append(frame)
+        with contextlib.suppress(BlockingIOError):
+            self._wake_w.send(b"\0")
 
     def _replies(self, batch: list[Frame]) -> list[tuple[Frame, str, bytes]]:
         """Topic and payload of the answer to every frame in ``batch``."""
