@@ -16,7 +16,6 @@ says ``online`` while connected and ``offline`` (its will) after it vanishes.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 import time
@@ -179,10 +178,8 @@ class RobotClient:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            body = json.loads(msg.payload)
-            reply: Reply = (
-                Result.model_validate(body) if msg.topic == self._results_topic else ErrorReply.model_validate(body)
-            )
+            schema = Result if msg.topic == self._results_topic else ErrorReply
+            reply: Reply = schema.model_validate_json(msg.payload)
         except ValueError as e:
             log.warning("robot %s ignored an unreadable answer on %s: %s", self.robot, msg.topic, e)
             return

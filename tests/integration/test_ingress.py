@@ -192,3 +192,38 @@ def test_slow_model_means_backpressure_not_loss(
     assert report.results == report.sent
     assert peak <= 8, f"{peak} frames were inside the model at once; the receive maximum is 8"
     assert ingress._queue.qsize() == 0
+
+
+def test_robot_status_is_retained_online_then_offline_by_its_will(broker: MosquittoBroker) -> None:
+    status_topic = wire.topic(TENANT, LINE, "cam-3", wire.TopicKind.STATUS)
+
+    def retained_status() -> str:
+        seen: list[bytes] = []
+        got = threading.Event()
+        watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{time.time_ns()}", protocol=mqtt.MQTTv5)
+
+        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            seen.append(msg.payload)
+            got.set()
+
+        watcher.on_message = on_message
+        watcher.connect(broker.host, broker.port)
+        watcher.subscribe(status_topic, qos=1)
+        watcher.loop_start()
+        assert got.wait(5), "no retained status"
+        watcher.loop_stop()
+        watcher.disconnect()
+        return seen[0].decode()
+
+    robot = RobotClient(broker.host, broker.port, tenant=TENANT, line=LINE, robot="cam-3").connect()
+    time.sleep(0.3)
+    assert retained_status() == "online"
+    sock = robot._client.socket()  # the robot loses power: no DISCONNECT, the broker fires its will
+    assert sock is not None
+    robot._closing.set()
+    robot._client.loop_stop()
+    sock.close()
+    deadline = time.monotonic() + 5
+    while retained_status() != "offline":
+        assert time.monotonic() < deadline, "the will never set the status offline"
+        time.sleep(0.2)
