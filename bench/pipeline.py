@@ -77,17 +77,6 @@ def _stream(broker: MosquittoBroker, pool: list[tuple[str, bytes]], robots: int,
     return sim.run(seconds).summary()
 
 
-def _rss_mb(app: str) -> float:
-    from ray.util.state import list_actors
-
-    total_kb = 0
-    for actor in list_actors(filters=[("state", "=", "ALIVE")]):
-        if actor.class_name.startswith(f"ServeReplica:{app}:") and actor.pid:
-            status = Path(f"/proc/{actor.pid}/status").read_text()
-            total_kb += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
-    return round(total_kb / 1024, 1)
-
-
 def run(duration_s: float, robots: int, batch: int, ort_threads: int) -> dict[str, Any]:
     _log("(a) raw ONNX Runtime throughput by batch size and thread count...")
     raw = measure_runtime([8, 32, 64], [1, 2], min_seconds=max(duration_s / 6, 1.0))
@@ -121,7 +110,8 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int) -> dict[st
             _log("(c) latency at 50% of that...")
             half = _stream(broker, pool, robots, fps=e2e_fps * 0.5 / robots, seconds=duration_s, window=1000)
             _log(f"    p50 {half['p50_ms']} ms, p99 {half['p99_ms']} ms")
-            rss = _rss_mb(spec.name)
+            processes = cluster.slice_processes(spec)
+            rss = round(processes["ingress"]["rss_mb"] + processes["model"]["rss_mb"], 1)
         finally:
             cluster.stop()
     return {

@@ -40,6 +40,13 @@ def slice_stats(spec: SliceSpec) -> dict[str, Any]:
     return dict(handle.stats.remote().result())
 
 
+def slice_processes(spec: SliceSpec) -> dict[str, dict[str, Any]]:
+    """PID, resident memory and details of one replica of each of the slice's deployments."""
+    ingress = serve.get_deployment_handle("ingress", app_name=spec.name)
+    model = serve.get_deployment_handle("model", app_name=spec.name)
+    return {"ingress": dict(ingress.process.remote().result()), "model": dict(model.info.remote().result())}
+
+
 def slice_status(spec: SliceSpec) -> dict[str, Any]:
     """Serve's view of the slice: application status and running replicas per deployment."""
     status = serve.status().applications.get(spec.name)

@@ -69,6 +69,11 @@ class Frame:
     user_properties: dict[str, str]
     received: float = field(default_factory=time.monotonic)
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity of the frame across retries: robot and frame id."""
+        return self.robot.sibling(wire.TopicKind.FRAMES), self.frame_id
+
 
 def frame_id_of(correlation: bytes | None) -> str | None:
     """The frame id carried in MQTT 5 correlation data (UTF-8, else hex)."""
@@ -93,6 +98,9 @@ class FrameIngress:
         self._pool = ThreadPoolExecutor(spec.batch.ingress_concurrency, thread_name_prefix=f"{client_id}-batch")
         self._answered: OrderedDict[tuple[str, str], tuple[str, bytes]] = OrderedDict()
         self._answered_lock = threading.Lock()
+        self._followers: dict[tuple[str, str], list[Frame]] = {}
+        """Frame ids being judged now, with retries of them that arrived meanwhile: a retry joins
+        the frame in progress instead of being judged again, so retries cannot snowball."""
         self._stop = threading.Event()
         self._next_id = 0
         self.counts: Counter[str] = Counter()
@@ -246,9 +254,16 @@ class FrameIngress:
             self._next_id += 1
             frame_id = f"{self.node}-{id(self):x}-{self._next_id}"
         self.counts["frames_received"] += 1
-        self._queue.put(
-            Frame(msg.mid, msg.qos, generation, robot, bytes(msg.payload), frame_id, correlation, user_properties)
-        )
+        frame = Frame(msg.mid, msg.qos, generation, robot, bytes(msg.payload), frame_id, correlation, user_properties)
+        if correlation is not None:
+            with self._answered_lock:
+                waiting = self._followers.get(frame.key)
+                if waiting is not None:
+                    waiting.append(frame)
+                    self.counts["retries_joined_in_progress"] += 1
+                    return
+                self._followers[frame.key] = []
+        self._queue.put(frame)
 
     # --- batching (batcher thread) -------------------------------------------
 
@@ -280,13 +295,25 @@ class FrameIngress:
                     info.wait_for_publish(timeout=30)
                 except (RuntimeError, ValueError) as e:
                     log.warning("result for frame %s not confirmed (%s); broker will redeliver it", frame.frame_id, e)
+                    self._release(frame)
                     continue
+                followers = self._release(frame)
                 if info.is_published():
-                    self._ack(frame)
+                    for answered in (frame, *followers):
+                        self._ack(answered)
         except Exception:
             log.exception("batch of %d frames failed; they stay unacknowledged and come back", len(batch))
+            for frame in batch:
+                self._release(frame)
         finally:
             self._slots.release()
+
+    def _release(self, frame: Frame) -> list[Frame]:
+        """End ``frame``'s time in progress; returns the retries of it that arrived meanwhile."""
+        if frame.correlation is None:
+            return []
+        with self._answered_lock:
+            return self._followers.pop(frame.key, [])
 
     def _ack(self, frame: Frame) -> None:
         self._acks.append(frame)
@@ -347,12 +374,12 @@ class FrameIngress:
         if frame.correlation is None:
             return None
         with self._answered_lock:
-            return self._answered.get((frame.robot.sibling(wire.TopicKind.FRAMES), frame.frame_id))
+            return self._answered.get(frame.key)
 
     def _remember(self, frame: Frame, topic: str, payload: bytes) -> tuple[str, bytes]:
         if frame.correlation is not None:
             with self._answered_lock:
-                self._answered[(frame.robot.sibling(wire.TopicKind.FRAMES), frame.frame_id)] = (topic, payload)
+                self._answered[frame.key] = (topic, payload)
                 while len(self._answered) > ANSWERED_MEMORY:
                     self._answered.popitem(last=False)
         return topic, payload

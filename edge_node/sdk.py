@@ -7,8 +7,9 @@
     robot.close()
 
 Frames go out at QoS 1 with their id as MQTT 5 correlation data. A frame with
-no answer within ``timeout_s`` is sent again with the same id (the slice
-answers a known id from memory); every frame is reported exactly once, even
+no answer within ``timeout_s`` is sent again with the same id, waiting twice
+as long each time (the slice answers a known id from memory and joins a retry
+to the frame still in progress); every frame is reported exactly once, even
 when the broker delivers an answer twice. The robot's retained status topic
 says ``online`` while connected and ``offline`` (its will) after it vanishes.
 """
@@ -195,6 +196,7 @@ class RobotClient:
 
     def _resend(self, frame_id: str, entry: _Pending) -> None:
         entry.retries_left -= 1
+        entry.timeout_s *= 2  # back off: a slow slice must not be buried under retries
         entry.deadline = time.monotonic() + entry.timeout_s
         with self._lock:
             self._pending[frame_id] = entry

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -30,6 +32,13 @@ log = logging.getLogger(__name__)
 
 DISCONNECTED_GRACE_S = 30.0
 """An ingress replica that cannot reach its broker for this long reports unhealthy and is restarted."""
+
+
+def process_info() -> dict[str, Any]:
+    """PID and resident memory of the calling replica's process."""
+    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
+    rss_kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0)
+    return {"pid": os.getpid(), "rss_mb": round(rss_kb / 1024, 1)}
 
 
 def _frames_in(calls: list[list[bytes]]) -> int:
@@ -71,7 +80,7 @@ class ModelServer:
     def info(self) -> dict[str, Any]:
         """Model and execution providers of this replica."""
         manifest = self.model.manifest
-        return {"model": f"{manifest.name}:{manifest.version}", "providers": self.model.providers}
+        return {"model": f"{manifest.name}:{manifest.version}", "providers": self.model.providers, **process_info()}
 
 
 @serve.deployment
@@ -101,6 +110,10 @@ class Ingress:
     def stats(self) -> dict[str, int]:
         """Counters of this replica: frames received, acknowledged, verdicts and errors by code."""
         return dict(self.ingress.counts)
+
+    def process(self) -> dict[str, Any]:
+        """PID and resident memory of this replica."""
+        return process_info()
 
     def check_health(self) -> None:
         if self.ingress.connected.is_set():

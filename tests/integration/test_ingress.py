@@ -203,7 +203,7 @@ def test_robot_status_is_retained_online_then_offline_by_its_will(broker: Mosqui
         watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{time.time_ns()}", protocol=mqtt.MQTTv5)
 
         def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-            seen.append(msg.payload)
+            seen.append(bytes(msg.payload))
             got.set()
 
         watcher.on_message = on_message
@@ -227,3 +227,23 @@ def test_robot_status_is_retained_online_then_offline_by_its_will(broker: Mosqui
     while retained_status() != "offline":
         assert time.monotonic() < deadline, "the will never set the status offline"
         time.sleep(0.2)
+
+
+def test_retry_of_a_frame_in_progress_joins_it(
+    start_ingress: Callable[..., FrameIngress], robot: RobotClient, model: InspectionModel
+) -> None:
+    judged: list[int] = []
+
+    def slow(frames: list[bytes]) -> list[dict[str, Any]]:
+        judged.append(len(frames))
+        time.sleep(1.0)
+        return [as_reply(o) for o in model.inspect(frames)]
+
+    ingress = start_ingress(slow)
+    future = robot.send(synth.generate(4242, 5, "crack").data, frame_id="dup-1", timeout_s=0.3, retries=3)
+    assert isinstance(future.result(timeout=15), wire.Result)
+    assert robot.resent >= 1
+    assert sum(judged) == 1, "a retry was judged a second time"
+    assert ingress.counts["retries_joined_in_progress"] >= 1
+    time.sleep(0.5)
+    assert ingress.counts["frames_acked"] == ingress.counts["frames_received"]

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 from ray import serve
-from ray.util.state import list_actors
 
 from edge_node import cluster, wire
 from edge_node.broker import MosquittoBroker
@@ -75,14 +74,6 @@ def test_bad_frames_through_the_slice_get_coded_errors(broker: MosquittoBroker, 
         robot.close()
 
 
-def _ingress_pid(app: str) -> int:
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{app}:ingress"), ("state", "=", "ALIVE")])
-    assert len(actors) == 1, actors
-    pid = actors[0].pid
-    assert pid is not None
-    return int(pid)
-
-
 def test_killed_ingress_loses_no_acknowledged_frame(broker: MosquittoBroker, deployed: SliceSpec) -> None:
     """kill -9 of the ingress while 20 robots stream at QoS 1: every frame is answered, service resumes."""
     sim = Simulation(broker.host, broker.port, tenant="acme", line="line-1", robots=20, fps=2, pool=POOL,
@@ -91,7 +82,7 @@ def test_killed_ingress_loses_no_acknowledged_frame(broker: MosquittoBroker, dep
 
     def kill_soon() -> None:
         time.sleep(4)
-        os.kill(_ingress_pid(deployed.name), signal.SIGKILL)
+        os.kill(cluster.slice_processes(deployed)["ingress"]["pid"], signal.SIGKILL)
         killed_at.append(time.monotonic())
 
     killer = threading.Thread(target=kill_soon)
