@@ -144,7 +144,8 @@ class Simulation:
         self._stop.set()
         for t in threads:
             t.join()
-        deadline = time.monotonic() + self.timeout_s * (self.retries + 1) + 1
+        patience = self.timeout_s * (2 ** (self.retries + 1) - 1)  # the SDK doubles its wait per retry
+        deadline = time.monotonic() + patience + 1
         for future in list(self._futures):
             with contextlib.suppress(FrameLost, TimeoutError):
                 future.result(timeout=max(deadline - time.monotonic(), 0.01))

@@ -77,7 +77,7 @@ def test_bad_frames_through_the_slice_get_coded_errors(broker: MosquittoBroker, 
 def test_killed_ingress_loses_no_acknowledged_frame(broker: MosquittoBroker, deployed: SliceSpec) -> None:
     """kill -9 of the ingress while 20 robots stream at QoS 1: every frame is answered, service resumes."""
     sim = Simulation(broker.host, broker.port, tenant="acme", line="line-1", robots=20, fps=2, pool=POOL,
-                     timeout_s=5, retries=4)  # fmt: skip
+                     timeout_s=5, retries=3)  # fmt: skip
     killed_at: list[float] = []
 
     def kill_soon() -> None:
