@@ -93,7 +93,7 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int) -> dict[st
         spec = SliceSpec(
             name="bench", tenant=TENANT, lines=[LINE], broker=BrokerSpec(port=broker.port),
             replicas=ReplicaSpec(min_replicas=1, max_replicas=1),
-            batch=BatchSpec(max_batch_size=batch, batch_wait_ms=2.0, ingress_batch=min(batch, 32), ingress_wait_ms=2.0,
+            batch=BatchSpec(max_batch_size=batch, batch_wait_ms=1.0, ingress_batch=min(batch, 32), ingress_wait_ms=1.0,
                             ingress_concurrency=3),
             resources=ResourceSpec(cpus_per_replica=1.0, ort_threads=ort_threads),
             max_inflight_frames=256,

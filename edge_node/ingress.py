@@ -268,11 +268,19 @@ class FrameIngress:
     # --- batching (batcher thread) -------------------------------------------
 
     def _batch_loop(self) -> None:
+        """Form batches only once a model-call slot is free, so that batches grow with the load.
+
+        While every slot is busy, frames accumulate in the queue and go out together as soon
+        as one frees up; at light load a frame goes out alone, after ``ingress_wait_ms`` at most.
+        """
         size, wait_s = self.spec.batch.ingress_batch, self.spec.batch.ingress_wait_ms / 1000
         while not self._stop.is_set():
+            if not self._slots.acquire(timeout=0.2):
+                continue
             try:
                 batch = [self._queue.get(timeout=0.2)]
             except queue.Empty:
+                self._slots.release()
                 continue
             deadline = time.monotonic() + wait_s
             while len(batch) < size:
@@ -280,7 +288,6 @@ class FrameIngress:
                     batch.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0)))
                 except queue.Empty:
                     break
-            self._slots.acquire()
             self._pool.submit(self._handle_batch, batch)
 
     def _handle_batch(self, batch: list[Frame]) -> None:

@@ -151,6 +151,9 @@ def _open_session(path: Path, settings: EdgeSettings) -> ort.InferenceSession:
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not settings.ort_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     candidates = choose_providers(ort.get_available_providers(), settings.providers)
     while True:
         try:

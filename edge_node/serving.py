@@ -52,7 +52,9 @@ class ModelServer:
     def __init__(self, spec_json: str) -> None:
         spec = SliceSpec.model_validate_json(spec_json)
         threads = spec.resources.ort_threads or max(int(spec.resources.cpus_per_replica), 1)
-        settings = EdgeSettings(intra_op_threads=threads, inter_op_threads=1, providers=spec.resources.providers)
+        settings = EdgeSettings(
+            intra_op_threads=threads, inter_op_threads=1, providers=spec.resources.providers, ort_spinning=False
+        )
         self.model = InspectionModel(spec.manifest, settings, warmup_batch=spec.batch.max_batch_size)
         self.delay_s = spec.inject_delay_ms / 1000
         self.inspect.set_max_batch_size(spec.batch.max_batch_size)  # type: ignore[attr-defined]

@@ -25,6 +25,13 @@ class EdgeSettings(BaseSettings):
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it decide.")
     inter_op_threads: int = Field(default=1, ge=0, description="ONNX Runtime inter-op threads; 0 lets it decide.")
+    ort_spinning: bool = Field(
+        default=True,
+        description=(
+            "Let ONNX Runtime's idle threads spin-wait. Fastest alone on a machine; slices turn it off "
+            "because their replicas share cores with the ingress and the broker."
+        ),
+    )
     max_frame_bytes: int = Field(default=wire.MAX_FRAME_BYTES, gt=0, description="Largest encoded frame accepted.")
     max_frame_pixels: int = Field(default=wire.MAX_FRAME_PIXELS, gt=0, description="Largest width x height accepted.")
     max_frame_side: int = Field(default=wire.MAX_FRAME_SIDE, gt=0, description="Longest side accepted, in pixels.")

@@ -60,6 +60,8 @@ class SimulationReport:
     correct: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    slice_ms: list[float] = field(default_factory=list, repr=False)
+    """Time each verdict spent inside the slice (ingress arrival to publish), from its timings."""
     answered_at: list[float] = field(default_factory=list, repr=False)
     """Monotonic time of every answer, for gaps in service."""
 
@@ -78,13 +80,15 @@ class SimulationReport:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures: throughput, latency percentiles, accuracy, losses."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "answered_at")}
+        data = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "answered_at", "slice_ms")}
         data.update(
             throughput_fps=round(self.throughput_fps, 1),
             p50_ms=round(self.percentile(50), 2),
             p95_ms=round(self.percentile(95), 2),
             p99_ms=round(self.percentile(99), 2),
             accuracy=round(self.correct / self.results, 4) if self.results else None,
+            slice_p50_ms=round(float(np.percentile(self.slice_ms, 50)), 2) if self.slice_ms else None,
+            slice_p99_ms=round(float(np.percentile(self.slice_ms, 99)), 2) if self.slice_ms else None,
         )
         return data
 
@@ -112,6 +116,8 @@ class Simulation:
         self.window = window
         self.timeout_s, self.retries = timeout_s, retries
         self.report = SimulationReport(robots=robots, target_fps=fps * robots)
+        self.run_id = f"{time.time_ns():x}"[-8:]
+        """Part of every frame id: a new run never reuses ids that a slice remembers answering."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._futures: list[Future[Reply]] = []
@@ -170,7 +176,8 @@ class Simulation:
                 time.sleep(0.002)  # closed loop when the slice is saturated
             label, frame = self.pool[(index * 7919 + k) % len(self.pool)]
             sent_at = time.monotonic()
-            future = client.send(frame, frame_id=f"{client.robot}-{k}", timeout_s=self.timeout_s, retries=self.retries)
+            frame_id = f"{client.robot}-{self.run_id}-{k}"
+            future = client.send(frame, frame_id=frame_id, timeout_s=self.timeout_s, retries=self.retries)
             future.add_done_callback(functools.partial(self._record, label=label, sent_at=sent_at))
             with self._lock:
                 self._futures.append(future)
@@ -194,4 +201,5 @@ class Simulation:
                 return
             self.report.results += 1
             self.report.latencies_ms.append(latency_ms)
+            self.report.slice_ms.append(reply.timings_ms.total)
             self.report.correct += (reply.verdict == "pass") == (label == "good")
