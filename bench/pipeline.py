@@ -77,7 +77,7 @@ def _stream(broker: MosquittoBroker, pool: list[tuple[str, bytes]], robots: int,
     return sim.run(seconds).summary()
 
 
-def run(duration_s: float, robots: int, batch: int, ort_threads: int) -> dict[str, Any]:
+def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_concurrency: int = 3) -> dict[str, Any]:
     _log("(a) raw ONNX Runtime throughput by batch size and thread count...")
     raw = measure_runtime([8, 32, 64], [1, 2], min_seconds=max(duration_s / 6, 1.0))
     best = max(raw["results"], key=lambda r: r["raw_ort_frames_per_s"])
@@ -94,7 +94,7 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int) -> dict[st
             name="bench", tenant=TENANT, lines=[LINE], broker=BrokerSpec(port=broker.port),
             replicas=ReplicaSpec(min_replicas=1, max_replicas=1),
             batch=BatchSpec(max_batch_size=batch, batch_wait_ms=1.0, ingress_batch=min(batch, 32), ingress_wait_ms=1.0,
-                            ingress_concurrency=3),
+                            ingress_concurrency=ingress_concurrency),
             resources=ResourceSpec(cpus_per_replica=1.0, ort_threads=ort_threads),
             max_inflight_frames=256,
         )  # fmt: skip
@@ -119,6 +119,7 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int) -> dict[st
         "model": raw["model"],
         "providers": raw["providers"],
         "batch_size": batch,
+        "ingress_concurrency": ingress_concurrency,
         "raw_ort_fps": best["raw_ort_frames_per_s"],
         "raw_ort_best": {"batch": best["batch"], "threads": best["threads"]},
         "e2e_fps": e2e_fps,
@@ -145,9 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--robots", type=int, default=16, help="simulated robots")
     parser.add_argument("--batch", type=int, default=32, help="model max batch size")
     parser.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime threads in the model replica")
+    parser.add_argument("--ingress-concurrency", type=int, default=3, help="model calls in flight per ingress")
     parser.add_argument("--json", action="store_true", help="print one JSON object (default: indented JSON)")
     args = parser.parse_args(argv)
-    result = run(args.duration, args.robots, args.batch, args.ort_threads)
+    result = run(args.duration, args.robots, args.batch, args.ort_threads, args.ingress_concurrency)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 

@@ -153,12 +153,13 @@ def bench_pipeline(
     robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 16,
     batch: Annotated[int, typer.Option(min=1, help="Model max batch size.")] = 32,
     ort_threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads in the model replica.")] = 2,
+    ingress_concurrency: Annotated[int, typer.Option(min=1, help="Model calls in flight per ingress.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Raw ONNX Runtime vs. end to end over MQTT and Ray, an MQTT echo baseline, latency at half load."""
     from bench.pipeline import run
 
-    result = run(duration, robots, batch, ort_threads)
+    result = run(duration, robots, batch, ort_threads, ingress_concurrency)
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 

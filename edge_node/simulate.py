@@ -61,6 +61,8 @@ class SimulationReport:
     errors_by_code: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     slice_ms: list[float] = field(default_factory=list, repr=False)
+    model_call_ms: list[float] = field(default_factory=list, repr=False)
+    """Duration of the model call each verdict was part of (Ray round trip, decoding, inference)."""
     """Time each verdict spent inside the slice (ingress arrival to publish), from its timings."""
     answered_at: list[float] = field(default_factory=list, repr=False)
     """Monotonic time of every answer, for gaps in service."""
@@ -80,7 +82,11 @@ class SimulationReport:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures: throughput, latency percentiles, accuracy, losses."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "answered_at", "slice_ms")}
+        data = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("latencies_ms", "answered_at", "slice_ms", "model_call_ms")
+        }
         data.update(
             throughput_fps=round(self.throughput_fps, 1),
             p50_ms=round(self.percentile(50), 2),
@@ -89,6 +95,7 @@ class SimulationReport:
             accuracy=round(self.correct / self.results, 4) if self.results else None,
             slice_p50_ms=round(float(np.percentile(self.slice_ms, 50)), 2) if self.slice_ms else None,
             slice_p99_ms=round(float(np.percentile(self.slice_ms, 99)), 2) if self.slice_ms else None,
+            model_call_p50_ms=round(float(np.percentile(self.model_call_ms, 50)), 2) if self.model_call_ms else None,
         )
         return data
 
@@ -202,4 +209,5 @@ class Simulation:
             self.report.results += 1
             self.report.latencies_ms.append(latency_ms)
             self.report.slice_ms.append(reply.timings_ms.total)
+            self.report.model_call_ms.append(reply.timings_ms.inference)
             self.report.correct += (reply.verdict == "pass") == (label == "good")
