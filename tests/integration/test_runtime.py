@@ -89,3 +89,14 @@ def test_probabilities_sum_to_one(model: InspectionModel) -> None:
     probs = model.predict(batch.astype(np.float32))
     assert probs.shape == (5, len(model.manifest.labels))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_gpu_provider_that_cannot_start_falls_back_to_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU seam on a CPU machine: CUDA listed as available but unusable still yields a working model."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    model = InspectionModel(BUNDLED_MANIFEST, EdgeSettings(intra_op_threads=1))
+    assert model.providers == ["CPUExecutionProvider"]
+    outcome = model.inspect([synth.generate(4242, 6, "good").data])[0]
+    assert isinstance(outcome, Verdict)
