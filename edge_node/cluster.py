@@ -14,12 +14,17 @@ from edge_node.slice_spec import SliceSpec
 log = logging.getLogger(__name__)
 
 
-def start(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Connect to the site's Ray cluster (``address``) or start a local one; start Serve without HTTP."""
+def start(address: str | None = None, *, num_cpus: int | None = None, metrics_port: int | None = None) -> None:
+    """Connect to the site's Ray cluster (``address``) or start a local one; start Serve without HTTP.
+
+    A local Ray exports Prometheus metrics (Lineside's ``ray_lineside_*`` and Serve's own) at
+    ``http://127.0.0.1:{metrics_port}/metrics`` when ``metrics_port`` is given.
+    """
     if not ray.is_initialized():
         ray.init(
             address=address,
             num_cpus=None if address else num_cpus,
+            _metrics_export_port=None if address else metrics_port,
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=False,

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from edge_node import cluster
-from edge_node.broker import MosquittoBroker
+from edge_node.broker import MosquittoBroker, free_port
 from edge_node.simulate import Simulation, SimulationReport, render_pool
 from edge_node.slice_spec import BrokerSpec, ReplicaSpec, SliceSpec
 
@@ -58,7 +58,9 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, w
             replicas=ReplicaSpec(min_replicas=1, max_replicas=1),
         )
         echo("starting local Ray and the slice (ingress + ONNX model)...")
-        cluster.start()
+        metrics_port = free_port()
+        cluster.start(metrics_port=metrics_port)
+        echo(f"Prometheus metrics: http://127.0.0.1:{metrics_port}/metrics (ray_lineside_answers, ...)")
         cluster.apply_slice(spec)
         echo(f"slice {spec.name}: {cluster.slice_status(spec)}")
         echo("rendering part images for the robots...")

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 InferFn = Callable[[list[bytes]], list[dict[str, Any]]]
 """Judges encoded frames; one dict per frame: a verdict, or ``code``/``detail`` for an error."""
 
+ObserveFn = Callable[[str, float], None]
+"""Told of every answer: its outcome (``verdict_pass``, ``error_bad_image``, ...) and ms inside the slice."""
+
 ANSWERED_MEMORY = 20_000
 """Recently answered frame ids remembered per replica, to answer retries without re-inference."""
 
@@ -88,8 +91,18 @@ def frame_id_of(correlation: bytes | None) -> str | None:
 class FrameIngress:
     """One ingress replica's MQTT consumer and result publisher."""
 
-    def __init__(self, spec: SliceSpec, infer: InferFn, *, client_id: str, node: str, model: str) -> None:
+    def __init__(
+        self,
+        spec: SliceSpec,
+        infer: InferFn,
+        *,
+        client_id: str,
+        node: str,
+        model: str,
+        observe: ObserveFn | None = None,
+    ) -> None:
         self.spec = spec
+        self._observe = observe
         self.node = node
         self.model = model
         self._infer = infer
@@ -420,11 +433,15 @@ class FrameIngress:
             timings_ms=timings,
         )
         self.counts[f"verdict_{result.verdict}"] += 1
+        if self._observe:
+            self._observe(f"verdict_{result.verdict}", timings.total)
         return self._remember(frame, frame.robot.sibling(wire.TopicKind.RESULTS), result.model_dump_json().encode())
 
     def _error(self, frame: Frame, code: wire.ErrorCode, detail: str) -> tuple[str, bytes]:
         reply = wire.ErrorReply(**self._envelope(frame), code=code, detail=detail)
         self.counts[f"error_{code.value}"] += 1
+        if self._observe:
+            self._observe(f"error_{code.value}", (time.monotonic() - frame.received) * 1000)
         payload = reply.model_dump_json().encode()
         if code is wire.ErrorCode.INTERNAL:  # not final: a retry must be judged afresh
             return frame.robot.sibling(wire.TopicKind.ERRORS), payload

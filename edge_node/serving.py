@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
+from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from edge_node.ingress import FrameIngress
@@ -94,6 +95,16 @@ class Ingress:
         context = serve.get_replica_context()
         client_id = f"lineside-{spec.name}-ingress-{context.rank.rank}"
         self._model = model
+        self._tags = {"slice": spec.name, "tenant": spec.tenant}
+        self._answers = metrics.Counter(
+            "lineside_answers", description="Answers the ingress published, by outcome.",
+            tag_keys=("slice", "tenant", "outcome"),  # type: ignore[arg-type]  # Ray annotates Tuple[str]
+        )  # fmt: skip
+        self._latency = metrics.Histogram(
+            "lineside_slice_latency_ms", description="Frame arrival at the ingress to its answer, in ms.",
+            boundaries=[5, 10, 20, 50, 100, 200, 500, 1000, 5000],
+            tag_keys=("slice", "tenant"),  # type: ignore[arg-type]
+        )  # fmt: skip
         manifest = load_manifest(spec.manifest)
         self.ingress = FrameIngress(
             spec,
@@ -101,10 +112,15 @@ class Ingress:
             client_id=client_id,
             node=socket.gethostname(),
             model=f"{manifest.name}:{manifest.version}",
+            observe=self._observe,
         )
         self.ingress.start()
         self._last_connected = time.monotonic()
         log.info("ingress replica %s started for slice %s", client_id, spec.name)
+
+    def _observe(self, outcome: str, total_ms: float) -> None:
+        self._answers.inc(tags={**self._tags, "outcome": outcome})
+        self._latency.observe(total_ms, tags=self._tags)
 
     def _infer(self, frames: list[bytes]) -> list[dict[str, Any]]:
         return list(self._model.inspect.remote(frames).result())

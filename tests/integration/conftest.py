@@ -26,10 +26,12 @@ def model() -> InspectionModel:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray (with Serve, no HTTP proxy) for the whole test session."""
+def ray_cluster() -> Iterator[int]:
+    """One local Ray (with Serve, no HTTP proxy) for the whole test session; yields its metrics port."""
     from edge_node import cluster
+    from edge_node.broker import free_port
 
-    cluster.start(num_cpus=2)
-    yield
+    metrics_port = free_port()
+    cluster.start(num_cpus=2, metrics_port=metrics_port)
+    yield metrics_port
     cluster.stop()

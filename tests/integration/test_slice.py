@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -48,6 +49,24 @@ def test_slice_answers_every_frame(broker: MosquittoBroker, deployed: SliceSpec)
     assert report.correct / report.results >= 0.85
     stats = cluster.slice_stats(deployed)
     assert stats["frames_received"] >= report.sent
+
+
+def test_slice_exports_prometheus_metrics(broker: MosquittoBroker, deployed: SliceSpec, ray_cluster: int) -> None:
+    sim = Simulation(broker.host, broker.port, tenant="acme", line="line-1", robots=2, fps=5, pool=POOL)
+    sent = sim.run(2.0).sent
+    deadline = time.monotonic() + 40
+    while True:  # Ray exports metrics every few seconds
+        body = urllib.request.urlopen(f"http://127.0.0.1:{ray_cluster}/metrics", timeout=5).read().decode()
+        answers = [
+            float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith("ray_lineside_answers_total{") and f'slice="{deployed.name}"' in line
+        ]
+        if sum(answers) >= sent:
+            break
+        assert time.monotonic() < deadline, f"metrics show {sum(answers)} answers of {sent}"
+        time.sleep(2)
+    assert "ray_lineside_slice_latency_ms_bucket" in body
 
 
 def test_bad_frames_through_the_slice_get_coded_errors(broker: MosquittoBroker, deployed: SliceSpec) -> None:
