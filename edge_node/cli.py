@@ -39,17 +39,13 @@ def inspect(
     manifest: ManifestOption = BUNDLED_MANIFEST,
 ) -> None:
     """Judge image files with the model and print one JSON verdict per file."""
-    from edge_node.runtime import InspectionModel, Verdict
+    from edge_node.runtime import InspectionModel, Verdict, as_reply
 
     model = InspectionModel(manifest)
-    failed = False
-    for path, outcome in zip(images, model.inspect([p.read_bytes() for p in images]), strict=True):
-        if isinstance(outcome, Verdict):
-            typer.echo(json.dumps({"file": str(path), **outcome.__dict__}))
-        else:
-            failed = True
-            typer.echo(json.dumps({"file": str(path), "code": outcome.code.value, "detail": outcome.detail}))
-    raise typer.Exit(1 if failed else 0)
+    outcomes = model.inspect([p.read_bytes() for p in images])
+    for path, outcome in zip(images, outcomes, strict=True):
+        typer.echo(json.dumps({"file": str(path), **as_reply(outcome)}))
+    raise typer.Exit(0 if all(isinstance(o, Verdict) for o in outcomes) else 1)
 
 
 @app.command()

@@ -45,8 +45,7 @@ class Verdict:
 
 def decide(manifest: ModelManifest, probs: np.ndarray) -> Verdict:
     """The manifest's pass/fail rule applied to one row of class probabilities."""
-    labels = manifest.labels
-    fail_mask = np.array([label in manifest.decision.fail_classes for label in labels])
+    labels, fail_mask = manifest.labels, manifest.fail_mask
     fail_score = float(probs[fail_mask].sum())
     scores = {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
     if fail_score >= manifest.decision.threshold:

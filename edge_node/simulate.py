@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import multiprocessing
-import os
 import threading
 import time
 from collections import Counter
@@ -24,11 +22,6 @@ from models import synth
 ProgressFn = Callable[["SimulationReport"], None]
 
 
-def _render(args: tuple[int, int]) -> tuple[str, str, bytes]:
-    sample = synth.generate(*args)
-    return sample.label, sample.encoding, sample.data
-
-
 def render_pool(
     n: int, seed: int = 2026, workers: int | None = None, *, jpeg_only: bool = False
 ) -> list[tuple[str, bytes]]:
@@ -37,10 +30,8 @@ def render_pool(
     ``jpeg_only`` skips the generator's PNG frames (15 %), as robot cameras streaming
     at line speed send JPEG.
     """
-    candidates = [(seed, i) for i in range(n * 2 if jpeg_only else n)]
-    with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
-        rendered = pool.map(_render, candidates, chunksize=8)
-    return [(label, data) for label, encoding, data in rendered if not jpeg_only or encoding == "jpeg"][:n]
+    samples = synth.generate_many(seed, range(n * 2 if jpeg_only else n), workers=workers, chunksize=8)
+    return [(s.label, s.data) for s in samples if not jpeg_only or s.encoding == "jpeg"][:n]
 
 
 @dataclass
@@ -80,6 +71,10 @@ class SimulationReport:
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
+    @staticmethod
+    def _rounded_percentile(values: list[float], q: float) -> float | None:
+        return round(float(np.percentile(values, q)), 2) if values else None
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures: throughput, latency percentiles, accuracy, losses."""
         data = {
@@ -93,9 +88,9 @@ class SimulationReport:
             p95_ms=round(self.percentile(95), 2),
             p99_ms=round(self.percentile(99), 2),
             accuracy=round(self.correct / self.results, 4) if self.results else None,
-            slice_p50_ms=round(float(np.percentile(self.slice_ms, 50)), 2) if self.slice_ms else None,
-            slice_p99_ms=round(float(np.percentile(self.slice_ms, 99)), 2) if self.slice_ms else None,
-            model_call_p50_ms=round(float(np.percentile(self.model_call_ms, 50)), 2) if self.model_call_ms else None,
+            slice_p50_ms=self._rounded_percentile(self.slice_ms, 50),
+            slice_p99_ms=self._rounded_percentile(self.slice_ms, 99),
+            model_call_p50_ms=self._rounded_percentile(self.model_call_ms, 50),
         )
         return data
 

@@ -40,18 +40,15 @@ def recalibrate(manifest_path: Path, n: int, cache_dir: Path) -> tuple[float, fl
     """Re-derive a model's threshold with ONNX Runtime on the validation set and rewrite its manifest."""
     from edge_node.runtime import InspectionModel
     from models import dataset
-    from models.manifest import load_manifest
 
-    manifest = load_manifest(manifest_path)
     model = InspectionModel(manifest_path)
+    manifest = model.manifest
     size = (manifest.input.width, manifest.input.height)
     val = dataset.cached(dataset.VALIDATION_SEED, n, size, cache_dir)
     scores = []
     for i in range(0, n, 64):
         batch = np.stack([model.preprocess.to_tensor(img) for img in val.images[i : i + 64]])
-        probs = model.predict(batch)
-        fail_mask = np.array([label in manifest.decision.fail_classes for label in manifest.labels])
-        scores.append(probs[:, fail_mask].sum(axis=1))
+        scores.append(model.predict(batch)[:, manifest.fail_mask].sum(axis=1))
     threshold, recall, frr = calibrate_threshold(np.concatenate(scores), val.labels == 0)
     data = manifest.model_dump(mode="json")
     data["decision"]["threshold"] = threshold

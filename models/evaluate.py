@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import re
 import sys
 import time
@@ -27,11 +25,6 @@ from models.manifest import BUNDLED_MANIFEST
 
 CARD_BEGIN = "<!-- evaluation:begin -->"
 CARD_END = "<!-- evaluation:end -->"
-
-
-def _render(args: tuple[int, int]) -> tuple[str, bytes]:
-    sample = synth.generate(*args)
-    return sample.label, sample.data
 
 
 def evaluate(
@@ -49,23 +42,22 @@ def evaluate(
     predicted: list[str] = []
     verdicts: list[str] = []
     infer_s = 0.0
-    with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
-        pending: list[tuple[str, bytes]] = []
-        for i, item in enumerate(pool.imap(_render, [(seed, k) for k in range(n)], chunksize=16)):
-            pending.append(item)
-            if len(pending) == batch or i == n - 1:
-                t0 = time.perf_counter()
-                outcomes = model.inspect([data for _, data in pending])
-                infer_s += time.perf_counter() - t0
-                for (label, _), outcome in zip(pending, outcomes, strict=True):
-                    if not isinstance(outcome, Verdict):
-                        raise RuntimeError(f"generated frame refused: {outcome}")
-                    labels.append(label)
-                    verdicts.append(outcome.verdict)
-                    predicted.append(outcome.defect_class or model.manifest.pass_classes[0])
-                pending = []
-                if progress:
-                    progress(i + 1, n)
+    pending: list[synth.PartSample] = []
+    for i, sample in enumerate(synth.generate_many(seed, range(n), workers=workers)):
+        pending.append(sample)
+        if len(pending) == batch or i == n - 1:
+            t0 = time.perf_counter()
+            outcomes = model.inspect([s.data for s in pending])
+            infer_s += time.perf_counter() - t0
+            for done, outcome in zip(pending, outcomes, strict=True):
+                if not isinstance(outcome, Verdict):
+                    raise RuntimeError(f"generated frame refused: {outcome}")
+                labels.append(done.label)
+                verdicts.append(outcome.verdict)
+                predicted.append(outcome.defect_class or model.manifest.pass_classes[0])
+            pending = []
+            if progress:
+                progress(i + 1, n)
     metrics = score(labels, predicted, verdicts, model.manifest.decision.fail_classes)
     metrics.update(
         model=f"{model.manifest.name}:{model.manifest.version}",

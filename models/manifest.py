@@ -7,10 +7,12 @@ elsewhere. Unknown keys are errors, so a typo names the field.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
@@ -89,6 +91,11 @@ class ModelManifest(_Strict):
         if set(self.decision.fail_classes) == set(self.labels):
             raise ValueError("at least one label must mean pass; every label is in fail_classes")
         return self
+
+    @functools.cached_property
+    def fail_mask(self) -> np.ndarray:
+        """Boolean mask over ``labels``: True where a label means fail."""
+        return np.array([label in self.decision.fail_classes for label in self.labels])
 
     @property
     def pass_classes(self) -> tuple[str, ...]:

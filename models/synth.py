@@ -31,6 +31,9 @@ from __future__ import annotations
 import functools
 import io
 import itertools
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -79,6 +82,18 @@ def generate(seed: int, index: int, label: str | None = None) -> PartSample:
     rgb = render(rng, family, label)
     encoding, data = _encode(rng, rgb)
     return PartSample(index=index, label=label, family=family, encoding=encoding, data=data)
+
+
+def _generate_args(args: tuple[int, int]) -> PartSample:
+    return generate(*args)
+
+
+def generate_many(
+    seed: int, indices: Iterable[int], *, workers: int | None = None, chunksize: int = 16
+) -> Iterator[PartSample]:
+    """``generate(seed, i)`` for each index, in order, rendered by a pool of processes."""
+    with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
+        yield from pool.imap(_generate_args, [(seed, i) for i in indices], chunksize=chunksize)
 
 
 def render(rng: np.random.Generator, family: str, label: str) -> Array:
