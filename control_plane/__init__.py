@@ -1,5 +1,6 @@
-"""Lineside control plane: tenants, robots, capacity, billing and the dashboard.
+"""Lineside control plane: tenants, roles, sites and nodes, robots with broker credentials,
+the model registry and desired slices, served by FastAPI over SQLModel.
 
-Its service, models and routes arrive with the control-plane issue; for now
-the package exists so the project layout matches ../shared/ARCHITECTURE.md.
+``lineside control-plane`` runs it (``control_plane.app.create_app``); edge agents
+(``edge_node.agent``) pull each site's desired state from it.
 """

@@ -6,11 +6,21 @@ frames survive a restart, no per-client queue limit (Mosquitto's default of
 1000 silently drops QoS 1 messages for a slow consumer; robots bound their own
 in-flight frames instead), and a packet limit above the slice's frame limit so
 an oversized frame reaches the slice and is answered with ``too_large``.
+
+With ``admin_password`` the broker requires credentials and loads Mosquitto's
+dynamic-security plugin with one admin client (``lineside-admin``) that may
+only use the plugin's control topic; the control plane creates robot and
+slice clients through it (``control_plane.broker_sync``).
 """
 
 from __future__ import annotations
 
+import base64
+import getpass
+import hashlib
+import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +32,14 @@ from edge_node.errors import EdgeNodeError
 from edge_node.wire import BROKER_MESSAGE_LIMIT
 
 log = logging.getLogger(__name__)
+
+DYNSEC_ADMIN = "lineside-admin"
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
 
 
 class BrokerError(EdgeNodeError):
@@ -50,11 +68,14 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 class MosquittoBroker:
     """A Mosquitto process on 127.0.0.1 with its own config and data folder."""
 
-    def __init__(self, workdir: Path, port: int | None = None, *, extra_config: str = "") -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, extra_config: str = "", admin_password: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.extra_config = extra_config
+        self.admin_password = admin_password
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,8 +86,10 @@ class MosquittoBroker:
         """The generated mosquitto.conf."""
         return (
             f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            # Mosquitto started as root switches to user "mosquitto", which cannot read this folder.
+            f"user {getpass.getuser()}\n"
+            + (self._dynsec_config() if self.admin_password else "allow_anonymous true\n")
+            + "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 5\n"
             "max_queued_messages 0\n"
@@ -80,6 +103,44 @@ class MosquittoBroker:
             "connection_messages true\n" + self.extra_config
         )
 
+    def _dynsec_config(self) -> str:
+        plugin = next((p for p in DYNSEC_PLUGIN_PATHS if Path(p).exists()), None)
+        if plugin is None:
+            raise BrokerError(
+                "Mosquitto's dynamic-security plugin is missing (mosquitto_dynamic_security.so); "
+                "install Mosquitto >= 2.0 from your distribution (apt-get install mosquitto)"
+            )
+        return (
+            f"allow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {self.workdir / 'dynamic-security.json'}\n"
+        )
+
+    def _write_dynsec_state(self) -> None:
+        """First start only: the plugin's state file with the admin client (later changes are the plugin's)."""
+        state = self.workdir / "dynamic-security.json"
+        if state.exists() or self.admin_password is None:
+            return
+        salt = os.urandom(12)
+        iterations = 10_000
+        digest = hashlib.pbkdf2_hmac("sha512", self.admin_password.encode(), salt, iterations)
+        control = "$CONTROL/dynamic-security/#"
+        document = {
+            "defaultACLAccess": {
+                "publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True,
+            },
+            "clients": [{
+                "username": DYNSEC_ADMIN, "textName": "Lineside control plane",
+                "password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(),
+                "iterations": iterations, "roles": [{"rolename": DYNSEC_ADMIN}],
+            }],
+            "roles": [{
+                "rolename": DYNSEC_ADMIN,
+                "acls": [{"acltype": t, "topic": control, "allow": True}
+                         for t in ("publishClientSend", "publishClientReceive", "subscribePattern")],
+            }],
+        }  # fmt: skip
+        state.write_text(json.dumps(document, indent=2))
+        state.chmod(0o600)
+
     def start(self, timeout_s: float = 10.0) -> MosquittoBroker:
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
@@ -88,6 +149,7 @@ class MosquittoBroker:
             raise BrokerError("mosquitto is not installed: apt-get install mosquitto (make demo does this for you)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.render_config())
+        self._write_dynsec_state()
         self._process = subprocess.Popen(
             [binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -1,0 +1,1 @@
+"""HTTP API of the control plane: one router per resource in ``routes/``."""

@@ -1,0 +1,71 @@
+"""Dependencies shared by the routes: settings, database session, caller, tenant scoping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Header, Request
+from sqlmodel import Session, SQLModel, select
+
+from control_plane.errors import NotFound, Unauthenticated
+from control_plane.models import ApiToken, Node, User
+from control_plane.security import Principal, token_hash
+from control_plane.settings import ControlPlaneSettings
+from control_plane.states import NodeStatus
+
+
+def _settings(request: Request) -> ControlPlaneSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+SettingsDep = Annotated[ControlPlaneSettings, Depends(_settings)]
+SessionDep = Annotated[Session, Depends(_session)]
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise Unauthenticated("send your API token as 'Authorization: Bearer <token>'")
+    return authorization.split(" ", 1)[1].strip()
+
+
+def _principal(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    token = _bearer(authorization)
+    row = session.exec(
+        select(ApiToken, User).where(ApiToken.token_hash == token_hash(token), ApiToken.user_id == User.id)
+    ).first()
+    if row is None or row[0].revoked_at is not None:
+        raise Unauthenticated("unknown or revoked API token; ask your administrator for a new one")
+    user = row[1]
+    assert user.id is not None
+    return Principal(user_id=user.id, role=user.role, tenant_id=user.tenant_id)
+
+
+def _node(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Node:
+    token = _bearer(authorization)
+    node = session.exec(select(Node).where(Node.token_hash == token_hash(token))).first()
+    if node is None or node.status is NodeStatus.REMOVED:
+        raise Unauthenticated("unknown or removed node token; join the node again with a new join token")
+    return node
+
+
+CurrentUser = Annotated[Principal, Depends(_principal)]
+CurrentNode = Annotated[Node, Depends(_node)]
+
+T = TypeVar("T", bound=SQLModel)
+
+
+def scoped_get(session: Session, model: type[T], object_id: int, caller: Principal) -> T:
+    """The object if it exists and belongs to the caller's tenant (operators: any); else 404.
+
+    Objects of other tenants answer exactly like missing ones, so ids reveal nothing.
+    """
+    obj = session.get(model, object_id)
+    if obj is None or not caller.sees_tenant(getattr(obj, "tenant_id", None)):
+        raise NotFound(f"{model.__name__.lower()} {object_id} not found")
+    return obj

@@ -1,0 +1,126 @@
+"""The edge agent's side of the API: join, heartbeat with actual state, desired state, model files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import col, select
+
+from control_plane import sites
+from control_plane.api.deps import CurrentNode, SessionDep, SettingsDep
+from control_plane.errors import NotFound, Unauthenticated
+from control_plane.models import JoinToken, ModelVersion, Node, NodeJoin, NodeJoined, NodePublic, Site, Slice, utcnow
+from control_plane.security import new_token, token_hash
+from control_plane.states import NodeStatus, SliceStatus, transition
+
+router = APIRouter(prefix="/agent/v1", tags=["edge agent"])
+
+
+class SliceReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slice_id: int
+    generation: int = Field(description="Generation the agent last applied.")
+    healthy: bool = Field(description="Serve reports the application running with its replicas.")
+    failed: bool = Field(default=False, description="The agent could not apply this generation.")
+    message: str = Field(default="", max_length=2000)
+    replicas: dict[str, Any] = Field(default_factory=dict, description="Running replicas per deployment.")
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpus: int | None = Field(default=None, ge=1)
+    memory_mb: int | None = Field(default=None, ge=1)
+    gpus: list[dict[str, Any]] | None = None
+    applications: list[str] = Field(default_factory=list, description="Lineside Serve applications present.")
+    slices: list[SliceReport] = Field(default_factory=list)
+
+
+@router.post("/join", response_model=NodeJoined, status_code=201)
+def join(body: NodeJoin, session: SessionDep) -> NodeJoined:
+    """Register a node with a one-time join token; answers the node's own token (shown once)."""
+    row = session.exec(select(JoinToken).where(JoinToken.token_hash == token_hash(body.token))).first()
+    if row is None or row.used_at is not None or row.expires_at < utcnow():
+        raise Unauthenticated("join token unknown, used or expired; ask an operator for a new one")
+    row.used_at = utcnow()
+    node_token = new_token("node")
+    node = Node(
+        site_id=row.site_id, hostname=body.hostname, cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
+        ray_address=body.ray_address, token_hash=token_hash(node_token), last_heartbeat_at=utcnow(),
+    )  # fmt: skip
+    session.add(node)
+    session.commit()
+    session.refresh(node)
+    return NodeJoined(**NodePublic.model_validate(node).model_dump(), node_token=node_token)
+
+
+@router.post("/heartbeat", response_model=NodePublic)
+def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode) -> Node:
+    """Liveness, inventory and the actual state of the site's slices (from the head's agent)."""
+    node.last_heartbeat_at = utcnow()
+    if node.status in (NodeStatus.JOINING, NodeStatus.OFFLINE):
+        node.status = transition(node.status, NodeStatus.ONLINE, what=f"node {node.id}")
+    node.cpus = body.cpus or node.cpus
+    node.memory_mb = body.memory_mb or node.memory_mb
+    if body.gpus is not None:
+        node.gpus = body.gpus
+    for report in body.slices:
+        _record(session, node, report)
+    _finish_deletions(session, node.site_id, set(body.applications))
+    session.commit()
+    session.refresh(node)
+    return node
+
+
+def _record(session: SessionDep, node: Node, report: SliceReport) -> None:
+    item = session.get(Slice, report.slice_id)
+    if item is None or item.site_id != node.site_id or item.status in (SliceStatus.DELETING, SliceStatus.DELETED):
+        return
+    if report.generation != item.generation:
+        return  # an older generation's report: the agent has not caught up yet
+    target = SliceStatus.FAILED if report.failed else SliceStatus.RUNNING if report.healthy else SliceStatus.DEGRADED
+    item.status = transition(item.status, target, what=f"slice {item.slug}")
+    item.observed_generation = report.generation
+    item.status_message = report.message
+    item.actual = {"replicas": report.replicas, "reported_at": utcnow().isoformat()}
+
+
+def _finish_deletions(session: SessionDep, site_id: int, present: set[str]) -> None:
+    deleting = session.exec(select(Slice).where(Slice.site_id == site_id, Slice.status == SliceStatus.DELETING)).all()
+    for item in deleting:
+        if item.app_name not in present:
+            item.status = transition(item.status, SliceStatus.DELETED, what=f"slice {item.slug}")
+
+
+@router.get("/desired")
+def desired(
+    session: SessionDep,
+    settings: SettingsDep,
+    node: CurrentNode,
+    response: Response,
+    if_none_match: str | None = Header(default=None),
+) -> Any:
+    """The site's desired slices; ``If-None-Match`` with the last ETag answers 304 when nothing changed."""
+    site = session.get(Site, node.site_id)
+    assert site is not None
+    state, etag = sites.desired_state(session, settings, site)
+    if if_none_match and if_none_match.strip('"') == etag:
+        return Response(status_code=304, headers={"ETag": f'"{etag}"'})
+    response.headers["ETag"] = f'"{etag}"'
+    return state
+
+
+@router.get("/models/{sha256}", response_class=FileResponse)
+def model_file(sha256: str, session: SessionDep, settings: SettingsDep, node: CurrentNode) -> FileResponse:
+    """A model file by hash, for slices on the node's site (or public models); verify the hash on arrival."""
+    versions = session.exec(select(ModelVersion).where(col(ModelVersion.sha256) == sha256)).all()
+    used_here = session.exec(
+        select(Slice).where(Slice.site_id == node.site_id, col(Slice.model_version_id).in_([v.id for v in versions]))
+    ).first()
+    allowed = any(v.tenant_id is None for v in versions) or used_here is not None
+    path = settings.model_store / f"{sha256}.onnx"
+    if not allowed or not path.exists():
+        raise NotFound(f"model file {sha256} not found")
+    return FileResponse(path, media_type="application/octet-stream")

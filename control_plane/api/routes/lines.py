@@ -1,0 +1,43 @@
+"""Production lines of a tenant; each is served from one site."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from control_plane.api.deps import CurrentUser, SessionDep, scoped_get
+from control_plane.errors import Conflict, NotFound
+from control_plane.models import Line, LineCreate, LinePublic, Site
+from control_plane.security import CAN
+
+router = APIRouter(prefix="/lines", tags=["lines"])
+
+
+@router.post("", response_model=LinePublic, status_code=201)
+def create_line(body: LineCreate, session: SessionDep, caller: CurrentUser) -> Line:
+    caller.require(*CAN["manage_lines"], action="creating lines")
+    if session.get(Site, body.site_id) is None:
+        raise NotFound(f"site {body.site_id} not found")
+    assert caller.tenant_id is not None
+    line = Line(tenant_id=caller.tenant_id, **body.model_dump())
+    session.add(line)
+    try:
+        session.commit()
+    except IntegrityError as e:
+        raise Conflict(f"line {body.slug!r} already exists in your tenant") from e
+    session.refresh(line)
+    return line
+
+
+@router.get("", response_model=list[LinePublic])
+def list_lines(session: SessionDep, caller: CurrentUser) -> list[Line]:
+    query = select(Line).order_by(Line.id)  # type: ignore[arg-type]
+    if not caller.is_operator:
+        query = query.where(Line.tenant_id == caller.tenant_id)
+    return list(session.exec(query))
+
+
+@router.get("/{line_id}", response_model=LinePublic)
+def get_line(line_id: int, session: SessionDep, caller: CurrentUser) -> Line:
+    return scoped_get(session, Line, line_id, caller)

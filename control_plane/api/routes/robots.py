@@ -1,0 +1,137 @@
+"""Robots: factory IT registers them and gets MQTT credentials; rotate and revoke.
+
+Every change is confirmed by the site's broker before it is committed, so a
+password we hand out always works and a revoked robot is disconnected now.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from fastapi import APIRouter
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from control_plane import broker_sync, sites
+from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, scoped_get
+from control_plane.errors import Conflict
+from control_plane.models import Line, Robot, RobotCreate, RobotCredentials, RobotPublic, Site, Tenant
+from control_plane.security import CAN, Principal
+from control_plane.settings import ControlPlaneSettings
+from control_plane.states import RobotStatus, transition
+from edge_node import wire
+
+router = APIRouter(prefix="/robots", tags=["robots"])
+
+
+def _credentials(session: Session, settings: ControlPlaneSettings, robot: Robot) -> RobotCredentials:
+    line = session.get(Line, robot.line_id)
+    tenant = session.get(Tenant, robot.tenant_id)
+    assert line is not None
+    assert tenant is not None
+    site = session.get(Site, line.site_id)
+    assert site is not None
+    password = sites.robot_password(settings, robot)
+    topics = {k.value: wire.topic(tenant.slug, line.slug, robot.slug, k) for k in wire.TopicKind}
+    auth = f"-h {site.broker_host} -p {site.broker_port} -V mqttv5 -u {robot.mqtt_username} -P {shlex.quote(password)}"
+    # The broker pins the client id to the username, so one shell command both sends and waits:
+    # mosquitto_rr subscribes to the results topic, publishes the frame and prints the verdict.
+    examples = {
+        "mosquitto_rr": f"mosquitto_rr {auth} -i {robot.mqtt_username} -q 1 -t {topics['frames']} "
+        f"-e {topics['results']} -f part.jpg -W 10",
+        "mosquitto_pub": f"mosquitto_pub {auth} -i {robot.mqtt_username} -q 1 -t {topics['frames']} -f part.jpg",
+        "mosquitto_sub": f"mosquitto_sub {auth} -i {robot.mqtt_username} -q 1 -t {topics['results']} "
+        f"-t {topics['errors']} -v",
+        "python": (
+            "from edge_node.sdk import RobotClient\n"
+            f"robot = RobotClient({site.broker_host!r}, {site.broker_port}, tenant={tenant.slug!r}, "
+            f"line={line.slug!r}, robot={robot.slug!r}, username={robot.mqtt_username!r}, "
+            f"password={password!r}, client_id={robot.mqtt_username!r}).connect()\n"
+            "result = robot.inspect(open('part.jpg', 'rb').read())"
+        ),
+    }
+    return RobotCredentials(
+        **RobotPublic.model_validate(robot).model_dump(), mqtt_password=password, client_id=robot.mqtt_username,
+        broker_host=site.broker_host, broker_port=site.broker_port, topics=topics, examples=examples,
+    )  # fmt: skip
+
+
+def _site_of(session: Session, robot: Robot) -> Site:
+    line = session.get(Line, robot.line_id)
+    assert line is not None
+    site = session.get(Site, line.site_id)
+    assert site is not None
+    return site
+
+
+def _robot(session: Session, robot_id: int, caller: Principal) -> Robot:
+    return scoped_get(session, Robot, robot_id, caller)
+
+
+@router.post("", response_model=RobotCredentials, status_code=201)
+def create_robot(
+    body: RobotCreate, session: SessionDep, settings: SettingsDep, caller: CurrentUser
+) -> RobotCredentials:
+    """Register a robot on one of your lines; the answer holds its password (shown once) and examples."""
+    caller.require(*CAN["manage_robots"], action="creating robots")
+    line = scoped_get(session, Line, body.line_id, caller)
+    tenant = session.get(Tenant, line.tenant_id)
+    assert tenant is not None
+    username = broker_sync.robot_username(tenant.slug, line.slug, body.slug)
+    robot = Robot(tenant_id=line.tenant_id, line_id=line.id, slug=body.slug, mqtt_username=username)
+    session.add(robot)
+    try:
+        session.flush()
+    except IntegrityError as e:
+        raise Conflict(f"robot {body.slug!r} already exists on line {line.slug!r}") from e
+    with sites.admin(settings, _site_of(session, robot)) as broker:
+        broker.deny_by_default()
+        broker.replace(sites.robot_broker_client(session, settings, robot))
+    session.commit()
+    session.refresh(robot)
+    return _credentials(session, settings, robot)
+
+
+@router.get("", response_model=list[RobotPublic])
+def list_robots(session: SessionDep, caller: CurrentUser, line_id: int | None = None) -> list[Robot]:
+    caller.require(*CAN["read_robots"], action="listing robots")
+    query = select(Robot).order_by(Robot.id)  # type: ignore[arg-type]
+    if not caller.is_operator:
+        query = query.where(Robot.tenant_id == caller.tenant_id)
+    if line_id is not None:
+        query = query.where(Robot.line_id == line_id)
+    return list(session.exec(query))
+
+
+@router.get("/{robot_id}", response_model=RobotPublic)
+def get_robot(robot_id: int, session: SessionDep, caller: CurrentUser) -> Robot:
+    caller.require(*CAN["read_robots"], action="reading robots")
+    return _robot(session, robot_id, caller)
+
+
+@router.post("/{robot_id}/rotate", response_model=RobotCredentials)
+def rotate_robot(robot_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> RobotCredentials:
+    """New password (shown once); the old one stops working and its connections are closed."""
+    caller.require(*CAN["manage_robots"], action="rotating robot credentials")
+    robot = _robot(session, robot_id, caller)
+    if robot.status is not RobotStatus.ACTIVE:
+        raise Conflict(f"robot {robot.slug} is {robot.status.value}; create a new robot instead")
+    robot.credential_epoch += 1
+    with sites.admin(settings, _site_of(session, robot)) as broker:
+        broker.replace(sites.robot_broker_client(session, settings, robot))
+    session.commit()
+    session.refresh(robot)
+    return _credentials(session, settings, robot)
+
+
+@router.post("/{robot_id}/revoke", response_model=RobotPublic)
+def revoke_robot(robot_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Robot:
+    """Remove the robot's broker credentials and disconnect it; final."""
+    caller.require(*CAN["manage_robots"], action="revoking robots")
+    robot = _robot(session, robot_id, caller)
+    robot.status = transition(robot.status, RobotStatus.REVOKED, what=f"robot {robot.slug}")
+    with sites.admin(settings, _site_of(session, robot)) as broker:
+        broker.remove(robot.mqtt_username)
+    session.commit()
+    session.refresh(robot)
+    return robot

@@ -1,0 +1,122 @@
+"""Sites (one Ray cluster and one broker each), their join tokens and nodes. Operators provision."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from control_plane import broker_sync
+from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep
+from control_plane.errors import Conflict, NotFound
+from control_plane.models import (
+    BrokerAdmin,
+    JoinToken,
+    JoinTokenIssued,
+    Node,
+    NodePublic,
+    NodeStatusChange,
+    Site,
+    SiteCreate,
+    SitePublic,
+    utcnow,
+)
+from control_plane.security import CAN, new_token, token_hash
+from control_plane.sites import broker_admin_password, sync_broker
+from control_plane.states import NodeStatus, transition
+
+router = APIRouter(tags=["sites and nodes"])
+
+
+def _site(session: SessionDep, site_id: int) -> Site:
+    site = session.get(Site, site_id)
+    if site is None:
+        raise NotFound(f"site {site_id} not found")
+    return site
+
+
+@router.post("/sites", response_model=SitePublic, status_code=201)
+def create_site(body: SiteCreate, session: SessionDep, caller: CurrentUser) -> Site:
+    caller.require(*CAN["manage_sites"], action="creating sites")
+    site = Site(**body.model_dump())
+    session.add(site)
+    try:
+        session.commit()
+    except IntegrityError as e:
+        raise Conflict(f"site {body.name!r} already exists") from e
+    session.refresh(site)
+    return site
+
+
+@router.get("/sites", response_model=list[SitePublic])
+def list_sites(session: SessionDep, caller: CurrentUser) -> list[Site]:
+    """Every role sees site names and brokers (lines are placed on a site)."""
+    caller.require(*CAN["read_sites"], action="listing sites")
+    return list(session.exec(select(Site).order_by(Site.id)))  # type: ignore[arg-type]
+
+
+@router.get("/sites/{site_id}", response_model=SitePublic)
+def get_site(site_id: int, session: SessionDep, caller: CurrentUser) -> Site:
+    caller.require(*CAN["read_sites"], action="reading sites")
+    return _site(session, site_id)
+
+
+@router.get("/sites/{site_id}/broker-admin", response_model=BrokerAdmin)
+def get_broker_admin(site_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> BrokerAdmin:
+    """The dynamic-security admin the site's Mosquitto must have (``lineside broker run`` sets it up)."""
+    caller.require(*CAN["manage_sites"], action="reading broker admin credentials")
+    site = _site(session, site_id)
+    return BrokerAdmin(username=broker_sync.ADMIN_USERNAME, password=broker_admin_password(settings, site))
+
+
+@router.post("/sites/{site_id}/broker/sync")
+def sync_site_broker(site_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> dict[str, int]:
+    """Make the site's broker hold exactly the active robots and slices (e.g. after a broker rebuild)."""
+    caller.require(*CAN["manage_sites"], action="syncing a broker")
+    return sync_broker(session, settings, _site(session, site_id))
+
+
+@router.post("/sites/{site_id}/join-tokens", response_model=JoinTokenIssued, status_code=201)
+def create_join_token(site_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> JoinTokenIssued:
+    """A one-time token for ``lineside edge-node join``; shown once."""
+    caller.require(*CAN["manage_nodes"], action="creating join tokens")
+    _site(session, site_id)
+    token = new_token("join")
+    expires = utcnow() + timedelta(seconds=settings.join_token_ttl_s)
+    session.add(JoinToken(site_id=site_id, token_hash=token_hash(token), expires_at=expires))
+    session.commit()
+    return JoinTokenIssued(site_id=site_id, token=token, expires_at=expires)
+
+
+@router.get("/nodes", response_model=list[NodePublic])
+def list_nodes(session: SessionDep, caller: CurrentUser, site_id: int | None = None) -> list[Node]:
+    """Only operators see nodes: they carry every tenant's slices."""
+    caller.require(*CAN["manage_nodes"], action="listing nodes")
+    query = select(Node).order_by(Node.id)  # type: ignore[arg-type]
+    if site_id is not None:
+        query = query.where(Node.site_id == site_id)
+    return list(session.exec(query))
+
+
+@router.get("/nodes/{node_id}", response_model=NodePublic)
+def get_node(node_id: int, session: SessionDep, caller: CurrentUser) -> Node:
+    caller.require(*CAN["manage_nodes"], action="reading nodes")
+    node = session.get(Node, node_id)
+    if node is None:
+        raise NotFound(f"node {node_id} not found")
+    return node
+
+
+@router.post("/nodes/{node_id}/status", response_model=NodePublic)
+def change_node_status(node_id: int, body: NodeStatusChange, session: SessionDep, caller: CurrentUser) -> Node:
+    """Drain (``draining``), undrain (``online``) or remove a node; illegal moves answer 409."""
+    caller.require(*CAN["manage_nodes"], action="changing node status")
+    node = get_node(node_id, session, caller)
+    if body.status not in (NodeStatus.DRAINING, NodeStatus.ONLINE, NodeStatus.REMOVED):
+        raise Conflict(f"operators may set draining, online or removed; {body.status.value} is set by the agent")
+    node.status = transition(node.status, body.status, what=f"node {node.id} ({node.hostname})")
+    session.commit()
+    session.refresh(node)
+    return node

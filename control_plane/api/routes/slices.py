@@ -1,0 +1,99 @@
+"""Slices: a tenant's rented capacity on a site. Plant managers buy, scale and release them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from control_plane import sites
+from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, scoped_get
+from control_plane.api.routes.models import visible_model
+from control_plane.errors import Conflict
+from control_plane.models import Line, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
+from control_plane.security import CAN
+from control_plane.settings import ControlPlaneSettings
+from control_plane.states import SliceStatus, transition
+
+router = APIRouter(prefix="/slices", tags=["slices"])
+
+
+def _push_ingress(session: Session, settings: ControlPlaneSettings, item: Slice) -> None:
+    site = session.get(Site, item.site_id)
+    assert site is not None
+    with sites.admin(settings, site) as broker:
+        broker.ensure(sites.ingress_broker_client(session, settings, item))
+
+
+@router.post("", response_model=SlicePublic, status_code=201)
+def create_slice(body: SliceCreate, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Slice:
+    """Rent capacity for some of your lines; the site's agent starts it and reports its status."""
+    caller.require(*CAN["manage_slices"], action="buying capacity (creating slices)")
+    if body.max_replicas < body.min_replicas:
+        raise Conflict(f"max_replicas ({body.max_replicas}) must be >= min_replicas ({body.min_replicas})")
+    lines = [scoped_get(session, Line, line_id, caller) for line_id in body.line_ids]
+    site_ids = {line.site_id for line in lines}
+    if len(site_ids) != 1:
+        raise Conflict(f"a slice serves lines of one site; lines {body.line_ids} are on sites {sorted(site_ids)}")
+    model = visible_model(session, body.model_version_id, caller)
+    if model.fixed_batch is not None and body.max_batch_size > model.fixed_batch:
+        raise Conflict(f"model {model.name} {model.version} takes batches of {model.fixed_batch}; "
+                       f"max_batch_size {body.max_batch_size} is too large")  # fmt: skip
+    assert caller.tenant_id is not None
+    item = Slice(tenant_id=caller.tenant_id, site_id=site_ids.pop(), **body.model_dump())
+    session.add(item)
+    try:
+        session.flush()
+    except IntegrityError as e:
+        raise Conflict(f"slice {body.slug!r} already exists in your tenant") from e
+    _push_ingress(session, settings, item)
+    session.commit()
+    session.refresh(item)
+    return item
+
+
+@router.get("", response_model=list[SlicePublic])
+def list_slices(session: SessionDep, caller: CurrentUser) -> list[Slice]:
+    caller.require(*CAN["read_slices"], action="listing slices")
+    query = select(Slice).order_by(Slice.id)  # type: ignore[arg-type]
+    if not caller.is_operator:
+        query = query.where(Slice.tenant_id == caller.tenant_id)
+    return list(session.exec(query))
+
+
+@router.get("/{slice_id}", response_model=SlicePublic)
+def get_slice(slice_id: int, session: SessionDep, caller: CurrentUser) -> Slice:
+    caller.require(*CAN["read_slices"], action="reading slices")
+    return scoped_get(session, Slice, slice_id, caller)
+
+
+@router.post("/{slice_id}/scale", response_model=SlicePublic)
+def scale_slice(slice_id: int, body: SliceScale, session: SessionDep, caller: CurrentUser) -> Slice:
+    """Move the replica bounds; the agent applies the new generation."""
+    caller.require(*CAN["manage_slices"], action="scaling capacity")
+    item = scoped_get(session, Slice, slice_id, caller)
+    if body.max_replicas < body.min_replicas:
+        raise Conflict(f"max_replicas ({body.max_replicas}) must be >= min_replicas ({body.min_replicas})")
+    item.status = transition(item.status, SliceStatus.PENDING, what=f"slice {item.slug}")
+    item.min_replicas, item.max_replicas = body.min_replicas, body.max_replicas
+    item.generation += 1
+    item.updated_at = utcnow()
+    session.commit()
+    session.refresh(item)
+    return item
+
+
+@router.delete("/{slice_id}", response_model=SlicePublic)
+def delete_slice(slice_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Slice:
+    """Release the capacity: the agent removes the application, then the slice is ``deleted``."""
+    caller.require(*CAN["manage_slices"], action="releasing capacity")
+    item = scoped_get(session, Slice, slice_id, caller)
+    item.status = transition(item.status, SliceStatus.DELETING, what=f"slice {item.slug}")
+    item.updated_at = utcnow()
+    site = session.get(Site, item.site_id)
+    assert site is not None
+    with sites.admin(settings, site) as broker:
+        broker.remove(sites.ingress_broker_client(session, settings, item).username)
+    session.commit()
+    session.refresh(item)
+    return item

@@ -1,0 +1,122 @@
+"""The control plane's FastAPI application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from control_plane import db, errors, registry, sites
+from control_plane.api.routes import agent, health, lines, models, robots, slices, tenants
+from control_plane.api.routes import sites as site_routes
+from control_plane.models import ApiToken, ModelVersion, Role, User
+from control_plane.security import new_token, token_hash
+from control_plane.settings import ControlPlaneSettings
+from models.manifest import BUNDLED_MANIFEST
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_EMAIL = "admin@lineside.local"
+
+
+class Metrics:
+    """The control plane's own Prometheus registry (one per app, so tests can run several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("lineside_http_requests", "HTTP requests answered", ["route", "method", "status"],
+                                registry=self.registry)  # fmt: skip
+        self.latency = Histogram("lineside_http_request_seconds", "HTTP request duration", ["route"],
+                                 registry=self.registry)  # fmt: skip
+        self.nodes_marked_offline = Counter("lineside_nodes_marked_offline", "Nodes that missed heartbeats",
+                                            registry=self.registry)  # fmt: skip
+
+
+def bootstrap(engine: Engine, settings: ControlPlaneSettings) -> str | None:
+    """First start: an operator with an API token (returned, shown once) and the bundled public model."""
+    with Session(engine) as session:
+        token = None
+        if session.exec(select(User).where(User.role == Role.OPERATOR)).first() is None:
+            given = settings.bootstrap_token
+            token = given.get_secret_value() if given else new_token("api")
+            user = User(email=BOOTSTRAP_EMAIL, role=Role.OPERATOR)
+            session.add(user)
+            session.flush()
+            assert user.id is not None
+            session.add(ApiToken(user_id=user.id, name="bootstrap", token_hash=token_hash(token), prefix=token[:8]))
+        if session.exec(select(ModelVersion).where(col(ModelVersion.tenant_id).is_(None))).first() is None:
+            _register_bundled(session, settings, BUNDLED_MANIFEST)
+        session.commit()
+        return token
+
+
+def _register_bundled(session: Session, settings: ControlPlaneSettings, manifest_path: Path) -> None:
+    manifest = registry.parse_manifest(manifest_path.read_text())
+    data = (manifest_path.parent / manifest.file).read_bytes()
+    validated = registry.validate(data, manifest, max_bytes=settings.max_model_bytes, max_batch_size=64)
+    registry.store(data, validated.sha256, settings.model_store)
+    session.add(ModelVersion(
+        tenant_id=None, name=manifest.name, version=manifest.version, sha256=validated.sha256,
+        size_bytes=validated.size_bytes, fixed_batch=validated.fixed_batch, manifest=registry.manifest_json(validated),
+    ))  # fmt: skip
+    log.info("registered the bundled model %s %s as a public model", manifest.name, manifest.version)
+
+
+def _watch_heartbeats(engine: Engine, settings: ControlPlaneSettings, metrics: Metrics, stop: threading.Event) -> None:
+    period = max(0.5, min(5.0, settings.heartbeat_timeout_s / 3))
+    while not stop.wait(period):
+        try:
+            with Session(engine) as session:
+                marked = sites.mark_silent_nodes_offline(session, settings.heartbeat_timeout_s)
+            metrics.nodes_marked_offline.inc(len(marked))
+        except Exception:  # keep watching; the next pass retries
+            log.exception("heartbeat watch failed")
+
+
+def create_app(settings: ControlPlaneSettings) -> FastAPI:
+    """The app with its database migrated and bootstrapped; background loops run while it is served."""
+    engine = db.make_engine(settings.url)
+    db.migrate(engine)
+    token = bootstrap(engine, settings)
+    if token:
+        log.warning("first start: operator %s created with API token %s (shown once)", BOOTSTRAP_EMAIL, token)
+    metrics = Metrics()
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        watcher = threading.Thread(target=_watch_heartbeats, args=(engine, settings, metrics, stop), daemon=True)
+        watcher.start()
+        yield
+        stop.set()
+
+    app = FastAPI(
+        title="Lineside control plane",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Tenants, robots with broker credentials, models and slices of edge GPU capacity.",
+    )
+    app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
+    app.state.bootstrap_token = token
+    errors.install(app)
+    for module in (health, tenants, site_routes, lines, robots, models, slices, agent):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    return app

@@ -1,0 +1,232 @@
+"""Keeps each site's Mosquitto in step with the robots and slices in the database.
+
+Choice: Mosquitto's dynamic-security plugin, driven over MQTT
+(``$CONTROL/dynamic-security/v1``), rather than generated password/ACL files.
+It changes credentials without a restart or reload, refuses a client id that
+is not the robot's own (``clientid`` on the client), and disconnects a client
+the moment it is deleted, which is what revoking and rotating need. Files
+would need a SIGHUP per change and cannot pin client ids.
+
+Per robot there is one dynsec client (username = client id =
+``tenant.line.robot``) with one role of the same name allowing exactly: publish
+to its own frames and status topics, subscribe to and receive its own results
+and errors. Per slice there is one client for its ingress (any client id: the
+ingress opens two connections per replica) allowed to read its lines' frames
+(shared subscriptions included) and write results and errors on those lines.
+Everything else is denied by the broker's default ACL access. Passwords are
+derived (``security.derived_secret``), so ``reconcile`` can rebuild a broker
+from the database alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from control_plane.errors import BrokerUnavailable
+from edge_node import wire
+
+log = logging.getLogger(__name__)
+
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
+ADMIN_USERNAME = "lineside-admin"
+MANAGED_PREFIXES = ("r.", "s.")  # robot and slice clients; anything else on the broker is left alone
+
+
+@dataclass(frozen=True)
+class BrokerClient:
+    """One dynsec client with its own role."""
+
+    username: str
+    password: str
+    client_id: str | None
+    acls: tuple[tuple[str, str], ...]  # (acltype, topic)
+
+    def role(self) -> dict[str, Any]:
+        return {
+            "command": "createRole",
+            "rolename": self.username,
+            "acls": [{"acltype": t, "topic": topic, "allow": True, "priority": 0} for t, topic in self.acls],
+        }
+
+    def create(self) -> dict[str, Any]:
+        command: dict[str, Any] = {
+            "command": "createClient",
+            "username": self.username,
+            "password": self.password,
+            "roles": [{"rolename": self.username}],
+        }
+        if self.client_id:
+            command["clientid"] = self.client_id
+        return command
+
+
+def robot_username(tenant: str, line: str, robot: str) -> str:
+    """``r.tenant.line.robot``: names cannot contain '.', so this is unambiguous."""
+    return f"r.{tenant}.{line}.{robot}"
+
+
+def slice_username(app_name: str) -> str:
+    return f"s.{app_name}"
+
+
+def robot_client(tenant: str, line: str, robot: str, password: str) -> BrokerClient:
+    """A robot may publish frames and status and receive results and errors, all its own only."""
+    own = {kind: wire.topic(tenant, line, robot, kind) for kind in wire.TopicKind}
+    username = robot_username(tenant, line, robot)
+    acls = (
+        ("publishClientSend", own[wire.TopicKind.FRAMES]),
+        ("publishClientSend", own[wire.TopicKind.STATUS]),
+        ("subscribeLiteral", own[wire.TopicKind.RESULTS]),
+        ("subscribeLiteral", own[wire.TopicKind.ERRORS]),
+        ("publishClientReceive", own[wire.TopicKind.RESULTS]),
+        ("publishClientReceive", own[wire.TopicKind.ERRORS]),
+    )
+    return BrokerClient(username, password, username, acls)
+
+
+def ingress_client(app_name: str, tenant: str, lines: list[str], password: str) -> BrokerClient:
+    """A slice's ingress reads its lines' frames and answers on those lines' results and errors."""
+    acls: list[tuple[str, str]] = []
+    for line in lines:
+        frames = wire.line_frames_filter(tenant, line)
+        prefix = frames.rsplit("/", 2)[0]
+        acls += [
+            ("subscribePattern", frames),
+            ("publishClientReceive", frames),
+            ("publishClientSend", f"{prefix}/+/{wire.TopicKind.RESULTS.value}"),
+            ("publishClientSend", f"{prefix}/+/{wire.TopicKind.ERRORS.value}"),
+        ]
+    return BrokerClient(slice_username(app_name), password, None, tuple(acls))
+
+
+@dataclass
+class DynsecAdmin:
+    """Request/response over the broker's dynsec control topic, as the site's admin client."""
+
+    host: str
+    port: int
+    password: str
+    timeout_s: float = 5.0
+    _client: mqtt.Client | None = field(default=None, init=False)
+    _answers: dict[str, list[dict[str, Any]]] = field(default_factory=dict, init=False)
+    _arrived: threading.Condition = field(default_factory=threading.Condition, init=False)
+
+    def __enter__(self) -> DynsecAdmin:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"lineside-cp-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
+        client.username_pw_set(ADMIN_USERNAME, self.password)
+        client.on_message = self._on_message
+        connected: list[str] = []
+        done = threading.Event()
+
+        def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            connected.append(str(reason))
+            done.set()
+
+        client.on_connect = on_connect
+        try:
+            client.connect(self.host, self.port, keepalive=30)
+        except OSError as e:
+            raise BrokerUnavailable(
+                f"site broker {self.host}:{self.port} is unreachable ({e}); start it, then retry"
+            ) from e
+        client.loop_start()
+        if not done.wait(self.timeout_s) or connected[0] != "Success":
+            client.loop_stop()
+            reason = connected[0] if connected else "no answer"
+            raise BrokerUnavailable(
+                f"site broker {self.host}:{self.port} refused the control plane's admin login ({reason}); "
+                "set the broker up with the site's admin password (GET /sites/{id}/broker-admin)"
+            )
+        client.subscribe(RESPONSE_TOPIC, qos=1)
+        self._client = client
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        responses = json.loads(message.payload).get("responses", [])
+        key = str(responses[0].get("correlationData", "")) if responses else ""
+        with self._arrived:
+            self._answers[key] = responses
+            self._arrived.notify_all()
+
+    def run(self, commands: list[dict[str, Any]], *, check: bool = True) -> list[dict[str, Any]]:
+        """Send dynsec commands in one message and return their responses (errors raise if ``check``)."""
+        assert self._client is not None, "use DynsecAdmin as a context manager"
+        key = uuid.uuid4().hex
+        tagged = [{**c, "correlationData": key} for c in commands]
+        self._client.publish(CONTROL_TOPIC, json.dumps({"commands": tagged}), qos=1)
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: key in self._answers, timeout=self.timeout_s):
+                raise BrokerUnavailable(
+                    f"site broker {self.host}:{self.port} did not answer within {self.timeout_s:.0f}s; "
+                    "check that it runs with the dynamic-security plugin and the site's admin password"
+                )
+            responses = self._answers.pop(key)
+        if check:
+            for response in responses:
+                if response.get("error"):
+                    raise BrokerUnavailable(f"site broker refused {response.get('command')}: {response['error']}")
+        return responses
+
+    def managed_usernames(self) -> set[str]:
+        listing = self.run([{"command": "listClients", "verbose": False}])[0]
+        names = listing.get("data", {}).get("clients", [])
+        return {n for n in names if isinstance(n, str) and n.startswith(MANAGED_PREFIXES)}
+
+    def ensure(self, client: BrokerClient) -> None:
+        """Create the client and its role, or set its password if it exists (no disconnect)."""
+        responses = self.run([client.role(), client.create()], check=False)
+        for response in responses:
+            error = response.get("error")
+            if not error or "already exists" in error:
+                continue
+            raise BrokerUnavailable(f"site broker refused {response.get('command')}: {error}")
+        if any("already exists" in (r.get("error") or "") for r in responses if r.get("command") == "createClient"):
+            self.run([{"command": "setClientPassword", "username": client.username, "password": client.password}])
+
+    def replace(self, client: BrokerClient) -> None:
+        """Delete and re-create: connected sessions of the old credentials are disconnected."""
+        self.remove(client.username)
+        self.ensure(client)
+
+    def remove(self, username: str) -> None:
+        """Delete the client (disconnecting it) and its role; missing ones are fine."""
+        self.run(
+            [{"command": "deleteClient", "username": username}, {"command": "deleteRole", "rolename": username}],
+            check=False,
+        )
+
+    def deny_by_default(self) -> None:
+        """Nothing is allowed unless a role allows it (Mosquitto's default lets clients receive)."""
+        kinds = ("publishClientSend", "publishClientReceive", "subscribe")
+        acls = [{"acltype": k, "allow": False} for k in kinds] + [{"acltype": "unsubscribe", "allow": True}]
+        self.run([{"command": "setDefaultACLAccess", "acls": acls}])
+
+    def reconcile(self, desired: list[BrokerClient]) -> dict[str, int]:
+        """Make the broker's managed clients exactly ``desired``; returns counts of what changed."""
+        self.deny_by_default()
+        present = self.managed_usernames()
+        wanted = {c.username for c in desired}
+        for username in sorted(present - wanted):
+            self.remove(username)
+        for client in desired:
+            self.ensure(client)
+        log.info("broker %s:%d: %d clients kept or created, %d removed", self.host, self.port,
+                 len(desired), len(present - wanted))  # fmt: skip
+        return {"ensured": len(desired), "removed": len(present - wanted)}

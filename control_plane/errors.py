@@ -1,0 +1,90 @@
+"""Errors the control plane raises on purpose, mapped to HTTP statuses in one place (``STATUS``).
+
+Hierarchy::
+
+    ControlPlaneError          anything refused; 400
+    ├── NotFound               no such object for this caller (also other tenants' objects); 404
+    ├── Forbidden              the caller's role may not do this; 403
+    ├── Unauthenticated        missing, unknown or revoked token; 401
+    ├── Conflict               duplicate name or illegal state change; 409
+    │   └── IllegalTransition  a state machine refused the move
+    ├── InvalidUpload          a model file or manifest that cannot be served; 422
+    └── BrokerUnavailable      the site's broker did not confirm a credential change; 503
+
+Every error carries a message that says what to do.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+class ControlPlaneError(Exception):
+    """Base class; ``code`` is stable, the message is for people."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ControlPlaneError):
+    code = "not_found"
+
+
+class Forbidden(ControlPlaneError):
+    code = "forbidden"
+
+
+class Unauthenticated(ControlPlaneError):
+    code = "unauthenticated"
+
+
+class Conflict(ControlPlaneError):
+    code = "conflict"
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+class InvalidUpload(ControlPlaneError):
+    code = "invalid_upload"
+
+
+class BrokerUnavailable(ControlPlaneError):
+    code = "broker_unavailable"
+
+
+STATUS: dict[type[ControlPlaneError], int] = {
+    NotFound: 404,
+    Forbidden: 403,
+    Unauthenticated: 401,
+    Conflict: 409,
+    InvalidUpload: 422,
+    BrokerUnavailable: 503,
+    ControlPlaneError: 400,
+}
+
+
+def status_of(error: ControlPlaneError) -> int:
+    """HTTP status of an error: the entry of its nearest class in ``STATUS``."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 400
+
+
+async def _handle(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ControlPlaneError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthenticated) else None
+    return JSONResponse(
+        status_code=status_of(error), content={"detail": error.message, "code": error.code}, headers=headers
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Answer every ``ControlPlaneError`` as JSON ``{"detail", "code"}`` with its status."""
+    app.add_exception_handler(ControlPlaneError, _handle)

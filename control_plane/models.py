@@ -1,0 +1,366 @@
+"""Tables and API schemas of the control plane.
+
+Each entity is layered as in full-stack-fastapi-template: ``XCreate`` (what a
+caller may send: never ``tenant_id``, ``status`` or other server-owned
+fields; unknown fields are refused), ``X(table=True)``, ``XPublic`` (what is
+returned).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ConfigDict, field_validator
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from control_plane.states import NodeStatus, RobotStatus, SliceStatus
+from edge_node import wire
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Role(StrEnum):
+    OPERATOR = "operator"
+    PLANT_MANAGER = "plant_manager"
+    FACTORY_IT = "factory_it"
+
+
+class _Input(SQLModel):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+def _slug(value: str) -> str:
+    return wire.check_name(value, "name")
+
+
+# --- tenants and users -------------------------------------------------------------------------
+
+
+class TenantCreate(_Input):
+    slug: str = Field(description="Topic-safe short name, e.g. 'acme'; appears in MQTT topics.")
+    name: str = Field(min_length=1, max_length=200, description="Display name of the factory.")
+    _check_slug = field_validator("slug")(_slug)
+
+
+class Tenant(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(index=True, unique=True, max_length=63)
+    name: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TenantPublic(SQLModel):
+    id: int
+    slug: str
+    name: str
+    created_at: datetime
+
+
+class UserCreate(_Input):
+    email: str = Field(max_length=320, description="Login name (an e-mail address).")
+    role: Role = Field(description="operator, plant_manager or factory_it.")
+    tenant_id: int | None = Field(default=None, description="Operators only: the tenant of the new user.")
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not _EMAIL.match(value):
+            raise ValueError(f"email {value!r} is not an e-mail address (name@domain)")
+        return value.lower()
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int | None = Field(default=None, foreign_key="tenant.id", index=True)
+    email: str = Field(unique=True, index=True, max_length=320)
+    role: Role
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class UserPublic(SQLModel):
+    id: int
+    tenant_id: int | None
+    email: str
+    role: Role
+
+
+class ApiToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    name: str = Field(max_length=100)
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    prefix: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class TokenCreate(_Input):
+    name: str = Field(default="api", min_length=1, max_length=100, description="What the token is for.")
+
+
+class TokenIssued(SQLModel):
+    id: int
+    name: str
+    token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class UserWithToken(UserPublic):
+    token: str = Field(description="API token of the new user, shown once.")
+
+
+# --- sites and nodes ---------------------------------------------------------------------------
+
+
+class SiteCreate(_Input):
+    name: str = Field(description="Topic-safe site name, e.g. 'plant-north'.")
+    broker_host: str = Field(default="127.0.0.1", max_length=255, description="The site's MQTT broker host.")
+    broker_port: int = Field(default=1883, gt=0, lt=65536, description="The site's MQTT broker port.")
+    _check_name = field_validator("name")(_slug)
+
+
+class Site(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=63)
+    broker_host: str = Field(max_length=255)
+    broker_port: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SitePublic(SQLModel):
+    id: int
+    name: str
+    broker_host: str
+    broker_port: int
+
+
+class BrokerAdmin(SQLModel):
+    username: str
+    password: str = Field(description="Dynamic-security admin password the site's Mosquitto must be set up with.")
+
+
+class JoinToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class JoinTokenIssued(SQLModel):
+    site_id: int
+    token: str = Field(description="One-time token for `lineside edge-node join`; shown once.")
+    expires_at: datetime
+
+
+class NodeJoin(_Input):
+    token: str = Field(description="The site's one-time join token.")
+    hostname: str = Field(min_length=1, max_length=255)
+    cpus: int = Field(ge=1, le=4096)
+    memory_mb: int = Field(ge=1)
+    gpus: list[dict[str, Any]] = Field(default_factory=list, description="[{'model': ..., 'memory_mb': ...}]")
+    ray_address: str | None = Field(default=None, max_length=255, description="Ray head address this node uses.")
+
+
+class Node(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    hostname: str = Field(max_length=255)
+    cpus: int
+    memory_mb: int
+    gpus: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ray_address: str | None = Field(default=None, max_length=255)
+    status: NodeStatus = Field(default=NodeStatus.JOINING)
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    joined_at: datetime = Field(default_factory=utcnow)
+    last_heartbeat_at: datetime | None = None
+
+
+class NodePublic(SQLModel):
+    id: int
+    site_id: int
+    hostname: str
+    cpus: int
+    memory_mb: int
+    gpus: list[dict[str, Any]]
+    ray_address: str | None
+    status: NodeStatus
+    last_heartbeat_at: datetime | None
+
+
+class NodeJoined(NodePublic):
+    node_token: str = Field(description="The agent's credential for heartbeats and desired state; shown once.")
+
+
+class NodeStatusChange(_Input):
+    status: NodeStatus = Field(description="draining, online (undrain) or removed.")
+
+
+# --- lines and robots --------------------------------------------------------------------------
+
+
+class LineCreate(_Input):
+    slug: str = Field(description="Topic-safe line name, e.g. 'line-1'.")
+    name: str = Field(default="", max_length=200)
+    site_id: int = Field(description="Site whose slices serve this line.")
+    latency_budget_ms: float = Field(default=100.0, gt=0, le=60_000)
+    _check_slug = field_validator("slug")(_slug)
+
+
+class Line(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("tenant_id", "slug"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    slug: str = Field(max_length=63)
+    name: str = Field(default="", max_length=200)
+    latency_budget_ms: float = 100.0
+
+
+class LinePublic(SQLModel):
+    id: int
+    tenant_id: int
+    site_id: int
+    slug: str
+    name: str
+    latency_budget_ms: float
+
+
+class RobotCreate(_Input):
+    slug: str = Field(description="Topic-safe robot name, e.g. 'cam-7'.")
+    line_id: int = Field(description="Line the robot inspects on.")
+    _check_slug = field_validator("slug")(_slug)
+
+
+class Robot(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("line_id", "slug"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    line_id: int = Field(foreign_key="line.id", index=True)
+    slug: str = Field(max_length=63)
+    mqtt_username: str = Field(unique=True, index=True, max_length=200)
+    status: RobotStatus = Field(default=RobotStatus.ACTIVE)
+    credential_epoch: int = 1
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class RobotPublic(SQLModel):
+    id: int
+    tenant_id: int
+    line_id: int
+    slug: str
+    mqtt_username: str
+    status: RobotStatus
+    created_at: datetime
+
+
+class RobotCredentials(RobotPublic):
+    mqtt_password: str = Field(description="Shown once; rotate to get a new one.")
+    client_id: str = Field(description="The only MQTT client id this robot may connect with.")
+    broker_host: str
+    broker_port: int
+    topics: dict[str, str] = Field(description="frames, status (publish); results, errors (subscribe).")
+    examples: dict[str, str] = Field(description="Ready-to-run mosquitto_pub / mosquitto_sub / Python SDK.")
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+class ModelVersion(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("tenant_id", "name", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int | None = Field(default=None, foreign_key="tenant.id", index=True)  # None: public
+    name: str = Field(max_length=100)
+    version: str = Field(max_length=50)
+    sha256: str = Field(index=True, max_length=64)
+    size_bytes: int
+    fixed_batch: int | None = None  # None: dynamic batch axis
+    manifest: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelVersionPublic(SQLModel):
+    id: int
+    tenant_id: int | None
+    name: str
+    version: str
+    sha256: str
+    size_bytes: int
+    fixed_batch: int | None
+    manifest: dict[str, Any]
+
+
+# --- slices ------------------------------------------------------------------------------------
+
+
+class SliceCreate(_Input):
+    slug: str = Field(description="Topic-safe slice name, unique per tenant.")
+    line_ids: list[int] = Field(min_length=1, description="Lines (all on one site) whose frames the slice judges.")
+    model_version_id: int = Field(description="Model version (the tenant's own or a public one).")
+    min_replicas: int = Field(default=1, ge=0, le=256)
+    max_replicas: int = Field(default=1, ge=1, le=256)
+    max_batch_size: int = Field(default=32, ge=1, le=512)
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    cpus_per_replica: float = Field(default=1.0, gt=0, le=64)
+    gpus_per_replica: float = Field(default=0.0, ge=0, le=1)
+    _check_slug = field_validator("slug")(_slug)
+
+
+class SliceScale(_Input):
+    min_replicas: int = Field(ge=0, le=256)
+    max_replicas: int = Field(ge=1, le=256)
+
+
+class Slice(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("tenant_id", "slug"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    slug: str = Field(max_length=63)
+    line_ids: list[int] = Field(sa_column=Column(JSON, nullable=False))
+    model_version_id: int = Field(foreign_key="modelversion.id")
+    min_replicas: int = 1
+    max_replicas: int = 1
+    max_batch_size: int = 32
+    batch_wait_ms: float = 5.0
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    status: SliceStatus = Field(default=SliceStatus.PENDING)
+    status_message: str = Field(default="", max_length=2000)
+    generation: int = 1
+    observed_generation: int = 0
+    actual: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def app_name(self) -> str:
+        """Ray Serve application name and shared-subscription group: unique per site."""
+        return f"t{self.tenant_id}-{self.slug}"
+
+
+class SlicePublic(SQLModel):
+    id: int
+    tenant_id: int
+    site_id: int
+    slug: str
+    line_ids: list[int]
+    model_version_id: int
+    min_replicas: int
+    max_replicas: int
+    max_batch_size: int
+    batch_wait_ms: float
+    cpus_per_replica: float
+    gpus_per_replica: float
+    status: SliceStatus
+    status_message: str
+    generation: int
+    observed_generation: int
+    actual: dict[str, Any]

@@ -1,0 +1,145 @@
+"""Desired state of a site, derived from the database: broker clients and Ray Serve slices.
+
+The agent pulls ``desired_state`` (with an ETag over its content); the broker
+is driven from here through ``broker_sync``. Both are level-triggered: they
+describe the whole site, so applying them twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from control_plane import broker_sync
+from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, Tenant, utcnow
+from control_plane.security import derived_secret
+from control_plane.settings import ControlPlaneSettings
+from control_plane.states import NodeStatus, RobotStatus, SliceStatus, transition
+
+log = logging.getLogger(__name__)
+
+LIVE_SLICES = (SliceStatus.PENDING, SliceStatus.RUNNING, SliceStatus.DEGRADED, SliceStatus.FAILED)
+
+
+def _secret(settings: ControlPlaneSettings, purpose: str) -> str:
+    return derived_secret(settings.secret_key.get_secret_value(), purpose)
+
+
+def broker_admin_password(settings: ControlPlaneSettings, site: Site) -> str:
+    return _secret(settings, f"broker-admin:{site.id}")
+
+
+def robot_password(settings: ControlPlaneSettings, robot: Robot) -> str:
+    return _secret(settings, f"robot:{robot.id}:{robot.credential_epoch}")
+
+
+def ingress_password(settings: ControlPlaneSettings, item: Slice) -> str:
+    return _secret(settings, f"ingress:{item.id}")
+
+
+def robot_broker_client(session: Session, settings: ControlPlaneSettings, robot: Robot) -> broker_sync.BrokerClient:
+    line = session.get(Line, robot.line_id)
+    tenant = session.get(Tenant, robot.tenant_id)
+    assert line is not None
+    assert tenant is not None
+    return broker_sync.robot_client(tenant.slug, line.slug, robot.slug, robot_password(settings, robot))
+
+
+def slice_lines(session: Session, item: Slice) -> list[Line]:
+    lines = session.exec(select(Line).where(col(Line.id).in_(item.line_ids)).order_by(col(Line.id))).all()
+    return list(lines)
+
+
+def ingress_broker_client(session: Session, settings: ControlPlaneSettings, item: Slice) -> broker_sync.BrokerClient:
+    tenant = session.get(Tenant, item.tenant_id)
+    assert tenant is not None
+    lines = [line.slug for line in slice_lines(session, item)]
+    return broker_sync.ingress_client(item.app_name, tenant.slug, lines, ingress_password(settings, item))
+
+
+def admin(settings: ControlPlaneSettings, site: Site) -> broker_sync.DynsecAdmin:
+    return broker_sync.DynsecAdmin(
+        site.broker_host, site.broker_port, broker_admin_password(settings, site), settings.broker_timeout_s
+    )
+
+
+def desired_broker_clients(
+    session: Session, settings: ControlPlaneSettings, site: Site
+) -> list[broker_sync.BrokerClient]:
+    robots = session.exec(
+        select(Robot).join(Line).where(Line.site_id == site.id, Robot.status == RobotStatus.ACTIVE)
+    ).all()
+    slices = session.exec(select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES))).all()
+    return [robot_broker_client(session, settings, r) for r in robots] + [
+        ingress_broker_client(session, settings, s) for s in slices
+    ]
+
+
+def sync_broker(session: Session, settings: ControlPlaneSettings, site: Site) -> dict[str, int]:
+    """Make the site's broker hold exactly the active robots and live slices."""
+    with admin(settings, site) as broker:
+        return broker.reconcile(desired_broker_clients(session, settings, site))
+
+
+def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, site: Site) -> dict[str, Any]:
+    """The desired slice as the agent applies it: ``edge_node.slice_spec.SliceSpec`` fields plus the model."""
+    tenant = session.get(Tenant, item.tenant_id)
+    model = session.get(ModelVersion, item.model_version_id)
+    assert tenant is not None
+    assert model is not None
+    lines = slice_lines(session, item)
+    return {
+        "slice_id": item.id,
+        "generation": item.generation,
+        "model": {"sha256": model.sha256, "manifest": model.manifest},
+        "spec": {
+            "name": item.app_name,
+            "tenant": tenant.slug,
+            "lines": [line.slug for line in lines],
+            "latency_budget_ms": min(line.latency_budget_ms for line in lines),
+            "replicas": {"min_replicas": item.min_replicas, "max_replicas": item.max_replicas},
+            "batch": {
+                "max_batch_size": item.max_batch_size,
+                "batch_wait_ms": item.batch_wait_ms,
+                "ingress_batch": min(16, item.max_batch_size),
+            },
+            "resources": {"cpus_per_replica": item.cpus_per_replica, "gpus_per_replica": item.gpus_per_replica},
+            "broker": {
+                "host": site.broker_host,
+                "port": site.broker_port,
+                "username": broker_sync.slice_username(item.app_name),
+                "password": ingress_password(settings, item),
+            },
+        },
+    }
+
+
+def desired_state(session: Session, settings: ControlPlaneSettings, site: Site) -> tuple[dict[str, Any], str]:
+    """The site's desired slices and an ETag over them."""
+    slices = session.exec(
+        select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES)).order_by(col(Slice.id))
+    ).all()
+    state = {"site": site.name, "slices": [slice_spec(session, settings, s, site) for s in slices]}
+    etag = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:32]
+    return state, etag
+
+
+def mark_silent_nodes_offline(session: Session, timeout_s: float) -> list[int]:
+    """Nodes whose last heartbeat is older than ``timeout_s`` become offline; returns their ids."""
+    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    silent = session.exec(
+        select(Node).where(
+            col(Node.status).in_((NodeStatus.ONLINE, NodeStatus.JOINING, NodeStatus.DRAINING, NodeStatus.DRAINED)),
+            col(Node.last_heartbeat_at) < cutoff,
+        )
+    ).all()
+    for node in silent:
+        node.status = transition(node.status, NodeStatus.OFFLINE, what=f"node {node.id}")
+        log.warning("node %s (%s) missed heartbeats for %.0fs: offline", node.id, node.hostname, timeout_s)
+    session.commit()
+    return [n.id for n in silent if n.id is not None]
