@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 
 
 class ControlPlaneError(Exception):
@@ -85,6 +86,13 @@ async def _handle(_request: Request, error: Exception) -> JSONResponse:
     )
 
 
+async def _handle_integrity(_request: Request, error: Exception) -> JSONResponse:
+    # Two writers raced past a uniqueness check: the loser gets a clear 409, nothing is half-written.
+    detail = "a concurrent change conflicts with this one (duplicate name or id); reload and retry"
+    return JSONResponse(status_code=409, content={"detail": detail, "code": Conflict.code})
+
+
 def install(app: FastAPI) -> None:
     """Answer every ``ControlPlaneError`` as JSON ``{"detail", "code"}`` with its status."""
     app.add_exception_handler(ControlPlaneError, _handle)
+    app.add_exception_handler(IntegrityError, _handle_integrity)

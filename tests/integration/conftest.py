@@ -35,3 +35,6 @@ def ray_cluster() -> Iterator[int]:
     cluster.start(num_cpus=2, metrics_port=metrics_port)
     yield metrics_port
     cluster.stop()
+
+
+from tests.integration.cp_fixtures import control_plane, database_url, postgres_url  # noqa: E402, F401

@@ -78,6 +78,8 @@ def create_robot(
     tenant = session.get(Tenant, line.tenant_id)
     assert tenant is not None
     username = broker_sync.robot_username(tenant.slug, line.slug, body.slug)
+    if session.exec(select(Robot).where(Robot.mqtt_username == username)).first() is not None:
+        raise Conflict(f"robot {body.slug!r} already exists on line {line.slug!r}")
     robot = Robot(tenant_id=line.tenant_id, line_id=line.id, slug=body.slug, mqtt_username=username)
     session.add(robot)
     try:

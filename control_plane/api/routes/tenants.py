@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from control_plane.api.deps import CurrentUser, SessionDep, scoped_get
-from control_plane.errors import Conflict, Forbidden, NotFound
+from control_plane.errors import Conflict, ControlPlaneError, Forbidden, NotFound
 from control_plane.models import (
     ApiToken,
     Role,
@@ -72,7 +72,7 @@ def create_user(body: UserCreate, session: SessionDep, caller: CurrentUser) -> U
         tenant_id = None if body.role is Role.OPERATOR else body.tenant_id
         if body.role is not Role.OPERATOR:
             if tenant_id is None:
-                raise Conflict("tenant_id is required for plant_manager and factory_it users")
+                raise ControlPlaneError("tenant_id is required for plant_manager and factory_it users")
             scoped_get(session, Tenant, tenant_id, caller)
     else:
         if body.role is Role.OPERATOR:
