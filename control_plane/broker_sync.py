@@ -100,6 +100,8 @@ def ingress_client(app_name: str, tenant: str, lines: list[str], password: str) 
         frames = wire.line_frames_filter(tenant, line)
         prefix = frames.rsplit("/", 2)[0]
         acls += [
+            # Mosquitto checks a shared subscription with its $share/{group}/ prefix.
+            ("subscribeLiteral", wire.shared_frames_filter(app_name, tenant, line)),
             ("subscribePattern", frames),
             ("publishClientReceive", frames),
             ("publishClientSend", f"{prefix}/+/{wire.TopicKind.RESULTS.value}"),

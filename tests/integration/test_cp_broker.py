@@ -1,0 +1,163 @@
+"""Robots' broker credentials against a real Mosquitto with the dynamic-security plugin."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.integration.cp_fixtures import ControlPlane, ok
+
+
+class Probe:
+    """A raw MQTT 5 client that records what it receives and how its connection ends."""
+
+    def __init__(self, cp: ControlPlane, username: str, password: str, client_id: str) -> None:
+        self.received: list[str] = []
+        self.connect_reason: str | None = None
+        self.disconnected = threading.Event()
+        self.granted: list[Any] = []
+        self._subscribed = threading.Event()
+        self._connected = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *_a: self.disconnected.set()
+        self.client.on_message = lambda _c, _u, m: self.received.append(m.topic)
+        self.client.on_subscribe = self._on_subscribe
+        self.client.connect(cp.broker.host, cp.broker.port)
+        self.client.loop_start()
+        self._connected.wait(5)
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.connect_reason = str(reason)
+        self._connected.set()
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
+        self.granted = [str(r) for r in reasons]
+        self._subscribed.set()
+
+    def subscribe(self, topic: str) -> list[Any]:
+        self._subscribed.clear()
+        self.client.subscribe(topic, qos=1)
+        self._subscribed.wait(5)
+        return self.granted
+
+    def publish(self, topic: str, payload: bytes = b"x") -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _robot(cp: ControlPlane, who: str) -> dict[str, Any]:
+    tenancy = getattr(cp, who)
+    return ok(cp.client.post(f"/robots/{tenancy.ids['robot']}/rotate", headers=tenancy.it))
+
+
+def test_robot_is_confined_to_its_own_topics(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    a, b = _robot(cp, "a"), _robot(cp, "b")
+    robot_a = Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"])
+    robot_b = Probe(cp, b["mqtt_username"], b["mqtt_password"], b["client_id"])
+    assert robot_a.connect_reason == "Success" and robot_b.connect_reason == "Success"
+    assert robot_a.subscribe("#") == ["Not authorized"]
+    assert robot_a.subscribe("lineside/+/+/+/results") == ["Not authorized"]
+    assert robot_a.subscribe(b["topics"]["results"]) == ["Not authorized"]
+    assert robot_a.subscribe(a["topics"]["results"]) == ["Granted QoS 1"]
+    assert robot_b.subscribe(b["topics"]["results"]) == ["Granted QoS 1"]
+    # Forging another robot's verdict or frame: refused, and Mosquitto drops the offender's connection.
+    for target in (b["topics"]["results"], b["topics"]["frames"], a["topics"]["results"]):
+        forger = Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"])
+        forger.client.publish(target, b"forged", qos=1)
+        assert forger.disconnected.wait(5), f"publishing to {target} was not refused"
+        forger.client.loop_stop()
+    time.sleep(0.3)
+    assert robot_b.received == [], "robot B received a forged message"
+    robot_b.close()
+
+
+def test_frames_reach_only_the_own_slices_ingress(control_plane: ControlPlane) -> None:
+    from control_plane import sites
+    from control_plane.models import Slice
+
+    cp = control_plane
+    a = _robot(cp, "a")
+    from sqlmodel import Session
+
+    with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
+        slice_a = session.get(Slice, cp.a.ids["slice"])
+        slice_b = session.get(Slice, cp.b.ids["slice"])
+        assert slice_a is not None and slice_b is not None
+        ingress_a = sites.ingress_broker_client(session, cp.settings, slice_a)
+        ingress_b = sites.ingress_broker_client(session, cp.settings, slice_b)
+    reader_a = Probe(cp, ingress_a.username, ingress_a.password, "ingress-a")
+    reader_b = Probe(cp, ingress_b.username, ingress_b.password, "ingress-b")
+    assert reader_a.subscribe(f"$share/{slice_a.app_name}/lineside/acme/line-1/+/frames") == ["Granted QoS 1"]
+    assert reader_b.subscribe("lineside/acme/line-1/+/frames") != ["Granted QoS 1"]
+    assert reader_b.subscribe("lineside/globex/line-1/+/frames") == ["Granted QoS 1"]
+    robot_a = Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"])
+    robot_a.publish(a["topics"]["frames"], b"\xff\xd8 not really a jpeg")
+    deadline = time.monotonic() + 5
+    while not reader_a.received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reader_a.received == [a["topics"]["frames"]]
+    assert reader_b.received == []
+    for probe in (robot_a, reader_a, reader_b):
+        probe.close()
+
+
+def test_client_id_is_pinned_and_wrong_passwords_refused(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    a, b = _robot(cp, "a"), _robot(cp, "b")
+    robot_a = Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"])
+    thief = Probe(cp, b["mqtt_username"], b["mqtt_password"], a["client_id"])  # A's client id, B's credentials
+    assert thief.connect_reason == "Not authorized"
+    assert not robot_a.disconnected.wait(1.0), "the stolen client id took over robot A's session"
+    wrong = Probe(cp, a["mqtt_username"], "not-the-password", a["client_id"] + "-x")
+    assert wrong.connect_reason == "Not authorized"
+    robot_a.close()
+
+
+def test_rotate_and_revoke_disconnect_the_robot(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    old = _robot(cp, "a")
+    robot = Probe(cp, old["mqtt_username"], old["mqtt_password"], old["client_id"])
+    assert robot.connect_reason == "Success"
+    new = _robot(cp, "a")
+    assert new["mqtt_password"] != old["mqtt_password"]
+    assert robot.disconnected.wait(5), "rotation left the old session connected"
+    robot.client.loop_stop()
+    assert Probe(cp, old["mqtt_username"], old["mqtt_password"], old["client_id"]).connect_reason == "Not authorized"
+    current = Probe(cp, new["mqtt_username"], new["mqtt_password"], new["client_id"])
+    assert current.connect_reason == "Success"
+    ok(cp.client.post(f"/robots/{cp.a.ids['robot']}/revoke", headers=cp.a.it))
+    assert current.disconnected.wait(5), "revoking did not disconnect the robot"
+    current.client.loop_stop()
+    assert Probe(cp, new["mqtt_username"], new["mqtt_password"], new["client_id"]).connect_reason == "Not authorized"
+
+
+def test_broker_rebuilt_from_the_database(control_plane: ControlPlane, tmp_path_factory: Any) -> None:
+    """A broker that lost its state gets every robot and slice back from one sync."""
+    cp = control_plane
+    a = _robot(cp, "a")
+    cp.broker.stop()
+    (cp.broker.workdir / "dynamic-security.json").unlink()
+    cp.broker.start()
+    assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Not authorized"
+    counts = ok(cp.client.post(f"/sites/{cp.site_id}/broker/sync", headers=cp.op))
+    assert counts == {"ensured": 4, "removed": 0}  # two robots, two slice ingresses
+    assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Success"
+
+
+def test_broker_down_is_503_and_nothing_is_created(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    cp.broker.stop()
+    response = cp.client.post("/robots", json={"slug": "cam-2", "line_id": cp.a.line_id}, headers=cp.a.it)
+    assert response.status_code == 503 and "unreachable" in response.json()["detail"]
+    cp.broker.start()
+    assert [r["slug"] for r in ok(cp.client.get("/robots", headers=cp.a.it))] == ["cam-1"]
