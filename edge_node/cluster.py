@@ -52,9 +52,19 @@ def slice_processes(spec: SliceSpec) -> dict[str, dict[str, Any]]:
     return {"ingress": dict(ingress.process.remote().result()), "model": dict(model.info.remote().result())}
 
 
+def applications() -> set[str]:
+    """Names of the Serve applications on the cluster."""
+    return set(serve.status().applications)
+
+
 def slice_status(spec: SliceSpec) -> dict[str, Any]:
     """Serve's view of the slice: application status and running replicas per deployment."""
-    status = serve.status().applications.get(spec.name)
+    return app_status(spec.name)
+
+
+def app_status(name: str) -> dict[str, Any]:
+    """Serve's view of one application: its status and running replicas per deployment."""
+    status = serve.status().applications.get(name)
     if status is None:
         return {"status": "NOT_DEPLOYED", "deployments": {}}
     return {

@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from edge_node.ingress import FrameIngress
 from edge_node.runtime import InspectionModel, as_reply
 from edge_node.settings import EdgeSettings
-from edge_node.slice_spec import SliceSpec
+from edge_node.slice_spec import REVEAL_SECRETS, SliceSpec
 from models.manifest import load_manifest
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class Ingress:
 
 def build_app(spec: SliceSpec) -> Any:
     """The Serve application (bound deployment graph) for ``spec``."""
-    spec_json = spec.model_dump_json()
+    spec_json = spec.model_dump_json(context={REVEAL_SECRETS: True})
     resources = spec.resources
     model = ModelServer.options(  # type: ignore[attr-defined]
         name="model",

@@ -9,10 +9,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from edge_node import wire
 from models.manifest import BUNDLED_MANIFEST
+
+
+REVEAL_SECRETS = "reveal_secrets"
+"""Serialization context key: ``spec.model_dump_json(context={REVEAL_SECRETS: True})`` keeps the password."""
 
 
 class _Strict(BaseModel):
@@ -27,6 +40,14 @@ class BrokerSpec(_Strict):
     username: str | None = Field(default=None, description="Ingress username, if the broker requires one.")
     password: SecretStr | None = Field(default=None, description="Ingress password.")
     keepalive_s: int = Field(default=30, ge=5, le=600, description="MQTT keepalive in seconds.")
+
+    @field_serializer("password")
+    def _password(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
+        """Masked, except where the slice hands its own spec to its replicas (``REVEAL_SECRETS``)."""
+        if value is None:
+            return None
+        context = info.context or {}
+        return value.get_secret_value() if context.get(REVEAL_SECRETS) else "**********"
 
 
 class ReplicaSpec(_Strict):

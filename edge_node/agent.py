@@ -1,0 +1,221 @@
+"""The edge agent: joins a node to the control plane and makes the site's Ray Serve match it.
+
+Lifecycle (``lineside edge-node join`` then ``lineside edge-node run``)::
+
+    join     POST /agent/v1/join with a one-time token and the node's inventory;
+             the node token is kept in <data_dir>/agent.json (mode 600)
+    loop     every period: pull desired slices (If-None-Match: unchanged answers 304),
+             cache them on disk, reconcile Ray Serve, heartbeat with the actual state
+
+Reconciliation is level-triggered: it compares the desired generations with
+what this agent last applied (<data_dir>/applied.json) and with the
+applications Serve really has, applies only the difference, and deletes
+Lineside applications that are no longer desired. Applying the same desired
+state twice changes nothing; an agent killed mid-apply re-applies on its next
+pass. With the control plane unreachable the agent keeps serving from the
+cache, and an agent restarted then restores its slices from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edge_node import cluster
+from edge_node.errors import EdgeNodeError
+from edge_node.slice_spec import SliceSpec
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(EdgeNodeError):
+    """The agent cannot join or cannot reach what it needs."""
+
+
+def inventory() -> dict[str, Any]:
+    """Hostname, CPUs, memory and NVIDIA GPUs (model, memory) of this machine."""
+    memory_kb = 0
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_kb = int(line.split()[1])
+    gpus: list[dict[str, Any]] = []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        gpus = [
+            {"model": n.strip(), "memory_mb": int(m)} for n, m in (row.split(",") for row in out.splitlines() if row)
+        ]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass  # no NVIDIA driver: a CPU node
+    return {
+        "hostname": socket.gethostname() or platform.node(),
+        "cpus": os.cpu_count() or 1,
+        "memory_mb": max(1, memory_kb // 1024),
+        "gpus": gpus,
+    }
+
+
+def join(client: httpx.Client, token: str, data_dir: Path, ray_address: str | None = None) -> dict[str, Any]:
+    """Register this node; stores the node token under ``data_dir`` and returns the node record."""
+    response = client.post("/agent/v1/join", json={"token": token, "ray_address": ray_address, **inventory()})
+    if response.status_code != 201:
+        raise AgentError(f"join refused ({response.status_code}): {response.json().get('detail', response.text)}")
+    node = response.json()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state = data_dir / "agent.json"
+    state.write_text(json.dumps({"control_plane": str(client.base_url), "node": node}))
+    state.chmod(0o600)
+    log.info("joined site %s as node %s (%s)", node["site_id"], node["id"], node["hostname"])
+    return node  # type: ignore[no-any-return]
+
+
+@dataclass
+class Agent:
+    """One pass of ``step`` = pull, cache, reconcile, heartbeat. ``run`` repeats it."""
+
+    client: httpx.Client
+    node_token: str
+    data_dir: Path
+    period_s: float = 5.0
+    apply: Callable[[SliceSpec], None] = cluster.apply_slice
+    delete: Callable[[str], None] = cluster.delete_slice
+    applications: Callable[[], set[str]] = cluster.applications
+    status: Callable[[str], dict[str, Any]] = cluster.app_status
+    applied: dict[str, int] = field(default_factory=dict)  # app name -> generation applied
+    errors: dict[str, str] = field(default_factory=dict)
+    _etag: str | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "models").mkdir(exist_ok=True)
+        if self._applied_path.exists():
+            self.applied = {k: int(v) for k, v in json.loads(self._applied_path.read_text()).items()}
+
+    @property
+    def _cache_path(self) -> Path:
+        return self.data_dir / "desired.json"
+
+    @property
+    def _applied_path(self) -> Path:
+        return self.data_dir / "applied.json"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.node_token}"}
+
+    def pull(self) -> dict[str, Any]:
+        """Desired state from the control plane, or the cached copy when it cannot be reached."""
+        headers = self._headers() | ({"If-None-Match": self._etag} if self._etag else {})
+        try:
+            response = self.client.get("/agent/v1/desired", headers=headers)
+        except httpx.TransportError as e:
+            log.warning("control plane unreachable (%s); serving the cached desired state", e)
+            return self._cached()
+        if response.status_code == 304:
+            return self._cached()
+        if response.status_code != 200:
+            log.warning("desired state refused (%s): %s; keeping the cache", response.status_code, response.text[:200])
+            return self._cached()
+        state: dict[str, Any] = response.json()
+        partial = self._cache_path.with_suffix(".part")
+        partial.write_text(json.dumps(state))
+        partial.chmod(0o600)  # holds the slices' broker credentials
+        partial.replace(self._cache_path)
+        self._etag = response.headers.get("etag")
+        return state
+
+    def _cached(self) -> dict[str, Any]:
+        if not self._cache_path.exists():
+            return {"slices": []}
+        return json.loads(self._cache_path.read_text())  # type: ignore[no-any-return]
+
+    def _model_manifest(self, model: dict[str, Any]) -> Path:
+        """The model file (fetched by hash and verified) with its manifest, on this node's disk."""
+        sha = model["sha256"]
+        target = self.data_dir / "models" / f"{sha}.onnx"
+        if not target.exists():
+            response = self.client.get(f"/agent/v1/models/{sha}", headers=self._headers())
+            response.raise_for_status()
+            if hashlib.sha256(response.content).hexdigest() != sha:
+                raise AgentError(f"model download does not match its sha256 {sha}; refusing it")
+            partial = target.with_suffix(".part")
+            partial.write_bytes(response.content)
+            partial.replace(target)
+        manifest_path = target.with_suffix(".json")
+        manifest_path.write_text(json.dumps({**model["manifest"], "file": target.name}))
+        return manifest_path
+
+    def reconcile(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Make Serve match ``state``; returns one report per desired slice."""
+        present = self.applications()
+        desired = {s["spec"]["name"]: s for s in state.get("slices", [])}
+        reports = []
+        for name, item in desired.items():
+            if self.applied.get(name) != item["generation"] or name not in present:
+                try:
+                    spec = SliceSpec.model_validate({**item["spec"], "manifest": self._model_manifest(item["model"])})
+                    log.info("applying slice %s generation %s", name, item["generation"])
+                    self.apply(spec)
+                    self.applied[name] = item["generation"]
+                    self.errors.pop(name, None)
+                except Exception as e:  # keep going with the other slices; report this one as failed
+                    log.exception("slice %s could not be applied", name)
+                    self.errors[name] = f"{type(e).__name__}: {e}"[:1000]
+            reports.append(self._report(name, item))
+        for name in sorted(set(self.applied) - set(desired)):
+            log.info("deleting slice %s: no longer desired", name)
+            self.delete(name)
+            del self.applied[name]
+        self._applied_path.write_text(json.dumps(self.applied))
+        return reports
+
+    def _report(self, name: str, item: dict[str, Any]) -> dict[str, Any]:
+        if name in self.errors:
+            return {"slice_id": item["slice_id"], "generation": item["generation"], "healthy": False,
+                    "failed": True, "message": self.errors[name]}  # fmt: skip
+        status = self.status(name)
+        replicas = {d: v.get("replicas", {}) for d, v in status.get("deployments", {}).items()}
+        return {"slice_id": item["slice_id"], "generation": self.applied.get(name, 0),
+                "healthy": status.get("status") == "RUNNING", "message": status.get("status", ""),
+                "replicas": replicas}  # fmt: skip
+
+    def heartbeat(self, reports: list[dict[str, Any]]) -> None:
+        body = {**{k: v for k, v in inventory().items() if k != "hostname"},
+                "applications": sorted(self.applications()), "slices": reports}  # fmt: skip
+        try:
+            response = self.client.post("/agent/v1/heartbeat", json=body, headers=self._headers())
+            if response.status_code != 200:
+                log.warning("heartbeat refused (%s): %s", response.status_code, response.text[:200])
+        except httpx.TransportError as e:
+            log.warning("heartbeat failed (%s); slices keep serving", e)
+
+    def step(self) -> list[dict[str, Any]]:
+        reports = self.reconcile(self.pull())
+        self.heartbeat(reports)
+        return reports
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("agent running: pass every %.0fs", self.period_s)
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.step()
+            except Exception:  # one bad pass must not end the agent
+                log.exception("agent pass failed; retrying")
+            stop.wait(max(0.0, self.period_s - (time.monotonic() - started)))
