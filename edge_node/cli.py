@@ -182,3 +182,91 @@ def model_info(manifest: ManifestOption = BUNDLED_MANIFEST) -> None:
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("control-plane")
+def control_plane(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+) -> None:
+    """Serve the control plane API (OpenAPI docs at /docs, metrics at /metrics).
+
+    Settings come from LINESIDE_* variables: LINESIDE_DATA_DIR (SQLite file and model store),
+    LINESIDE_DATABASE_URL (PostgreSQL), LINESIDE_SECRET_KEY, LINESIDE_BOOTSTRAP_TOKEN.
+    """
+    import uvicorn
+
+    from control_plane.app import create_app
+    from control_plane.settings import get_settings
+
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+
+
+edge_app = typer.Typer(help="Edge servers: join a site and run the agent.", no_args_is_help=True)
+app.add_typer(edge_app, name="edge-node")
+
+DataDirOption = Annotated[Path, typer.Option(help="Where the agent keeps its token, cache and models.")]
+
+
+@edge_app.command("join")
+def edge_join(
+    control_plane_url: Annotated[str, typer.Option("--control-plane", help="Control plane URL.")],
+    token: Annotated[str, typer.Option(help="One-time join token from an operator.")],
+    data_dir: DataDirOption = Path.home() / ".lineside" / "agent",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local head.")] = None,
+    run: Annotated[bool, typer.Option(help="Run the agent after joining.")] = True,
+    period: Annotated[float, typer.Option(min=0.5, help="Seconds between agent passes.")] = 5.0,
+) -> None:
+    """Register this server with its site, then (by default) run the agent until Ctrl-C."""
+    import httpx
+
+    from edge_node.agent import AgentError, join
+
+    client = httpx.Client(base_url=control_plane_url, timeout=30.0)
+    try:
+        node = join(client, token, data_dir, ray_address)
+    except (AgentError, httpx.TransportError) as e:
+        typer.echo(f"join failed: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"joined site {node['site_id']} as node {node['id']} ({node['hostname']}); state in {data_dir}")
+    if run:
+        _run_agent(client, node["node_token"], data_dir, ray_address, period)
+
+
+@edge_app.command("run")
+def edge_run(
+    data_dir: DataDirOption = Path.home() / ".lineside" / "agent",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to use; default: start a local head.")] = None,
+    period: Annotated[float, typer.Option(min=0.5, help="Seconds between agent passes.")] = 5.0,
+) -> None:
+    """Run the agent of a node that has joined (after a restart, even with the control plane down)."""
+    import httpx
+
+    state_file = data_dir / "agent.json"
+    if not state_file.exists():
+        typer.echo(f"{state_file} is missing: run `lineside edge-node join` first", err=True)
+        raise typer.Exit(2)
+    state = json.loads(state_file.read_text())
+    client = httpx.Client(base_url=state["control_plane"], timeout=30.0)
+    _run_agent(client, state["node"]["node_token"], data_dir, ray_address, period)
+
+
+def _run_agent(client: object, node_token: str, data_dir: Path, ray_address: str | None, period: float) -> None:
+    import signal
+    import threading
+
+    import httpx
+
+    from edge_node import cluster
+    from edge_node.agent import Agent
+
+    assert isinstance(client, httpx.Client)
+    cluster.start(ray_address)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        Agent(client, node_token, data_dir, period_s=period).run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
