@@ -74,7 +74,7 @@ def status_of(error: ControlPlaneError) -> int:
     """HTTP status of an error: the entry of its nearest class in ``STATUS``."""
     for cls in type(error).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 400
 
 

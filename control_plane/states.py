@@ -60,7 +60,7 @@ ROBOT_MOVES: dict[RobotStatus, set[RobotStatus]] = {
 
 S = TypeVar("S", NodeStatus, SliceStatus, RobotStatus)
 
-_MOVES: dict[type[StrEnum], dict] = {NodeStatus: NODE_MOVES, SliceStatus: SLICE_MOVES, RobotStatus: ROBOT_MOVES}  # type: ignore[type-arg]
+_MOVES: dict[type[StrEnum], dict] = {NodeStatus: NODE_MOVES, SliceStatus: SLICE_MOVES, RobotStatus: ROBOT_MOVES}
 
 
 def transition(current: S, target: S, *, what: str) -> S:

@@ -83,7 +83,7 @@ def join(client: httpx.Client, token: str, data_dir: Path, ray_address: str | No
     state.write_text(json.dumps({"control_plane": str(client.base_url), "node": node}))
     state.chmod(0o600)
     log.info("joined site %s as node %s (%s)", node["site_id"], node["id"], node["hostname"])
-    return node  # type: ignore[no-any-return]
+    return node
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Agent:
     def _cached(self) -> dict[str, Any]:
         if not self._cache_path.exists():
             return {"slices": []}
-        return json.loads(self._cache_path.read_text())  # type: ignore[no-any-return]
+        return json.loads(self._cache_path.read_text())
 
     def _model_manifest(self, model: dict[str, Any]) -> Path:
         """The model file (fetched by hash and verified) with its manifest, on this node's disk."""

@@ -206,13 +206,14 @@ edge_app = typer.Typer(help="Edge servers: join a site and run the agent.", no_a
 app.add_typer(edge_app, name="edge-node")
 
 DataDirOption = Annotated[Path, typer.Option(help="Where the agent keeps its token, cache and models.")]
+DEFAULT_AGENT_DIR = Path.home() / ".lineside" / "agent"
 
 
 @edge_app.command("join")
 def edge_join(
     control_plane_url: Annotated[str, typer.Option("--control-plane", help="Control plane URL.")],
     token: Annotated[str, typer.Option(help="One-time join token from an operator.")],
-    data_dir: DataDirOption = Path.home() / ".lineside" / "agent",
+    data_dir: DataDirOption = DEFAULT_AGENT_DIR,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local head.")] = None,
     run: Annotated[bool, typer.Option(help="Run the agent after joining.")] = True,
     period: Annotated[float, typer.Option(min=0.5, help="Seconds between agent passes.")] = 5.0,
@@ -235,7 +236,7 @@ def edge_join(
 
 @edge_app.command("run")
 def edge_run(
-    data_dir: DataDirOption = Path.home() / ".lineside" / "agent",
+    data_dir: DataDirOption = DEFAULT_AGENT_DIR,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to use; default: start a local head.")] = None,
     period: Annotated[float, typer.Option(min=0.5, help="Seconds between agent passes.")] = 5.0,
 ) -> None:

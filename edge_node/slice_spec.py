@@ -23,7 +23,6 @@ from pydantic import (
 from edge_node import wire
 from models.manifest import BUNDLED_MANIFEST
 
-
 REVEAL_SECRETS = "reveal_secrets"
 """Serialization context key: ``spec.model_dump_json(context={REVEAL_SECRETS: True})`` keeps the password."""
 

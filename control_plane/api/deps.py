@@ -16,7 +16,7 @@ from control_plane.states import NodeStatus
 
 
 def _settings(request: Request) -> ControlPlaneSettings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def _session(request: Request) -> Iterator[Session]:

@@ -96,7 +96,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def ok(response, status: int = 200):  # type: ignore[no-untyped-def]
+def ok(response, status: int = 200):
     assert response.status_code == status, response.text
     return response.json()
 
@@ -114,7 +114,7 @@ def _tenancy(c: TestClient, op: dict[str, str], slug: str, site_id: int) -> Tena
     body = {"slug": "inspect", "line_ids": [line["id"]], "model_version_id": public_model["id"]}
     slice_ = ok(c.post("/slices", json=body, headers=t.pm), 201)
     t.ids = {"tenant": tenant["id"], "line": line["id"], "robot": robot["id"], "slice": slice_["id"]}
-    t.ids["robot_password"] = robot["mqtt_password"]  # type: ignore[assignment]
+    t.ids["robot_password"] = robot["mqtt_password"]
     return t
 
 

@@ -104,7 +104,7 @@ ROUTES = [
 ]
 
 
-def _fill(value, ids: dict[str, int]):  # type: ignore[no-untyped-def]
+def _fill(value, ids: dict[str, int]):
     if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
         return ids[value[1:-1]]
     if isinstance(value, list):

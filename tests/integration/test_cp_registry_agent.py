@@ -42,7 +42,7 @@ def _tiny_model(batch: int | str, side: int = 128) -> bytes:
     return out.getvalue()
 
 
-def _upload(cp: ControlPlane, data: bytes, manifest: str, **form: object):  # type: ignore[no-untyped-def]
+def _upload(cp: ControlPlane, data: bytes, manifest: str, **form: object):
     files = {"file": ("model.onnx", data)}
     return cp.client.post("/models", files=files, data={"manifest": manifest, **form}, headers=cp.a.pm)
 
@@ -118,7 +118,11 @@ def test_agent_joins_pulls_desired_state_and_reports(control_plane: ControlPlane
     names = sorted(s["spec"]["name"] for s in state["slices"])
     assert names == [f"t{cp.a.tenant_id}-inspect", f"t{cp.b.tenant_id}-inspect"]
     assert cp.client.get("/agent/v1/desired", headers={**agent, "If-None-Match": etag}).status_code == 304
-    ok(cp.client.post(f"/slices/{cp.a.ids['slice']}/scale", json={"min_replicas": 1, "max_replicas": 3}, headers=cp.a.pm))
+    ok(
+        cp.client.post(
+            f"/slices/{cp.a.ids['slice']}/scale", json={"min_replicas": 1, "max_replicas": 3}, headers=cp.a.pm
+        )
+    )
     changed = cp.client.get("/agent/v1/desired", headers={**agent, "If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["etag"] != etag
     spec_a = next(s for s in changed.json()["slices"] if s["slice_id"] == cp.a.ids["slice"])
@@ -143,7 +147,9 @@ def test_agent_joins_pulls_desired_state_and_reports(control_plane: ControlPlane
     assert ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["status"] == "deleting"
     ok(cp.client.post("/agent/v1/heartbeat", json={"applications": []}, headers=agent))
     assert ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["status"] == "deleted"
-    assert all(s["slice_id"] != cp.a.ids["slice"] for s in ok(cp.client.get("/agent/v1/desired", headers=agent))["slices"])
+    assert all(
+        s["slice_id"] != cp.a.ids["slice"] for s in ok(cp.client.get("/agent/v1/desired", headers=agent))["slices"]
+    )
 
 
 def test_silent_node_goes_offline_and_only_operators_see_nodes(control_plane: ControlPlane) -> None:

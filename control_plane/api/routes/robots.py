@@ -80,6 +80,7 @@ def create_robot(
     username = broker_sync.robot_username(tenant.slug, line.slug, body.slug)
     if session.exec(select(Robot).where(Robot.mqtt_username == username)).first() is not None:
         raise Conflict(f"robot {body.slug!r} already exists on line {line.slug!r}")
+    assert line.id is not None
     robot = Robot(tenant_id=line.tenant_id, line_id=line.id, slug=body.slug, mqtt_username=username)
     session.add(robot)
     try:
