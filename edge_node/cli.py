@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -271,3 +272,31 @@ def _run_agent(client: object, node_token: str, data_dir: Path, ray_address: str
         pass
     finally:
         cluster.stop()
+
+
+broker_app = typer.Typer(help="The site's MQTT broker (Mosquitto).", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+
+
+@broker_app.command("run")
+def broker_run(
+    admin_password: Annotated[
+        str, typer.Option(envvar="LINESIDE_BROKER_ADMIN_PASSWORD", help="From GET /sites/{id}/broker-admin.")
+    ],
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port on 127.0.0.1.")] = 1883,
+    data_dir: Annotated[Path, typer.Option(help="Config, persistence and dynamic-security state.")] = Path(
+        "lineside-broker"
+    ),
+) -> None:
+    """Run Mosquitto with the dynamic-security plugin and the control plane's admin, until Ctrl-C."""
+    import signal
+    import threading
+
+    from edge_node.broker import MosquittoBroker
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with MosquittoBroker(data_dir.resolve(), port, admin_password=admin_password) as broker:
+        typer.echo(f"broker on {broker.host}:{broker.port}; state in {data_dir} (Ctrl-C stops it)")
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()

@@ -128,8 +128,11 @@ class Simulation:
             name = f"robot-{k:03d}"
             username, password = credentials(name) if credentials else (None, None)
             self.clients.append(
-                RobotClient(host, port, tenant=tenant, line=line, robot=name, username=username, password=password)
-            )
+                RobotClient(
+                    host, port, tenant=tenant, line=line, robot=name, username=username, password=password,
+                    client_id=username,  # brokers with per-robot credentials pin the client id to the username
+                )
+            )  # fmt: skip
 
     def run(
         self, duration_s: float | None, progress: ProgressFn | None = None, stop: threading.Event | None = None
