@@ -8,9 +8,10 @@ the moment it is deleted, which is what revoking and rotating need. Files
 would need a SIGHUP per change and cannot pin client ids.
 
 Per robot there is one dynsec client (username = client id =
-``tenant.line.robot``) with one role of the same name allowing exactly: publish
+``r.tenant.line.robot``) with one role of the same name allowing exactly: publish
 to its own frames and status topics, subscribe to and receive its own results
-and errors. Per slice there is one client for its ingress (any client id: the
+and errors; and a read-only watcher (``w.tenant.line.robot``) for a second
+connection such as ``mosquitto_sub`` or an MES bridge. Per slice there is one client for its ingress (any client id: the
 ingress opens two connections per replica) allowed to read its lines' frames
 (shared subscriptions included) and write results and errors on those lines.
 Everything else is denied by the broker's default ACL access. Passwords are
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 ADMIN_USERNAME = "lineside-admin"
-MANAGED_PREFIXES = ("r.", "s.")  # robot and slice clients; anything else on the broker is left alone
+MANAGED_PREFIXES = ("r.", "w.", "s.")  # robot, watcher and slice clients; anything else is left alone
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,25 @@ def robot_username(tenant: str, line: str, robot: str) -> str:
 
 def slice_username(app_name: str) -> str:
     return f"s.{app_name}"
+
+
+def watcher_username(tenant: str, line: str, robot: str) -> str:
+    """``w.tenant.line.robot``: read-only access to one robot's answers and status."""
+    return f"w.{tenant}.{line}.{robot}"
+
+
+def watcher_client(tenant: str, line: str, robot: str, password: str) -> BrokerClient:
+    """Reads one robot's results, errors and status (a shell, an MES bridge); publishes nothing.
+
+    A robot's own client id is pinned, so a second connection (``mosquitto_sub`` beside
+    ``mosquitto_pub``, a PLC bridge) needs credentials of its own.
+    """
+    username = watcher_username(tenant, line, robot)
+    acls: list[tuple[str, str]] = []
+    for kind in (wire.TopicKind.RESULTS, wire.TopicKind.ERRORS, wire.TopicKind.STATUS):
+        own = wire.topic(tenant, line, robot, kind)
+        acls += [("subscribeLiteral", own), ("publishClientReceive", own)]
+    return BrokerClient(username, password, username, tuple(acls))
 
 
 def robot_client(tenant: str, line: str, robot: str, password: str) -> BrokerClient:

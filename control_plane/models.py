@@ -264,6 +264,8 @@ class RobotPublic(SQLModel):
 class RobotCredentials(RobotPublic):
     mqtt_password: str = Field(description="Shown once; rotate to get a new one.")
     client_id: str = Field(description="The only MQTT client id this robot may connect with.")
+    watch_username: str = Field(description="Read-only credentials for the robot's answers (client id = username).")
+    watch_password: str = Field(description="Shown once, rotated with the robot's password.")
     broker_host: str
     broker_port: int
     topics: dict[str, str] = Field(description="frames, status (publish); results, errors (subscribe).")

@@ -42,12 +42,23 @@ def ingress_password(settings: ControlPlaneSettings, item: Slice) -> str:
     return _secret(settings, f"ingress:{item.id}")
 
 
-def robot_broker_client(session: Session, settings: ControlPlaneSettings, robot: Robot) -> broker_sync.BrokerClient:
+def watcher_password(settings: ControlPlaneSettings, robot: Robot) -> str:
+    return _secret(settings, f"watch:{robot.id}:{robot.credential_epoch}")
+
+
+def robot_broker_clients(
+    session: Session, settings: ControlPlaneSettings, robot: Robot
+) -> list[broker_sync.BrokerClient]:
+    """The robot's own client and its read-only watcher."""
     line = session.get(Line, robot.line_id)
     tenant = session.get(Tenant, robot.tenant_id)
     assert line is not None
     assert tenant is not None
-    return broker_sync.robot_client(tenant.slug, line.slug, robot.slug, robot_password(settings, robot))
+    names = (tenant.slug, line.slug, robot.slug)
+    return [
+        broker_sync.robot_client(*names, robot_password(settings, robot)),
+        broker_sync.watcher_client(*names, watcher_password(settings, robot)),
+    ]
 
 
 def slice_lines(session: Session, item: Slice) -> list[Line]:
@@ -75,7 +86,7 @@ def desired_broker_clients(
         select(Robot).join(Line).where(Line.site_id == site.id, Robot.status == RobotStatus.ACTIVE)
     ).all()
     slices = session.exec(select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES))).all()
-    return [robot_broker_client(session, settings, r) for r in robots] + [
+    return [c for r in robots for c in robot_broker_clients(session, settings, r)] + [
         ingress_broker_client(session, settings, s) for s in slices
     ]
 

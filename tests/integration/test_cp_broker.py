@@ -150,7 +150,7 @@ def test_broker_rebuilt_from_the_database(control_plane: ControlPlane, tmp_path_
     cp.broker.start()
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Not authorized"
     counts = ok(cp.client.post(f"/sites/{cp.site_id}/broker/sync", headers=cp.op))
-    assert counts == {"ensured": 4, "removed": 0}  # two robots, two slice ingresses
+    assert counts == {"ensured": 6, "removed": 0}  # two robots with their watchers, two slice ingresses
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Success"
 
 
@@ -161,3 +161,16 @@ def test_broker_down_is_503_and_nothing_is_created(control_plane: ControlPlane) 
     assert response.status_code == 503 and "unreachable" in response.json()["detail"]
     cp.broker.start()
     assert [r["slug"] for r in ok(cp.client.get("/robots", headers=cp.a.it))] == ["cam-1"]
+
+
+def test_watcher_reads_only_its_robots_answers(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    a, b = _robot(cp, "a"), _robot(cp, "b")
+    watcher = Probe(cp, a["watch_username"], a["watch_password"], a["watch_username"])
+    assert watcher.connect_reason == "Success"
+    assert watcher.subscribe(a["topics"]["results"]) == ["Granted QoS 1"]
+    assert watcher.subscribe(b["topics"]["results"]) == ["Not authorized"]
+    assert watcher.subscribe(a["topics"]["frames"]) == ["Not authorized"]  # frames are the slice's to read
+    watcher.client.publish(a["topics"]["frames"], b"forged", qos=1)
+    assert watcher.disconnected.wait(5), "a watcher could publish a frame"
+    watcher.client.loop_stop()

@@ -44,7 +44,7 @@ def test_control_plane_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert process.returncode == 0, output[-4000:]
     assert '"verdict":' in output, output[-4000:]  # mosquitto_rr printed the robot's verdict
     assert '"max_replicas":2' in output, output[-4000:]  # the scale call answered the new bounds
-    assert "mosquitto_rr -h 127.0.0.1" in output  # factory IT's ready-to-run example was printed
+    assert "mosquitto_pub -h 127.0.0.1" in output  # factory IT's ready-to-run example was printed
 
 
 def _stop_group(pgid: int) -> None:

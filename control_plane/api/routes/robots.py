@@ -32,26 +32,27 @@ def _credentials(session: Session, settings: ControlPlaneSettings, robot: Robot)
     site = session.get(Site, line.site_id)
     assert site is not None
     password = sites.robot_password(settings, robot)
+    watcher = broker_sync.watcher_username(tenant.slug, line.slug, robot.slug)
+    watcher_password = sites.watcher_password(settings, robot)
     topics = {k.value: wire.topic(tenant.slug, line.slug, robot.slug, k) for k in wire.TopicKind}
-    auth = f"-h {site.broker_host} -p {site.broker_port} -V mqttv5 -u {robot.mqtt_username} -P {shlex.quote(password)}"
-    # The broker pins the client id to the username, so one shell command both sends and waits:
-    # mosquitto_rr subscribes to the results topic, publishes the frame and prints the verdict.
+    server = f"-h {site.broker_host} -p {site.broker_port} -V mqttv5"
+    # The broker pins each client id to its username: the robot publishes, its watcher subscribes.
     examples = {
-        "mosquitto_rr": f"mosquitto_rr {auth} -i {robot.mqtt_username} -q 1 -t {topics['frames']} "
-        f"-e {topics['results']} -f part.jpg -W 10",
-        "mosquitto_pub": f"mosquitto_pub {auth} -i {robot.mqtt_username} -q 1 -t {topics['frames']} -f part.jpg",
-        "mosquitto_sub": f"mosquitto_sub {auth} -i {robot.mqtt_username} -q 1 -t {topics['results']} "
-        f"-t {topics['errors']} -v",
+        "mosquitto_sub": f"mosquitto_sub {server} -u {watcher} -P {shlex.quote(watcher_password)} -i {watcher} "
+        f"-q 1 -t {topics['results']} -t {topics['errors']} -v",
+        "mosquitto_pub": f"mosquitto_pub {server} -u {robot.mqtt_username} -P {shlex.quote(password)} "
+        f"-i {robot.mqtt_username} -q 1 -t {topics['frames']} -f part.jpg",
         "python": (
             "from edge_node.sdk import RobotClient\n"
             f"robot = RobotClient({site.broker_host!r}, {site.broker_port}, tenant={tenant.slug!r}, "
             f"line={line.slug!r}, robot={robot.slug!r}, username={robot.mqtt_username!r}, "
             f"password={password!r}, client_id={robot.mqtt_username!r}).connect()\n"
-            "result = robot.inspect(open('part.jpg', 'rb').read())"
+            "print(robot.inspect(open('part.jpg', 'rb').read()).model_dump_json())"
         ),
     }
     return RobotCredentials(
         **RobotPublic.model_validate(robot).model_dump(), mqtt_password=password, client_id=robot.mqtt_username,
+        watch_username=watcher, watch_password=watcher_password,
         broker_host=site.broker_host, broker_port=site.broker_port, topics=topics, examples=examples,
     )  # fmt: skip
 
@@ -89,7 +90,8 @@ def create_robot(
         raise Conflict(f"robot {body.slug!r} already exists on line {line.slug!r}") from e
     with sites.admin(settings, _site_of(session, robot)) as broker:
         broker.deny_by_default()
-        broker.replace(sites.robot_broker_client(session, settings, robot))
+        for client in sites.robot_broker_clients(session, settings, robot):
+            broker.replace(client)
     session.commit()
     session.refresh(robot)
     return _credentials(session, settings, robot)
@@ -121,7 +123,8 @@ def rotate_robot(robot_id: int, session: SessionDep, settings: SettingsDep, call
         raise Conflict(f"robot {robot.slug} is {robot.status.value}; create a new robot instead")
     robot.credential_epoch += 1
     with sites.admin(settings, _site_of(session, robot)) as broker:
-        broker.replace(sites.robot_broker_client(session, settings, robot))
+        for client in sites.robot_broker_clients(session, settings, robot):
+            broker.replace(client)
     session.commit()
     session.refresh(robot)
     return _credentials(session, settings, robot)
@@ -134,7 +137,8 @@ def revoke_robot(robot_id: int, session: SessionDep, settings: SettingsDep, call
     robot = _robot(session, robot_id, caller)
     robot.status = transition(robot.status, RobotStatus.REVOKED, what=f"robot {robot.slug}")
     with sites.admin(settings, _site_of(session, robot)) as broker:
-        broker.remove(robot.mqtt_username)
+        for client in sites.robot_broker_clients(session, settings, robot):
+            broker.remove(client.username)
     session.commit()
     session.refresh(robot)
     return robot
