@@ -37,9 +37,16 @@ def test_agent_serves_desired_slices_idempotently_and_offline(
         applied.append(spec.name)
         cluster.apply_slice(spec)
 
-    agent = Agent(cp.client, node["node_token"], tmp_path / "agent", apply=counting_apply)
+    def killed_mid_apply(spec: SliceSpec) -> None:
+        cluster.apply_slice(spec)  # Serve took the change...
+        raise SystemExit("agent killed")  # ...and the agent died before recording it
+
     app_name = f"t{cp.a.tenant_id}-inspect"
     try:
+        with pytest.raises(SystemExit):
+            Agent(cp.client, node["node_token"], tmp_path / "agent", apply=killed_mid_apply).step()
+        # A restarted agent (state from disk only) converges: it re-applies once, then is healthy.
+        agent = Agent(cp.client, node["node_token"], tmp_path / "agent", apply=counting_apply)
         reports = agent.step()
         assert applied == [app_name] and reports[0]["healthy"], reports
         slice_a = ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))
