@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
+from sqlmodel.sql.expression import SelectOfScalar
 
-from control_plane.errors import NotFound, Unauthenticated
+from control_plane.errors import Conflict, NotFound, Unauthenticated
 from control_plane.models import ApiToken, Node, User
 from control_plane.security import Principal, token_hash
 from control_plane.settings import ControlPlaneSettings
@@ -69,3 +71,22 @@ def scoped_get(session: Session, model: type[T], object_id: int, caller: Princip
     if obj is None or not caller.sees_tenant(getattr(obj, "tenant_id", None)):
         raise NotFound(f"{model.__name__.lower()} {object_id} not found")
     return obj
+
+
+def insert(session: Session, obj: T, *, conflict: str) -> T:
+    """Add and commit ``obj``; a uniqueness clash becomes ``Conflict(conflict)`` (HTTP 409)."""
+    session.add(obj)
+    try:
+        session.commit()
+    except IntegrityError as e:
+        session.rollback()
+        raise Conflict(conflict) from e
+    session.refresh(obj)
+    return obj
+
+
+def own_tenant(query: SelectOfScalar[T], model: type[T], caller: Principal) -> SelectOfScalar[T]:
+    """``query`` restricted to the caller's tenant (operators: unrestricted)."""
+    if caller.is_operator:
+        return query
+    return query.where(model.tenant_id == caller.tenant_id)  # type: ignore[attr-defined]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
-from control_plane.api.deps import CurrentUser, SessionDep, scoped_get
-from control_plane.errors import Conflict, NotFound
+from control_plane.api.deps import CurrentUser, SessionDep, insert, own_tenant, scoped_get
+from control_plane.errors import NotFound
 from control_plane.models import Line, LineCreate, LinePublic, Site
 from control_plane.security import CAN
 
@@ -21,21 +20,12 @@ def create_line(body: LineCreate, session: SessionDep, caller: CurrentUser) -> L
         raise NotFound(f"site {body.site_id} not found")
     assert caller.tenant_id is not None
     line = Line(tenant_id=caller.tenant_id, **body.model_dump())
-    session.add(line)
-    try:
-        session.commit()
-    except IntegrityError as e:
-        raise Conflict(f"line {body.slug!r} already exists in your tenant") from e
-    session.refresh(line)
-    return line
+    return insert(session, line, conflict=f"line {body.slug!r} already exists in your tenant")
 
 
 @router.get("", response_model=list[LinePublic])
 def list_lines(session: SessionDep, caller: CurrentUser) -> list[Line]:
-    query = select(Line).order_by(Line.id)  # type: ignore[arg-type]
-    if not caller.is_operator:
-        query = query.where(Line.tenant_id == caller.tenant_id)
-    return list(session.exec(query))
+    return list(session.exec(own_tenant(select(Line).order_by(col(Line.id)), Line, caller)))
 
 
 @router.get("/{line_id}", response_model=LinePublic)

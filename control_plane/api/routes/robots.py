@@ -10,10 +10,10 @@ import shlex
 
 from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from control_plane import broker_sync, sites
-from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, scoped_get
+from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, own_tenant, scoped_get
 from control_plane.errors import Conflict
 from control_plane.models import Line, Robot, RobotCreate, RobotCredentials, RobotPublic, Site, Tenant
 from control_plane.security import CAN, Principal
@@ -100,9 +100,7 @@ def create_robot(
 @router.get("", response_model=list[RobotPublic])
 def list_robots(session: SessionDep, caller: CurrentUser, line_id: int | None = None) -> list[Robot]:
     caller.require(*CAN["read_robots"], action="listing robots")
-    query = select(Robot).order_by(Robot.id)  # type: ignore[arg-type]
-    if not caller.is_operator:
-        query = query.where(Robot.tenant_id == caller.tenant_id)
+    query = own_tenant(select(Robot).order_by(col(Robot.id)), Robot, caller)
     if line_id is not None:
         query = query.where(Robot.line_id == line_id)
     return list(session.exec(query))

@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from control_plane import broker_sync
-from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep
+from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, insert
 from control_plane.errors import Conflict, NotFound
 from control_plane.models import (
     BrokerAdmin,
@@ -40,14 +39,7 @@ def _site(session: SessionDep, site_id: int) -> Site:
 @router.post("/sites", response_model=SitePublic, status_code=201)
 def create_site(body: SiteCreate, session: SessionDep, caller: CurrentUser) -> Site:
     caller.require(*CAN["manage_sites"], action="creating sites")
-    site = Site(**body.model_dump())
-    session.add(site)
-    try:
-        session.commit()
-    except IntegrityError as e:
-        raise Conflict(f"site {body.name!r} already exists") from e
-    session.refresh(site)
-    return site
+    return insert(session, Site(**body.model_dump()), conflict=f"site {body.name!r} already exists")
 
 
 @router.get("/sites", response_model=list[SitePublic])

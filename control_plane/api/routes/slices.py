@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from control_plane import sites
-from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, scoped_get
+from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, own_tenant, scoped_get
 from control_plane.api.routes.models import visible_model
 from control_plane.errors import Conflict
 from control_plane.models import Line, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
@@ -55,10 +55,7 @@ def create_slice(body: SliceCreate, session: SessionDep, settings: SettingsDep, 
 @router.get("", response_model=list[SlicePublic])
 def list_slices(session: SessionDep, caller: CurrentUser) -> list[Slice]:
     caller.require(*CAN["read_slices"], action="listing slices")
-    query = select(Slice).order_by(Slice.id)  # type: ignore[arg-type]
-    if not caller.is_operator:
-        query = query.where(Slice.tenant_id == caller.tenant_id)
-    return list(session.exec(query))
+    return list(session.exec(own_tenant(select(Slice).order_by(col(Slice.id)), Slice, caller)))
 
 
 @router.get("/{slice_id}", response_model=SlicePublic)

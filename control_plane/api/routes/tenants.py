@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
-from control_plane.api.deps import CurrentUser, SessionDep, scoped_get
+from control_plane.api.deps import CurrentUser, SessionDep, insert, own_tenant, scoped_get
 from control_plane.errors import Conflict, ControlPlaneError, Forbidden, NotFound
 from control_plane.models import (
     ApiToken,
@@ -32,13 +32,7 @@ def create_tenant(body: TenantCreate, session: SessionDep, caller: CurrentUser) 
     """Operators add a factory."""
     caller.require(*CAN["manage_tenants"], action="creating tenants")
     tenant = Tenant(slug=body.slug, name=body.name)
-    session.add(tenant)
-    try:
-        session.commit()
-    except IntegrityError as e:
-        raise Conflict(f"tenant {body.slug!r} already exists; pick another slug") from e
-    session.refresh(tenant)
-    return tenant
+    return insert(session, tenant, conflict=f"tenant {body.slug!r} already exists; pick another slug")
 
 
 @router.get("/tenants", response_model=list[TenantPublic])
@@ -95,10 +89,7 @@ def create_user(body: UserCreate, session: SessionDep, caller: CurrentUser) -> U
 
 @router.get("/users", response_model=list[UserPublic])
 def list_users(session: SessionDep, caller: CurrentUser) -> list[User]:
-    query = select(User).order_by(User.id)  # type: ignore[arg-type]
-    if not caller.is_operator:
-        query = query.where(User.tenant_id == caller.tenant_id)
-    return list(session.exec(query))
+    return list(session.exec(own_tenant(select(User).order_by(col(User.id)), User, caller)))
 
 
 @router.get("/users/me", response_model=UserPublic)
