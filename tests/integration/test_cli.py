@@ -1,6 +1,7 @@
 """The installed ``lineside`` command and the module entry points, run as a user runs them."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,13 +47,17 @@ def test_inspect_prints_a_verdict_per_file(tmp_path: Path) -> None:
 
 
 def test_demo_streams_robots_through_a_slice_and_cleans_up() -> None:
-    """What `make demo` runs: broker, local Ray, slice, robots; non-zero exit only if frames were lost."""
+    """What `make demo` runs, all through the control plane; non-zero exit only if frames were lost."""
     result = run(LINESIDE, "demo", "--duration", "5", "--robots", "2", "--fps", "2")
-    assert "broker: mosquitto on 127.0.0.1:" in result.stdout
-    assert "slice demo:" in result.stdout
+    assert "control plane: http://127.0.0.1:" in result.stdout
+    assert "broker: mosquitto with dynamic security on 127.0.0.1:" in result.stdout
+    assert "2 robots registered" in result.stdout
+    for role in ("operator", "plant_manager", "factory_it"):
+        assert re.search(rf"{role} +token: ls_", result.stdout), f"no {role} token printed"
+    assert "slice inspect: running" in result.stdout
     assert "summary:" in result.stdout
     assert "ok: every one of" in result.stdout
-    assert "stopped Ray and the broker" in result.stdout
+    assert "stopped the agent, Ray, the broker and the control plane" in result.stdout
     leftovers = subprocess.run(["pgrep", "-f", "lineside-demo-"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "the demo left a broker running"
 

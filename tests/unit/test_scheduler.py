@@ -1,0 +1,214 @@
+"""Property tests of the pure scheduler (Hypothesis, including a stateful test)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from datetime import date, datetime, time, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from control_plane.scheduler import GpuSpec, NodeSpec, Placement, Priority, SliceDemand, Window, place
+
+MONDAY_NOON = datetime(2026, 11, 30, 12, 0)
+NIGHTS = Window(frozenset(range(5)), time(20, 0), time(7, 0))  # weekdays 20:00-07:00
+
+
+def test_windows_wrap_past_midnight() -> None:
+    assert NIGHTS.contains(datetime(2026, 11, 30, 21, 0))  # Monday 21:00
+    assert NIGHTS.contains(datetime(2026, 12, 1, 6, 59))  # Tuesday 06:59, from Monday's window
+    assert not NIGHTS.contains(datetime(2026, 12, 1, 7, 0))
+    assert NIGHTS.contains(datetime(2026, 12, 5, 3, 0))  # Saturday 03:00, from Friday's window
+    assert not NIGHTS.contains(datetime(2026, 12, 6, 3, 0))  # Sunday 03:00: Saturday has no window
+    node = NodeSpec(1, 8, 8000, contributed=True, windows=(NIGHTS,), holidays=frozenset({date(2026, 12, 25)}))
+    assert node.eligible(datetime(2026, 12, 25, 12, 0)) and not node.eligible(MONDAY_NOON)
+
+
+nodes_st = st.lists(
+    st.builds(
+        NodeSpec,
+        node_id=st.integers(0, 10**6),
+        cpus=st.sampled_from([2.0, 4.0, 8.0, 16.0]),
+        memory_mb=st.sampled_from([4000, 8000, 32000]),
+        gpus=st.lists(st.builds(GpuSpec, memory_mb=st.sampled_from([8000, 24000])), max_size=2).map(tuple),
+        online=st.booleans(),
+        contributed=st.booleans(),
+        windows=st.just((NIGHTS,)),
+    ),
+    max_size=12,
+    unique_by=lambda n: n.node_id,
+)
+demands_st = st.lists(
+    st.builds(
+        SliceDemand,
+        slice_id=st.integers(0, 10**6),
+        priority=st.sampled_from(list(Priority)),
+        replicas=st.integers(0, 6),
+        cpus=st.sampled_from([0.5, 1.0, 2.0]),
+        memory_mb=st.sampled_from([500, 1000, 4000]),
+        gpu_fraction=st.sampled_from([0.0, 0.0, 0.25, 0.5]),
+        gpu_memory_mb=st.sampled_from([0, 2000]),
+    ),
+    max_size=10,
+    unique_by=lambda d: d.slice_id,
+)
+moments_st = st.datetimes(min_value=datetime(2026, 11, 30), max_value=datetime(2026, 12, 7))
+
+
+def check(nodes: list[NodeSpec], demands: list[SliceDemand], result: Placement, now: datetime) -> None:
+    """What must hold for any placement."""
+    by_id = {n.node_id: n for n in nodes}
+    used: dict[int, list[float]] = {n.node_id: [0.0, 0.0, 0.0] for n in nodes}
+    for demand in demands:
+        assigned = result.assignments[demand.slice_id]
+        assert len(assigned) + result.unplaced.get(demand.slice_id, 0) == demand.replicas
+        for node_id in assigned:
+            node = by_id[node_id]
+            assert node.eligible(now), f"replica on ineligible node {node_id}"
+            if demand.priority is Priority.RESERVED:
+                assert not node.contributed, "reserved capacity on a contributed node"
+            if demand.priority is Priority.BANK:
+                assert node.contributed, "bank replica outside the compute bank"
+            used[node_id][0] += demand.cpus
+            used[node_id][1] += demand.memory_mb
+            used[node_id][2] += demand.gpu_fraction
+    for node_id, (cpus, memory, gpus) in used.items():
+        node = by_id[node_id]
+        assert cpus <= node.cpus + 1e-6 and memory <= node.memory_mb and gpus <= len(node.gpus) + 1e-6
+
+
+def reserved_fit_guaranteed(nodes: list[NodeSpec], demands: list[SliceDemand], now: datetime) -> bool:
+    """A sufficient condition for placing every reserved replica: enough room for the largest one, N times."""
+    reserved = [d for d in demands if d.priority is Priority.RESERVED and d.replicas]
+    if not reserved:
+        return True
+    big_cpu = max(d.cpus for d in reserved)
+    big_mem = max(d.memory_mb for d in reserved)
+    big_gpu = max(d.gpu_fraction for d in reserved)
+    big_gmem = max(d.gpu_memory_mb for d in reserved)
+    slots = 0
+    for node in nodes:
+        if not node.eligible(now) or node.contributed:
+            continue
+        per_node = min(math.floor(node.cpus / big_cpu), node.memory_mb // big_mem)
+        if big_gpu > 0:
+            per_gpu = [
+                min(math.floor(1 / big_gpu + 1e-9), g.memory_mb // big_gmem if big_gmem else 10**9) for g in node.gpus
+            ]
+            per_node = min(per_node, sum(per_gpu))
+        slots += per_node
+    return slots >= sum(d.replicas for d in reserved)
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=nodes_st, demands=demands_st, now=moments_st, seed=st.integers(0, 1000))
+def test_placement_is_valid_deterministic_and_stable(
+    nodes: list[NodeSpec], demands: list[SliceDemand], now: datetime, seed: int
+) -> None:
+    result = place(nodes, demands, now=now)
+    check(nodes, demands, result, now)
+    if reserved_fit_guaranteed(nodes, demands, now):
+        assert not result.alerts, result.alerts
+    # Same input in another order: the same placement.
+    shuffled_nodes, shuffled_demands = nodes[:], demands[:]
+    random.Random(seed).shuffle(shuffled_nodes)
+    random.Random(seed).shuffle(shuffled_demands)
+    again = place(shuffled_nodes, shuffled_demands, now=now)
+    assert {k: sorted(v) for k, v in again.assignments.items()} == {k: sorted(v) for k, v in result.assignments.items()}
+    # Nothing changed: re-placing keeps every replica where it is.
+    stable = place(nodes, demands, result.assignments, now=now)
+    assert {k: Counter(v) for k, v in stable.assignments.items()} == {
+        k: Counter(v) for k, v in result.assignments.items()
+    }
+    assert not [e for e in stable.events if e.kind in ("moved", "preempted", "placed")]
+
+
+def test_reserved_preempts_burst_and_bank_goes_at_window_end() -> None:
+    own = NodeSpec(1, cpus=4, memory_mb=8000)
+    lab = NodeSpec(2, cpus=4, memory_mb=8000, contributed=True, windows=(NIGHTS,))
+    night = datetime(2026, 11, 30, 22, 0)
+    burst = SliceDemand(10, Priority.BURST, replicas=4)
+    bank = SliceDemand(20, Priority.BANK, replicas=2)
+    first = place([own, lab], [burst, bank], now=night)
+    assert sorted(first.assignments[10]) == [1, 1, 2, 2] and first.assignments[20] == [2, 2]
+    reserved = SliceDemand(5, Priority.RESERVED, replicas=3)
+    second = place([own, lab], [burst, bank, reserved], first.assignments, now=night)
+    assert second.assignments[5] == [1, 1, 1]
+    assert [e.kind for e in second.events if e.slice_id == 10 and e.node_id == 1] == ["preempted"]
+    morning = place([own, lab], [burst, bank, reserved], second.assignments, now=night + timedelta(hours=10))
+    assert morning.assignments[20] == [] and morning.unplaced[20] == 2  # the lab wants its GPUs back
+    assert all(node == 1 for node in morning.assignments[10])
+
+
+def test_reserved_that_cannot_fit_raises_an_alert() -> None:
+    result = place([NodeSpec(1, 2, 4000)], [SliceDemand(1, Priority.RESERVED, replicas=3)], now=MONDAY_NOON)
+    assert result.unplaced == {1: 1}
+    assert [e.reason for e in result.alerts] == ["1 reserved replica(s) do not fit on this site's eligible nodes"]
+
+
+def test_replicas_of_a_slice_spread_over_nodes() -> None:
+    nodes = [NodeSpec(i, 8, 16000) for i in range(4)]
+    result = place(nodes, [SliceDemand(1, Priority.RESERVED, replicas=4)], now=MONDAY_NOON)
+    assert sorted(result.assignments[1]) == [0, 1, 2, 3]
+
+
+class SiteLifecycle(RuleBasedStateMachine):
+    """Nodes join, fail and come back, slices come and scale, time passes; placement follows."""
+
+    @initialize()
+    def start(self) -> None:
+        self.nodes: dict[int, NodeSpec] = {}
+        self.demands: dict[int, SliceDemand] = {}
+        self.now = MONDAY_NOON
+        self.placement = Placement()
+        self.next_id = 0
+
+    def _replace(self) -> None:
+        previous = self.placement
+        nodes, demands = list(self.nodes.values()), list(self.demands.values())
+        self.placement = place(nodes, demands, previous.assignments, now=self.now)
+        check(nodes, demands, self.placement, self.now)
+        if reserved_fit_guaranteed(nodes, demands, self.now):
+            assert not self.placement.alerts
+
+    @rule(cpus=st.sampled_from([4.0, 8.0]), contributed=st.booleans(), gpus=st.integers(0, 2))
+    def add_node(self, cpus: float, contributed: bool, gpus: int) -> None:
+        self.next_id += 1
+        self.nodes[self.next_id] = NodeSpec(self.next_id, cpus, 16000, (GpuSpec(24000),) * gpus,
+                                            contributed=contributed, windows=(NIGHTS,))  # fmt: skip
+        self._replace()
+
+    @rule(data=st.data(), online=st.booleans())
+    def node_goes_or_returns(self, data: st.DataObject, online: bool) -> None:
+        if self.nodes:
+            node_id = data.draw(st.sampled_from(sorted(self.nodes)))
+            node = self.nodes[node_id]
+            self.nodes[node_id] = NodeSpec(node.node_id, node.cpus, node.memory_mb, node.gpus, online,
+                                           node.contributed, node.windows)  # fmt: skip
+            self._replace()
+
+    @rule(priority=st.sampled_from(list(Priority)), replicas=st.integers(0, 5), gpu=st.sampled_from([0.0, 0.5]))
+    def add_slice(self, priority: Priority, replicas: int, gpu: float) -> None:
+        self.next_id += 1
+        self.demands[self.next_id] = SliceDemand(self.next_id, priority, replicas, cpus=1.0, memory_mb=2000,
+                                                 gpu_fraction=gpu)  # fmt: skip
+        self._replace()
+
+    @rule(hours=st.integers(1, 30))
+    def time_passes(self, hours: int) -> None:
+        self.now += timedelta(hours=hours)
+        self._replace()
+
+    @invariant()
+    def deterministic(self) -> None:
+        if self.nodes:
+            again = place(list(self.nodes.values()), list(self.demands.values()), now=self.now)
+            assert again.assignments == place(list(self.nodes.values()), list(self.demands.values()),
+                                              now=self.now).assignments  # fmt: skip
+
+
+TestSiteLifecycle = SiteLifecycle.TestCase
+TestSiteLifecycle.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
