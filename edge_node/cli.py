@@ -172,6 +172,20 @@ def bench_runtime(
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 
+@bench_app.command("scheduler")
+def bench_scheduler(
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes on the site.")] = 5000,
+    replicas: Annotated[int, typer.Option(min=10, help="Replicas to place (slices of 10).")] = 150_000,
+    baseline_seconds: Annotated[float, typer.Option(min=0.1, help="Time budget of the first-fit sample.")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Placements per second and re-placement after 10% of nodes fail, vs. a first-fit baseline."""
+    from bench.scheduler import measure
+
+    result = measure(nodes, replicas, baseline_seconds)
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
 @app.command("model-info")
 def model_info(manifest: ManifestOption = BUNDLED_MANIFEST) -> None:
     """Print a model's manifest and the execution providers it would run on."""

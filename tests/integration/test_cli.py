@@ -75,3 +75,12 @@ def test_runtime_benchmark_prints_json() -> None:
     report = json.loads(result.stdout)
     assert [r["batch"] for r in report["results"]] == [1, 8]
     assert all(r["raw_ort_frames_per_s"] > 0 and r["lineside_frames_per_s"] > 0 for r in report["results"])
+
+
+def test_scheduler_benchmark_prints_json() -> None:
+    result = run(LINESIDE, "bench", "scheduler", "--nodes", "50", "--replicas", "500", "--baseline-seconds", "0.2",
+                 "--json")  # fmt: skip
+    report = json.loads(result.stdout)
+    assert (report["nodes"], report["replicas"], report["placed"]) == (50, 500, 500)
+    assert report["nodes_failed"] == 5 and report["unplaced_after_failure"] == 0
+    assert report["placements_per_s"] > 0 and report["baseline_first_fit_placements_per_s"] > 0
