@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -14,8 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from control_plane import db, errors, registry, sites
+from control_plane import capacity, db, errors, registry, sites
 from control_plane.api.routes import agent, health, lines, models, robots, slices, tenants
+from control_plane.api.routes import capacity as capacity_routes
 from control_plane.api.routes import sites as site_routes
 from control_plane.models import ApiToken, ModelVersion, Role, User
 from control_plane.security import new_token, token_hash
@@ -70,6 +72,16 @@ def _register_bundled(session: Session, settings: ControlPlaneSettings, manifest
     log.info("registered the bundled model %s %s as a public model", manifest.name, manifest.version)
 
 
+def _apply_plans(engine: Engine, settings: ControlPlaneSettings, clock: Callable[[], datetime],
+                 stop: threading.Event) -> None:  # fmt: skip
+    while not stop.wait(settings.planner_period_s):
+        try:
+            with Session(engine) as session:
+                capacity.apply_plans(session, clock())
+        except Exception:  # keep planning; the next pass retries
+            log.exception("applying order plans failed")
+
+
 def _watch_heartbeats(engine: Engine, settings: ControlPlaneSettings, metrics: Metrics, stop: threading.Event) -> None:
     period = max(0.5, min(5.0, settings.heartbeat_timeout_s / 3))
     while not stop.wait(period):
@@ -95,6 +107,8 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         watcher = threading.Thread(target=_watch_heartbeats, args=(engine, settings, metrics, stop), daemon=True)
         watcher.start()
+        clock = lambda: app.state.clock()  # noqa: E731  (tests swap app.state.clock)
+        threading.Thread(target=_apply_plans, args=(engine, settings, clock, stop), daemon=True).start()
         yield
         stop.set()
 
@@ -106,8 +120,9 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
     app.state.bootstrap_token = token
+    app.state.clock = datetime.now  # plant-local wall clock; shift times are local
     errors.install(app)
-    for module in (health, tenants, site_routes, lines, robots, models, slices, agent):
+    for module in (health, tenants, site_routes, lines, robots, models, slices, capacity_routes, agent):
         app.include_router(module.router)
 
     @app.middleware("http")

@@ -9,7 +9,7 @@ returned).
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlmodel import Field, SQLModel
 from control_plane.states import NodeStatus, RobotStatus, SliceStatus
 from edge_node import wire
 
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -334,6 +335,7 @@ class Slice(SQLModel, table=True):
     batch_wait_ms: float = 5.0
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
+    price_per_replica_hour: float = 0.0  # set by the control plane from the catalogue, never by callers
     status: SliceStatus = Field(default=SliceStatus.PENDING)
     status_message: str = Field(default="", max_length=2000)
     generation: int = 1
@@ -361,8 +363,104 @@ class SlicePublic(SQLModel):
     batch_wait_ms: float
     cpus_per_replica: float
     gpus_per_replica: float
+    price_per_replica_hour: float
     status: SliceStatus
     status_message: str
     generation: int
     observed_generation: int
     actual: dict[str, Any]
+
+
+# --- capacity: order plans, profiles, scale events --------------------------------------------
+
+
+class ShiftIn(_Input):
+    name: str = Field(min_length=1, max_length=50, description="e.g. 'early'.")
+    days: list[int] = Field(min_length=1, description="Weekdays, 0 = Monday.")
+    start: str = Field(description="HH:MM local plant time.")
+    end: str = Field(description="HH:MM; before start = past midnight.")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError(f"{value!r} is not a time of day as HH:MM (00:00 to 23:59)")
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _weekdays(cls, value: list[int]) -> list[int]:
+        if any(d < 0 or d > 6 for d in value):
+            raise ValueError(f"days {value} must be weekdays 0 (Monday) to 6 (Sunday)")
+        return sorted(set(value))
+
+
+class VolumeIn(_Input):
+    effective_from: date = Field(description="First day this volume applies.")
+    parts_per_shift: int = Field(ge=0, le=10_000_000, description="Parts made in each shift from that day on.")
+
+
+class OrderPlanIn(_Input):
+    views_per_part: int = Field(ge=1, le=100, description="Frames each part gets (cameras x angles).")
+    headroom: float = Field(default=0.25, ge=0, le=5, description="Extra capacity above the computed need.")
+    idle_floor: int = Field(default=0, ge=0, le=256, description="Replicas kept between shifts.")
+    target_latency_ms: float | None = Field(default=None, gt=0, description="Optional latency goal of the line.")
+    shifts: list[ShiftIn] = Field(min_length=1, max_length=21)
+    volumes: list[VolumeIn] = Field(default_factory=list, max_length=1000)
+
+
+class OrderPlan(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    line_id: int = Field(foreign_key="line.id", unique=True)
+    plan: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelProfile(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("model_sha256", "hardware"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_sha256: str = Field(index=True, max_length=64)
+    hardware: str = Field(max_length=200)
+    frames_per_s_per_replica: float
+    cold_start_s: float
+    measured_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelProfilePublic(SQLModel):
+    model_sha256: str
+    hardware: str
+    frames_per_s_per_replica: float
+    cold_start_s: float
+    measured_at: datetime
+
+
+class ScaleKind(StrEnum):
+    MANUAL = "manual"
+    PLANNED = "planned"
+    REACTIVE = "reactive"
+    PREEMPTION = "preemption"
+    DRAIN = "drain"
+
+
+class ScaleEvent(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    slice_id: int = Field(foreign_key="slice.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    kind: ScaleKind
+    min_before: int
+    min_after: int
+    max_before: int
+    max_after: int
+    reason: str = Field(max_length=2000)
+
+
+class ScaleEventPublic(SQLModel):
+    at: datetime
+    kind: ScaleKind
+    min_before: int
+    min_after: int
+    max_before: int
+    max_after: int
+    reason: str

@@ -35,6 +35,8 @@ class ControlPlaneSettings(BaseSettings):
     heartbeat_timeout_s: float = Field(default=30.0, gt=0, description="A node silent this long is marked offline.")
     join_token_ttl_s: float = Field(default=3600.0, gt=0, description="How long a node join token stays valid.")
     max_model_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Largest ONNX upload accepted.")
+    replica_hour_price: float = Field(default=0.9, ge=0, description="Price of one replica-hour on new slices.")
+    planner_period_s: float = Field(default=30.0, gt=0, description="How often planned floors are applied.")
     broker_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a site broker's answer to a change.")
 
     @model_validator(mode="after")

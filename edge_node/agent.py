@@ -28,7 +28,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import httpx
 
 from edge_node import cluster
 from edge_node.errors import EdgeNodeError
+from edge_node.profiling import ProfileResult, profile
 from edge_node.slice_spec import SliceSpec
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class Agent:
     delete: Callable[[str], None] = cluster.delete_slice
     applications: Callable[[], set[str]] = cluster.applications
     status: Callable[[str], dict[str, Any]] = cluster.app_status
+    profiler: Callable[..., ProfileResult] = profile
     applied: dict[str, int] = field(default_factory=dict)  # app name -> generation applied
     errors: dict[str, str] = field(default_factory=dict)
     _etag: str | None = None
@@ -206,9 +208,41 @@ class Agent:
             log.warning("heartbeat failed (%s); slices keep serving", e)
 
     def step(self) -> list[dict[str, Any]]:
-        reports = self.reconcile(self.pull())
+        state = self.pull()
+        reports = self.reconcile(state)
         self.heartbeat(reports)
+        self.profile_models(state)
         return reports
+
+    @property
+    def _profiles_path(self) -> Path:
+        return self.data_dir / "profiles.json"
+
+    def profile_models(self, state: dict[str, Any]) -> None:
+        """Measure each served model once per hardware and report it (the planner needs it)."""
+        done = set(json.loads(self._profiles_path.read_text())) if self._profiles_path.exists() else set()
+        gpus = inventory()["gpus"]
+        for item in state.get("slices", []):
+            resources = item["spec"].get("resources", {})
+            threads = max(1, int(resources.get("cpus_per_replica", 1)))
+            on_gpu = resources.get("gpus_per_replica", 0) > 0 and gpus
+            hardware = gpus[0]["model"] if on_gpu else f"cpu x{threads}"
+            key = f"{item['model']['sha256']}@{hardware}"
+            if key in done or item["spec"]["name"] not in self.applied:
+                continue
+            batch = item["spec"].get("batch", {}).get("max_batch_size", 32)
+            result = self.profiler(self._model_manifest(item["model"]), threads=threads, batch=batch)
+            body = {"model_sha256": item["model"]["sha256"], "hardware": hardware, **asdict(result)}
+            try:
+                response = self.client.post("/agent/v1/profiles", json=body, headers=self._headers())
+            except httpx.TransportError as e:
+                log.warning("profile of %s not reported (%s); will retry", key, e)
+                continue
+            if response.status_code == 204:
+                done.add(key)
+                log.info("profiled %s: %.0f frames/s per replica, cold start %.2fs", key,
+                         result.frames_per_s_per_replica, result.cold_start_s)  # fmt: skip
+        self._profiles_path.write_text(json.dumps(sorted(done)))
 
     def run(self, stop: threading.Event) -> None:
         log.info("agent running: pass every %.0fs", self.period_s)

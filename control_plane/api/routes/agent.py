@@ -12,7 +12,18 @@ from sqlmodel import col, select
 from control_plane import sites
 from control_plane.api.deps import CurrentNode, SessionDep, SettingsDep
 from control_plane.errors import NotFound, Unauthenticated
-from control_plane.models import JoinToken, ModelVersion, Node, NodeJoin, NodeJoined, NodePublic, Site, Slice, utcnow
+from control_plane.models import (
+    JoinToken,
+    ModelProfile,
+    ModelVersion,
+    Node,
+    NodeJoin,
+    NodeJoined,
+    NodePublic,
+    Site,
+    Slice,
+    utcnow,
+)
 from control_plane.security import new_token, token_hash
 from control_plane.states import NodeStatus, SliceStatus, transition
 
@@ -92,6 +103,27 @@ def _finish_deletions(session: SessionDep, site_id: int, present: set[str]) -> N
     for item in deleting:
         if item.app_name not in present:
             item.status = transition(item.status, SliceStatus.DELETED, what=f"slice {item.slug}")
+
+
+class ProfileReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    hardware: str = Field(min_length=1, max_length=200, description="e.g. 'cpu x2' or 'NVIDIA L4'.")
+    frames_per_s_per_replica: float = Field(gt=0)
+    cold_start_s: float = Field(ge=0)
+
+
+@router.post("/profiles", status_code=204)
+def report_profile(body: ProfileReport, session: SessionDep, node: CurrentNode) -> None:
+    """A profiling run's result for a model on this node's hardware (newest wins)."""
+    same = (ModelProfile.model_sha256 == body.model_sha256, ModelProfile.hardware == body.hardware)
+    row = session.exec(select(ModelProfile).where(*same)).first() or ModelProfile(
+        model_sha256=body.model_sha256, hardware=body.hardware, frames_per_s_per_replica=0, cold_start_s=0
+    )
+    row.frames_per_s_per_replica, row.cold_start_s = body.frames_per_s_per_replica, body.cold_start_s
+    row.measured_at = utcnow()
+    session.add(row)
+    session.commit()
 
 
 @router.get("/desired")

@@ -6,11 +6,11 @@ from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from control_plane import sites
+from control_plane import capacity, sites
 from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, own_tenant, scoped_get
 from control_plane.api.routes.models import visible_model
 from control_plane.errors import Conflict
-from control_plane.models import Line, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
+from control_plane.models import Line, ScaleKind, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
 from control_plane.security import CAN
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import SliceStatus, transition
@@ -40,7 +40,8 @@ def create_slice(body: SliceCreate, session: SessionDep, settings: SettingsDep, 
         raise Conflict(f"model {model.name} {model.version} takes batches of {model.fixed_batch}; "
                        f"max_batch_size {body.max_batch_size} is too large")  # fmt: skip
     assert caller.tenant_id is not None
-    item = Slice(tenant_id=caller.tenant_id, site_id=site_ids.pop(), **body.model_dump())
+    item = Slice(tenant_id=caller.tenant_id, site_id=site_ids.pop(), price_per_replica_hour=settings.replica_hour_price,
+                 **body.model_dump())  # fmt: skip
     session.add(item)
     try:
         session.flush()
@@ -71,10 +72,8 @@ def scale_slice(slice_id: int, body: SliceScale, session: SessionDep, caller: Cu
     item = scoped_get(session, Slice, slice_id, caller)
     if body.max_replicas < body.min_replicas:
         raise Conflict(f"max_replicas ({body.max_replicas}) must be >= min_replicas ({body.min_replicas})")
-    item.status = transition(item.status, SliceStatus.PENDING, what=f"slice {item.slug}")
-    item.min_replicas, item.max_replicas = body.min_replicas, body.max_replicas
-    item.generation += 1
-    item.updated_at = utcnow()
+    reason = f"set by user {caller.user_id}"
+    capacity.record(session, item, ScaleKind.MANUAL, body.min_replicas, body.max_replicas, reason)
     session.commit()
     session.refresh(item)
     return item
