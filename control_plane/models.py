@@ -313,6 +313,11 @@ class SliceCreate(_Input):
     batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     cpus_per_replica: float = Field(default=1.0, gt=0, le=64)
     gpus_per_replica: float = Field(default=0.0, ge=0, le=1)
+    # Reactive autoscaling inside the bounds. Ray's defaults (30 s up, 600 s down) are for web traffic;
+    # a production line wants new capacity within seconds and few flips while output is steady.
+    target_ongoing_requests: float = Field(default=2.0, gt=0, le=1000, description="Model calls per replica aimed for.")
+    upscale_delay_s: float = Field(default=3.0, ge=0, le=600, description="Sustained load before adding replicas.")
+    downscale_delay_s: float = Field(default=60.0, ge=0, le=3600, description="Sustained idleness before removing.")
     _check_slug = field_validator("slug")(_slug)
 
 
@@ -335,6 +340,9 @@ class Slice(SQLModel, table=True):
     batch_wait_ms: float = 5.0
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 60.0
     price_per_replica_hour: float = 0.0  # set by the control plane from the catalogue, never by callers
     status: SliceStatus = Field(default=SliceStatus.PENDING)
     status_message: str = Field(default="", max_length=2000)
@@ -363,6 +371,9 @@ class SlicePublic(SQLModel):
     batch_wait_ms: float
     cpus_per_replica: float
     gpus_per_replica: float
+    target_ongoing_requests: float
+    upscale_delay_s: float
+    downscale_delay_s: float
     price_per_replica_hour: float
     status: SliceStatus
     status_message: str

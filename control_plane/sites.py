@@ -113,7 +113,13 @@ def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, si
             "tenant": tenant.slug,
             "lines": [line.slug for line in lines],
             "latency_budget_ms": min(line.latency_budget_ms for line in lines),
-            "replicas": {"min_replicas": item.min_replicas, "max_replicas": item.max_replicas},
+            "replicas": {
+                "min_replicas": item.min_replicas,
+                "max_replicas": item.max_replicas,
+                "target_ongoing_requests": item.target_ongoing_requests,
+                "upscale_delay_s": item.upscale_delay_s,
+                "downscale_delay_s": item.downscale_delay_s,
+            },
             "batch": {
                 "max_batch_size": item.max_batch_size,
                 "batch_wait_ms": item.batch_wait_ms,

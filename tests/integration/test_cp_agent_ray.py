@@ -10,10 +10,16 @@ import pytest
 
 from edge_node import cluster
 from edge_node.agent import Agent, join
+from edge_node.profiling import ProfileResult
 from edge_node.sdk import RobotClient
 from edge_node.slice_spec import SliceSpec
 from edge_node.wire import Result
 from tests.integration.cp_fixtures import ControlPlane, ok
+
+
+def quick_profile(_manifest: Path, *, threads: int, batch: int) -> ProfileResult:
+    """Profiling is tested on its own; here it would only slow the heartbeats the test checks."""
+    return ProfileResult(frames_per_s_per_replica=100.0, cold_start_s=1.0)
 
 
 def _robot(cp: ControlPlane, creds: dict[str, object]) -> RobotClient:
@@ -44,9 +50,11 @@ def test_agent_serves_desired_slices_idempotently_and_offline(
     app_name = f"t{cp.a.tenant_id}-inspect"
     try:
         with pytest.raises(SystemExit):
-            Agent(cp.client, node["node_token"], tmp_path / "agent", apply=killed_mid_apply).step()
+            Agent(
+                cp.client, node["node_token"], tmp_path / "agent", apply=killed_mid_apply, profiler=quick_profile
+            ).step()
         # A restarted agent (state from disk only) converges: it re-applies once, then is healthy.
-        agent = Agent(cp.client, node["node_token"], tmp_path / "agent", apply=counting_apply)
+        agent = Agent(cp.client, node["node_token"], tmp_path / "agent", apply=counting_apply, profiler=quick_profile)
         reports = agent.step()
         assert applied == [app_name] and reports[0]["healthy"], reports
         slice_a = ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))
@@ -66,7 +74,7 @@ def test_agent_serves_desired_slices_idempotently_and_offline(
         # Control plane gone, agent restarted, Serve lost the application: the cache brings it back.
         cluster.delete_slice(app_name)
         offline = Agent(httpx.Client(base_url="http://127.0.0.1:9", timeout=1.0), node["node_token"],
-                        tmp_path / "agent", apply=counting_apply)  # fmt: skip
+                        tmp_path / "agent", apply=counting_apply, profiler=quick_profile)  # fmt: skip
         offline.step()
         assert applied == [app_name, app_name] and app_name in cluster.applications()
         robot = _robot(cp, creds)
