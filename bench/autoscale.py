@@ -63,9 +63,10 @@ class ReplicaWatch:
         self._thread.join()
 
 
-def _spec(broker: MosquittoBroker, delay_ms: float, max_replicas: int) -> SliceSpec:
+def _spec(broker: MosquittoBroker, delay_ms: float, max_replicas: int, name: str = "autoscale") -> SliceSpec:
+    """A slice on line ``name`` (the capacity probe and the step run on separate lines and sessions)."""
     return SliceSpec(
-        name="autoscale", tenant="bench", lines=["line-1"], broker=BrokerSpec(host=broker.host, port=broker.port),
+        name=name, tenant="bench", lines=[name], broker=BrokerSpec(host=broker.host, port=broker.port),
         replicas=ReplicaSpec(min_replicas=1, max_replicas=max_replicas, upscale_delay_s=3.0, downscale_delay_s=60.0,
                              target_ongoing_requests=1.0),
         batch=BatchSpec(max_batch_size=1, batch_wait_ms=0, ingress_batch=1, ingress_wait_ms=0, ingress_concurrency=8),
@@ -75,8 +76,8 @@ def _spec(broker: MosquittoBroker, delay_ms: float, max_replicas: int) -> SliceS
 
 
 def _run(broker: MosquittoBroker, pool: list[tuple[str, bytes]], fps_total: float, seconds: float,
-         timeout_s: float = 10.0) -> dict[str, Any]:  # fmt: skip
-    simulation = Simulation(broker.host, broker.port, tenant="bench", line="line-1", robots=ROBOTS,
+         timeout_s: float = 10.0, line: str = "autoscale") -> dict[str, Any]:  # fmt: skip
+    simulation = Simulation(broker.host, broker.port, tenant="bench", line=line, robots=ROBOTS,
                             fps=fps_total / ROBOTS, pool=pool, timeout_s=timeout_s, retries=3)  # fmt: skip
     return simulation.run(seconds).summary()
 
@@ -88,8 +89,9 @@ def measure(delay_ms: float, step_seconds: float, steady_seconds: float) -> dict
         cluster.start(num_cpus=2)
         try:
             _log("(a) one replica at saturation...")
-            cluster.apply_slice(_spec(broker, delay_ms, max_replicas=1))
-            capacity = _run(broker, pool, fps_total=3 * 1000 / delay_ms, seconds=8, timeout_s=30)["throughput_fps"]
+            cluster.apply_slice(_spec(broker, delay_ms, max_replicas=1, name="probe"))
+            capacity = _run(broker, pool, 3 * 1000 / delay_ms, seconds=8, timeout_s=30, line="probe")["throughput_fps"]
+            cluster.delete_slice("probe")
             _log(f"    one replica: {capacity:.1f} frames/s")
             cluster.apply_slice(_spec(broker, delay_ms, max_replicas=3))
             _log("(b) 20% load...")
