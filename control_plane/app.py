@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from control_plane import capacity, db, errors, registry, sites
+from control_plane import capacity, db, errors, placement, registry, sites
 from control_plane.api.routes import agent, health, lines, models, robots, slices, tenants
 from control_plane.api.routes import capacity as capacity_routes
 from control_plane.api.routes import sites as site_routes
@@ -78,6 +78,7 @@ def _apply_plans(engine: Engine, settings: ControlPlaneSettings, clock: Callable
         try:
             with Session(engine) as session:
                 capacity.apply_plans(session, clock())
+                placement.place_all(session, clock())  # availability windows open and close with time
         except Exception:  # keep planning; the next pass retries
             log.exception("applying order plans failed")
 
@@ -88,6 +89,8 @@ def _watch_heartbeats(engine: Engine, settings: ControlPlaneSettings, metrics: M
         try:
             with Session(engine) as session:
                 marked = sites.mark_silent_nodes_offline(session, settings.heartbeat_timeout_s)
+                if marked:
+                    placement.place_all(session, datetime.now())
             metrics.nodes_marked_offline.inc(len(marked))
         except Exception:  # keep watching; the next pass retries
             log.exception("heartbeat watch failed")

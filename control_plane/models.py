@@ -17,11 +17,24 @@ from pydantic import ConfigDict, field_validator
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from control_plane.scheduler import Priority
 from control_plane.states import NodeStatus, RobotStatus, SliceStatus
 from edge_node import wire
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _weekdays(value: list[int]) -> list[int]:
+    if any(d < 0 or d > 6 for d in value):
+        raise ValueError(f"days {value} must be weekdays 0 (Monday) to 6 (Sunday)")
+    return sorted(set(value))
+
+
+def _hhmm(value: str) -> str:
+    if not _HHMM.match(value):
+        raise ValueError(f"{value!r} is not a time of day as HH:MM (00:00 to 23:59)")
+    return value
 
 
 def utcnow() -> datetime:
@@ -179,6 +192,10 @@ class Node(SQLModel, table=True):
     gpus: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     ray_address: str | None = Field(default=None, max_length=255)
     status: NodeStatus = Field(default=NodeStatus.JOINING)
+    contributed: bool = False  # compute bank: usable only inside its windows
+    windows: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    holidays: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ray_resources: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     token_hash: str = Field(unique=True, index=True, max_length=64)
     joined_at: datetime = Field(default_factory=utcnow)
     last_heartbeat_at: datetime | None = None
@@ -194,10 +211,30 @@ class NodePublic(SQLModel):
     ray_address: str | None
     status: NodeStatus
     last_heartbeat_at: datetime | None
+    contributed: bool
+    windows: list[dict[str, Any]]
+    holidays: list[str]
 
 
 class NodeJoined(NodePublic):
     node_token: str = Field(description="The agent's credential for heartbeats and desired state; shown once.")
+
+
+class WindowIn(_Input):
+    days: list[int] = Field(min_length=1, description="Weekdays, 0 = Monday.")
+    start: str = Field(description="HH:MM local time the node becomes available.")
+    end: str = Field(description="HH:MM; before start = the next morning.")
+
+    _days = field_validator("days")(lambda v: _weekdays(v))
+    _times = field_validator("start", "end")(lambda v: _hhmm(v))
+
+
+class NodeContribution(_Input):
+    """A contributed node (the compute bank) and when its owner lends it."""
+
+    contributed: bool = Field(description="True: the node runs only bank slices, inside its windows.")
+    windows: list[WindowIn] = Field(default_factory=list, max_length=50)
+    holidays: list[date] = Field(default_factory=list, max_length=400, description="Whole days available.")
 
 
 class NodeStatusChange(_Input):
@@ -318,6 +355,7 @@ class SliceCreate(_Input):
     target_ongoing_requests: float = Field(default=2.0, gt=0, le=1000, description="Model calls per replica aimed for.")
     upscale_delay_s: float = Field(default=3.0, ge=0, le=600, description="Sustained load before adding replicas.")
     downscale_delay_s: float = Field(default=60.0, ge=0, le=3600, description="Sustained idleness before removing.")
+    priority: Priority = Field(default=Priority.RESERVED, description="reserved, burst or bank (compute bank).")
     _check_slug = field_validator("slug")(_slug)
 
 
@@ -343,6 +381,8 @@ class Slice(SQLModel, table=True):
     target_ongoing_requests: float = 2.0
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 60.0
+    priority: Priority = Priority.RESERVED
+    placement: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # node id -> n
     price_per_replica_hour: float = 0.0  # set by the control plane from the catalogue, never by callers
     status: SliceStatus = Field(default=SliceStatus.PENDING)
     status_message: str = Field(default="", max_length=2000)
@@ -374,6 +414,8 @@ class SlicePublic(SQLModel):
     target_ongoing_requests: float
     upscale_delay_s: float
     downscale_delay_s: float
+    priority: Priority
+    placement: dict[str, int]
     price_per_replica_hour: float
     status: SliceStatus
     status_message: str
@@ -391,19 +433,9 @@ class ShiftIn(_Input):
     start: str = Field(description="HH:MM local plant time.")
     end: str = Field(description="HH:MM; before start = past midnight.")
 
-    @field_validator("start", "end")
-    @classmethod
-    def _hhmm(cls, value: str) -> str:
-        if not _HHMM.match(value):
-            raise ValueError(f"{value!r} is not a time of day as HH:MM (00:00 to 23:59)")
-        return value
+    _times = field_validator("start", "end")(lambda v: _hhmm(v))
 
-    @field_validator("days")
-    @classmethod
-    def _weekdays(cls, value: list[int]) -> list[int]:
-        if any(d < 0 or d > 6 for d in value):
-            raise ValueError(f"days {value} must be weekdays 0 (Monday) to 6 (Sunday)")
-        return sorted(set(value))
+    _days = field_validator("days")(lambda v: _weekdays(v))
 
 
 class VolumeIn(_Input):

@@ -20,6 +20,7 @@ from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, T
 from control_plane.security import derived_secret
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import NodeStatus, RobotStatus, SliceStatus, transition
+from edge_node.slice_spec import NODE_RESOURCE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, si
     assert tenant is not None
     assert model is not None
     lines = slice_lines(session, item)
+    pins = pinned_placement(session, item)
+    replicas_max = min(item.max_replicas, sum(pins.values())) if pins else item.max_replicas
     return {
         "slice_id": item.id,
         "generation": item.generation,
@@ -114,8 +117,8 @@ def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, si
             "lines": [line.slug for line in lines],
             "latency_budget_ms": min(line.latency_budget_ms for line in lines),
             "replicas": {
-                "min_replicas": item.min_replicas,
-                "max_replicas": item.max_replicas,
+                "min_replicas": min(item.min_replicas, replicas_max),
+                "max_replicas": replicas_max,
                 "target_ongoing_requests": item.target_ongoing_requests,
                 "upscale_delay_s": item.upscale_delay_s,
                 "downscale_delay_s": item.downscale_delay_s,
@@ -126,6 +129,7 @@ def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, si
                 "ingress_batch": min(16, item.max_batch_size),
             },
             "resources": {"cpus_per_replica": item.cpus_per_replica, "gpus_per_replica": item.gpus_per_replica},
+            "placement": pins or None,
             "broker": {
                 "host": site.broker_host,
                 "port": site.broker_port,
@@ -134,6 +138,20 @@ def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, si
             },
         },
     }
+
+
+def pinned_placement(session: Session, item: Slice) -> dict[str, int]:
+    """The slice's placement as Ray resources, when every chosen node's raylet advertises its resource.
+
+    Sites whose Ray nodes do not carry ``lineside_node_<id>`` (a demo on one machine) get no pinning:
+    Ray places the replicas, within the slice's bounds.
+    """
+    if not item.placement:
+        return {}
+    nodes = session.exec(select(Node).where(Node.site_id == item.site_id)).all()
+    advertised = {r for n in nodes for r in n.ray_resources}
+    pins = {f"{NODE_RESOURCE_PREFIX}{node_id}": count for node_id, count in item.placement.items()}
+    return pins if set(pins) <= advertised else {}
 
 
 def desired_state(session: Session, settings: ControlPlaneSettings, site: Site) -> tuple[dict[str, Any], str]:

@@ -100,6 +100,7 @@ class Agent:
     applications: Callable[[], set[str]] = cluster.applications
     status: Callable[[str], dict[str, Any]] = cluster.app_status
     profiler: Callable[..., ProfileResult] = profile
+    ray_resources: Callable[[], list[str]] = cluster.lineside_resources
     applied: dict[str, int] = field(default_factory=dict)  # app name -> generation applied
     errors: dict[str, str] = field(default_factory=dict)
     _etag: str | None = None
@@ -199,7 +200,8 @@ class Agent:
 
     def heartbeat(self, reports: list[dict[str, Any]]) -> None:
         body = {**{k: v for k, v in inventory().items() if k != "hostname"},
-                "applications": sorted(self.applications()), "slices": reports}  # fmt: skip
+                "applications": sorted(self.applications()), "slices": reports,
+                "ray_resources": self.ray_resources()}  # fmt: skip
         try:
             response = self.client.post("/agent/v1/heartbeat", json=body, headers=self._headers())
             if response.status_code != 200:

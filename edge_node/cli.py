@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -186,6 +186,22 @@ def bench_scheduler(
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 
+@bench_app.command("autoscale")
+def bench_autoscale(
+    model_delay_ms: Annotated[
+        float, typer.Option(min=1, help="Sleep per model call: sets one replica's capacity.")
+    ] = 40.0,
+    step_seconds: Annotated[float, typer.Option(min=5, help="Seconds of the step phase.")] = 30.0,
+    steady_seconds: Annotated[float, typer.Option(min=10, help="Seconds of steady 150% load afterwards.")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Load step from 20% to 150% of one replica: reaction time, p99 during the step, scale flips when steady."""
+    from bench.autoscale import measure
+
+    result = measure(model_delay_ms, step_seconds, steady_seconds)
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
 @app.command("model-info")
 def model_info(manifest: ManifestOption = BUNDLED_MANIFEST) -> None:
     """Print a model's manifest and the execution providers it would run on."""
@@ -246,7 +262,7 @@ def edge_join(
         raise typer.Exit(2) from e
     typer.echo(f"joined site {node['site_id']} as node {node['id']} ({node['hostname']}); state in {data_dir}")
     if run:
-        _run_agent(client, node["node_token"], data_dir, ray_address, period)
+        _run_agent(client, node, data_dir, ray_address, period)
 
 
 @edge_app.command("run")
@@ -264,10 +280,10 @@ def edge_run(
         raise typer.Exit(2)
     state = json.loads(state_file.read_text())
     client = httpx.Client(base_url=state["control_plane"], timeout=30.0)
-    _run_agent(client, state["node"]["node_token"], data_dir, ray_address, period)
+    _run_agent(client, state["node"], data_dir, ray_address, period)
 
 
-def _run_agent(client: object, node_token: str, data_dir: Path, ray_address: str | None, period: float) -> None:
+def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address: str | None, period: float) -> None:
     import signal
     import threading
 
@@ -277,11 +293,14 @@ def _run_agent(client: object, node_token: str, data_dir: Path, ray_address: str
     from edge_node.agent import Agent
 
     assert isinstance(client, httpx.Client)
-    cluster.start(ray_address)
+    from edge_node.slice_spec import NODE_RESOURCE_PREFIX
+
+    # The node's own resource lets the control plane's scheduler pin replicas here.
+    cluster.start(ray_address, resources={f"{NODE_RESOURCE_PREFIX}{node['id']}": 1000})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        Agent(client, node_token, data_dir, period_s=period).run(stop)
+        Agent(client, node["node_token"], data_dir, period_s=period).run(stop)
     except KeyboardInterrupt:
         pass
     finally:

@@ -9,12 +9,18 @@ import ray
 from ray import serve
 
 from edge_node.serving import deploy
-from edge_node.slice_spec import SliceSpec
+from edge_node.slice_spec import NODE_RESOURCE_PREFIX, SliceSpec
 
 log = logging.getLogger(__name__)
 
 
-def start(address: str | None = None, *, num_cpus: int | None = None, metrics_port: int | None = None) -> None:
+def start(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    metrics_port: int | None = None,
+    resources: dict[str, float] | None = None,
+) -> None:
     """Connect to the site's Ray cluster (``address``) or start a local one; start Serve without HTTP.
 
     A local Ray exports Prometheus metrics (Lineside's ``ray_lineside_*`` and Serve's own) at
@@ -24,6 +30,7 @@ def start(address: str | None = None, *, num_cpus: int | None = None, metrics_po
         ray.init(
             address=address,
             num_cpus=None if address else num_cpus,
+            resources=None if address else resources,
             _metrics_export_port=None if address else metrics_port,
             include_dashboard=False,
             logging_level=logging.WARNING,
@@ -50,6 +57,11 @@ def slice_processes(spec: SliceSpec) -> dict[str, dict[str, Any]]:
     ingress = serve.get_deployment_handle("ingress", app_name=spec.name)
     model = serve.get_deployment_handle("model", app_name=spec.name)
     return {"ingress": dict(ingress.process.remote().result()), "model": dict(model.info.remote().result())}
+
+
+def lineside_resources() -> list[str]:
+    """The ``lineside_node_<id>`` resources of the cluster's nodes (which nodes replicas can be pinned to)."""
+    return sorted(r for r in ray.cluster_resources() if r.startswith(NODE_RESOURCE_PREFIX))
 
 
 def applications() -> set[str]:

@@ -12,13 +12,16 @@ resumes the session, and the frames, of the one it replaces.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
@@ -83,18 +86,27 @@ class ModelServer:
     def info(self) -> dict[str, Any]:
         """Model and execution providers of this replica."""
         manifest = self.model.manifest
-        return {"model": f"{manifest.name}:{manifest.version}", "providers": self.model.providers, **process_info()}
+        return {
+            "model": f"{manifest.name}:{manifest.version}",
+            "providers": self.model.providers,
+            "ray_node_id": ray.get_runtime_context().get_node_id(),
+            **process_info(),
+        }
 
 
 @serve.deployment
 class Ingress:
     """Consumes the slice's lines from MQTT and publishes verdicts."""
 
-    def __init__(self, spec_json: str, model: DeploymentHandle) -> None:
+    def __init__(self, spec_json: str, *models: DeploymentHandle) -> None:
         spec = SliceSpec.model_validate_json(spec_json)
         context = serve.get_replica_context()
         client_id = f"lineside-{spec.name}-ingress-{context.rank.rank}"
-        self._model = model
+        # One model deployment per node the scheduler chose (or one unpinned); calls rotate over
+        # them in proportion to the replicas each holds.
+        weights = list(spec.placement.values()) if spec.placement else [1]
+        self._models = itertools.cycle([m for m, w in _interleave(list(zip(models, weights, strict=True)))])
+        self._models_lock = threading.Lock()
         self._tags = {"slice": spec.name, "tenant": spec.tenant}
         self._answers = metrics.Counter(
             "lineside_answers", description="Answers the ingress published, by outcome.",
@@ -123,7 +135,9 @@ class Ingress:
         self._latency.observe(total_ms, tags=self._tags)
 
     def _infer(self, frames: list[bytes]) -> list[dict[str, Any]]:
-        return list(self._model.inspect.remote(frames).result())
+        with self._models_lock:
+            model = next(self._models)
+        return list(model.inspect.remote(frames).result())
 
     def stats(self) -> dict[str, int]:
         """Counters of this replica: frames received, acknowledged, verdicts and errors by code."""
@@ -144,16 +158,41 @@ class Ingress:
             self.ingress.stop()
 
 
-def build_app(spec: SliceSpec) -> Any:
-    """The Serve application (bound deployment graph) for ``spec``."""
-    spec_json = spec.model_dump_json(context={REVEAL_SECRETS: True})
+def _interleave(weighted: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
+    """Spread items by weight: [(a, 2), (b, 1)] -> a, b, a (smooth weighted round robin)."""
+    total = sum(w for _, w in weighted)
+    current = [0] * len(weighted)
+    order = []
+    for _ in range(total):
+        for i, (_, w) in enumerate(weighted):
+            current[i] += w
+        best = max(range(len(weighted)), key=lambda i: current[i])
+        current[best] -= total
+        order.append(weighted[best])
+    return order
+
+
+def _split_floor(floor: int, counts: list[int]) -> list[int]:
+    """The slice's replica floor shared over nodes, never above what a node holds."""
+    shares = []
+    for count in counts:
+        share = min(count, floor)
+        shares.append(share)
+        floor -= share
+    return shares
+
+
+def _model_deployment(spec: SliceSpec, spec_json: str, name: str, low: int, high: int, pin: str | None) -> Any:
     resources = spec.resources
-    model = ModelServer.options(  # type: ignore[attr-defined]
-        name="model",
+    actor_options: dict[str, Any] = {"num_cpus": resources.cpus_per_replica, "num_gpus": resources.gpus_per_replica}
+    if pin:
+        actor_options["resources"] = {pin: 0.001}
+    return ModelServer.options(  # type: ignore[attr-defined]
+        name=name,
         autoscaling_config={
-            "min_replicas": spec.replicas.min_replicas,
-            "initial_replicas": max(spec.replicas.min_replicas, 1),
-            "max_replicas": spec.replicas.max_replicas,
+            "min_replicas": low,
+            "initial_replicas": max(low, 1),
+            "max_replicas": high,
             "target_ongoing_requests": spec.replicas.target_ongoing_requests,
             "upscale_delay_s": spec.replicas.upscale_delay_s,
             "downscale_delay_s": spec.replicas.downscale_delay_s,
@@ -161,14 +200,31 @@ def build_app(spec: SliceSpec) -> Any:
             "look_back_period_s": 5.0,
         },
         max_ongoing_requests=max(spec.batch.max_batch_size, 16),
-        ray_actor_options={"num_cpus": resources.cpus_per_replica, "num_gpus": resources.gpus_per_replica},
+        ray_actor_options=actor_options,
     ).bind(spec_json)
+
+
+def build_app(spec: SliceSpec) -> Any:
+    """The Serve application (bound deployment graph) for ``spec``.
+
+    Without a placement there is one ``model`` deployment that Ray places; with one there is
+    a ``model-lineside_node_<id>`` deployment per chosen node, pinned by its custom resource.
+    """
+    spec_json = spec.model_dump_json(context={REVEAL_SECRETS: True})
+    if spec.placement:
+        pins = sorted(spec.placement)
+        floors = _split_floor(spec.replicas.min_replicas, [spec.placement[p] for p in pins])
+        models = [_model_deployment(spec, spec_json, f"model-{pin}", low, spec.placement[pin], pin)
+                  for pin, low in zip(pins, floors, strict=True)]  # fmt: skip
+    else:
+        models = [_model_deployment(spec, spec_json, "model", spec.replicas.min_replicas, spec.replicas.max_replicas,
+                                    None)]  # fmt: skip
     return Ingress.options(  # type: ignore[attr-defined]
         name="ingress",
         num_replicas=spec.ingress_replicas,
-        ray_actor_options={"num_cpus": resources.ingress_cpus},
+        ray_actor_options={"num_cpus": spec.resources.ingress_cpus},
         health_check_period_s=5,
-    ).bind(spec_json, model)
+    ).bind(spec_json, *models)
 
 
 def deploy(spec: SliceSpec) -> DeploymentHandle:

@@ -23,6 +23,9 @@ from pydantic import (
 from edge_node import wire
 from models.manifest import BUNDLED_MANIFEST
 
+NODE_RESOURCE_PREFIX = "lineside_node_"
+"""Each node's raylet carries the custom resource ``lineside_node_<id>``; placed replicas ask for a sliver of it."""
+
 REVEAL_SECRETS = "reveal_secrets"
 """Serialization context key: ``spec.model_dump_json(context={REVEAL_SECRETS: True})`` keeps the password."""
 
@@ -109,6 +112,13 @@ class SliceSpec(_Strict):
     batch: BatchSpec = Field(default_factory=BatchSpec, description="Batching on the way to the model.")
     resources: ResourceSpec = Field(default_factory=ResourceSpec, description="Per-replica reservations.")
     broker: BrokerSpec = Field(default_factory=BrokerSpec, description="MQTT broker of the site.")
+    placement: dict[str, int] | None = Field(
+        default=None,
+        description=(
+            "Replicas per node, keyed by the node's Ray resource (lineside_node_<id>), as the control plane's "
+            "scheduler placed them; None lets Ray place the model replicas anywhere."
+        ),
+    )
     inject_delay_ms: float = Field(
         default=0.0, ge=0, le=60_000, description="Fault injection: extra sleep per model call (tests only)."
     )
@@ -122,6 +132,15 @@ class SliceSpec(_Strict):
     @classmethod
     def _lines_topic_safe(cls, value: list[str]) -> list[str]:
         return [wire.check_name(line, "line") for line in value]
+
+    @field_validator("placement")
+    @classmethod
+    def _placement_counts(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None:
+            bad = {k: v for k, v in value.items() if v < 1 or not k.startswith(NODE_RESOURCE_PREFIX)}
+            if bad or not value:
+                raise ValueError(f"placement {value} needs >= 1 replica per {NODE_RESOURCE_PREFIX}<id> resource")
+        return value
 
     @property
     def frame_filters(self) -> list[str]:

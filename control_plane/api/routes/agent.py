@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
-from control_plane import sites
+from control_plane import placement, sites
 from control_plane.api.deps import CurrentNode, SessionDep, SettingsDep
 from control_plane.errors import NotFound, Unauthenticated
 from control_plane.models import (
@@ -46,6 +46,7 @@ class Heartbeat(BaseModel):
     memory_mb: int | None = Field(default=None, ge=1)
     gpus: list[dict[str, Any]] | None = None
     applications: list[str] = Field(default_factory=list, description="Lineside Serve applications present.")
+    ray_resources: list[str] | None = Field(default=None, description="lineside_node_<id> resources in the cluster.")
     slices: list[SliceReport] = Field(default_factory=list)
 
 
@@ -68,11 +69,14 @@ def join(body: NodeJoin, session: SessionDep) -> NodeJoined:
 
 
 @router.post("/heartbeat", response_model=NodePublic)
-def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode) -> Node:
+def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, request: Request) -> Node:
     """Liveness, inventory and the actual state of the site's slices (from the head's agent)."""
     node.last_heartbeat_at = utcnow()
-    if node.status in (NodeStatus.JOINING, NodeStatus.OFFLINE):
+    came_online = node.status in (NodeStatus.JOINING, NodeStatus.OFFLINE)
+    if came_online:
         node.status = transition(node.status, NodeStatus.ONLINE, what=f"node {node.id}")
+    if body.ray_resources is not None:
+        node.ray_resources = sorted(body.ray_resources)
     node.cpus = body.cpus or node.cpus
     node.memory_mb = body.memory_mb or node.memory_mb
     if body.gpus is not None:
@@ -81,6 +85,10 @@ def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode) -> Node:
         _record(session, node, report)
     _finish_deletions(session, node.site_id, set(body.applications))
     session.commit()
+    if came_online:
+        site = session.get(Site, node.site_id)
+        assert site is not None
+        placement.place_site(session, site, request.app.state.clock())
     session.refresh(node)
     return node
 

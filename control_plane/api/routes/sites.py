@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sqlmodel import select
 
-from control_plane import broker_sync
+from control_plane import broker_sync, placement
 from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, insert
 from control_plane.errors import Conflict, NotFound
 from control_plane.models import (
@@ -15,6 +15,7 @@ from control_plane.models import (
     JoinToken,
     JoinTokenIssued,
     Node,
+    NodeContribution,
     NodePublic,
     NodeStatusChange,
     Site,
@@ -102,7 +103,9 @@ def get_node(node_id: int, session: SessionDep, caller: CurrentUser) -> Node:
 
 
 @router.post("/nodes/{node_id}/status", response_model=NodePublic)
-def change_node_status(node_id: int, body: NodeStatusChange, session: SessionDep, caller: CurrentUser) -> Node:
+def change_node_status(
+    node_id: int, body: NodeStatusChange, session: SessionDep, caller: CurrentUser, request: Request
+) -> Node:
     """Drain (``draining``), undrain (``online``) or remove a node; illegal moves answer 409."""
     caller.require(*CAN["manage_nodes"], action="changing node status")
     node = get_node(node_id, session, caller)
@@ -110,5 +113,21 @@ def change_node_status(node_id: int, body: NodeStatusChange, session: SessionDep
         raise Conflict(f"operators may set draining, online or removed; {body.status.value} is set by the agent")
     node.status = transition(node.status, body.status, what=f"node {node.id} ({node.hostname})")
     session.commit()
+    placement.place_site(session, _site(session, node.site_id), request.app.state.clock())
+    session.refresh(node)
+    return node
+
+
+@router.put("/nodes/{node_id}/contribution", response_model=NodePublic)
+def set_contribution(node_id: int, body: NodeContribution, session: SessionDep, caller: CurrentUser,
+                     request: Request) -> Node:  # fmt: skip
+    """Declare a node part of the compute bank and when it is lent (e.g. weekdays 20:00-07:00, holidays)."""
+    caller.require(*CAN["manage_nodes"], action="declaring contributed nodes")
+    node = get_node(node_id, session, caller)
+    node.contributed = body.contributed
+    node.windows = [w.model_dump() for w in body.windows]
+    node.holidays = [d.isoformat() for d in body.holidays]
+    session.commit()
+    placement.place_site(session, _site(session, node.site_id), request.app.state.clock())
     session.refresh(node)
     return node

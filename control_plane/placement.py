@@ -1,0 +1,85 @@
+"""Runs the pure scheduler for a site against the database and records what moved and why.
+
+Demand: each live slice asks for its lease (``max_replicas``) with its
+priority class; the placement found is stored on the slice (node id ->
+replicas), and the agent pins the model replicas there when every chosen
+node's Ray resource is present. Called when nodes drain, fail or change their
+windows, when slices change, and on the planner's period (windows open and
+close with time).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from datetime import date, datetime, time
+
+from sqlmodel import Session, col, select
+
+from control_plane import scheduler
+from control_plane.models import Node, ScaleEvent, ScaleKind, Site, Slice
+from control_plane.sites import LIVE_SLICES
+from control_plane.states import NodeStatus, transition
+
+log = logging.getLogger(__name__)
+
+
+def node_spec(node: Node) -> scheduler.NodeSpec:
+    assert node.id is not None
+    windows = tuple(
+        scheduler.Window(frozenset(w["days"]), time.fromisoformat(w["start"]), time.fromisoformat(w["end"]))
+        for w in node.windows
+    )
+    gpus = tuple(scheduler.GpuSpec(int(g.get("memory_mb", 0))) for g in node.gpus)
+    return scheduler.NodeSpec(
+        node.id, float(node.cpus), node.memory_mb, gpus, online=node.status is NodeStatus.ONLINE,
+        contributed=node.contributed, windows=windows, holidays=frozenset(date.fromisoformat(d) for d in node.holidays),
+    )  # fmt: skip
+
+
+def demand(item: Slice) -> scheduler.SliceDemand:
+    assert item.id is not None
+    return scheduler.SliceDemand(item.id, item.priority, item.max_replicas, cpus=item.cpus_per_replica,
+                                 memory_mb=1024, gpu_fraction=item.gpus_per_replica)  # fmt: skip
+
+
+def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placement:
+    """Re-place the site's live slices; store placements and record events for what changed."""
+    nodes = session.exec(select(Node).where(Node.site_id == site.id, Node.status != NodeStatus.REMOVED)).all()
+    slices = session.exec(select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES))).all()
+    current = {s.id: [int(n) for n, k in s.placement.items() for _ in range(k)] for s in slices if s.id is not None}
+    result = scheduler.place([node_spec(n) for n in nodes], [demand(s) for s in slices], current, now=now)
+    for item in slices:
+        assert item.id is not None
+        placed = {str(n): k for n, k in sorted(Counter(result.assignments.get(item.id, [])).items())}
+        if placed == item.placement:
+            continue
+        reasons = [e.reason + (f" (node {e.node_id})" if e.node_id is not None else "")
+                   for e in result.events if e.slice_id == item.id and e.kind != "placed"]  # fmt: skip
+        kind = ScaleKind.DRAIN if any("no longer eligible" in r for r in reasons) else ScaleKind.PREEMPTION
+        before, after = sum(item.placement.values()), sum(placed.values())
+        session.add(ScaleEvent(
+            tenant_id=item.tenant_id, slice_id=item.id, kind=kind, min_before=item.min_replicas,
+            min_after=item.min_replicas, max_before=before, max_after=after,
+            reason=f"placement {item.placement or '{}'} -> {placed}: " + ("; ".join(reasons) or "placed"),
+        ))  # fmt: skip
+        item.placement = placed
+        item.generation += 1
+        log.info("slice %s placed %s (%s)", item.slug, placed, "; ".join(reasons) or "new")
+    _finish_drains(nodes, result)
+    session.commit()
+    return result
+
+
+def _finish_drains(nodes: Sequence[Node], result: scheduler.Placement) -> None:
+    used = {n for assigned in result.assignments.values() for n in assigned}
+    for node in nodes:
+        if node.status is NodeStatus.DRAINING and node.id not in used:
+            node.status = transition(node.status, NodeStatus.DRAINED, what=f"node {node.id}")
+            log.info("node %s (%s) drained", node.id, node.hostname)
+
+
+def place_all(session: Session, now: datetime) -> None:
+    for site in session.exec(select(Site)).all():
+        place_site(session, site, now)

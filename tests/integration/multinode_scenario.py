@@ -1,0 +1,120 @@
+"""A real multi-node Ray cluster on one machine (head + two worker raylets, each a Lineside node
+with its own ``lineside_node_<id>`` resource): the scheduler places a slice's model replicas, Ray
+runs them on those nodes (checked with Ray's state API), a node is drained, the replicas move,
+and robots keep getting verdicts throughout. Run by test_multinode.py in a subprocess (one Ray
+per process); prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+
+from control_plane.scheduler import NodeSpec, Priority, SliceDemand, place
+from edge_node import cluster as lineside_cluster
+from edge_node.broker import MosquittoBroker
+from edge_node.simulate import Simulation, render_pool
+from edge_node.slice_spec import NODE_RESOURCE_PREFIX, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
+
+NOW = datetime(2026, 11, 30, 12, 0)
+
+
+def replica_nodes(app: str, ray_to_lineside: dict[str, int]) -> dict[str, list[int]]:
+    """Alive model replicas per deployment and the Lineside node each runs on, from Ray's state API."""
+    found: dict[str, list[int]] = {}
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        name = actor.class_name or ""
+        if name.startswith(f"ServeReplica:{app}:model"):
+            found.setdefault(name.split(":")[-1], []).append(ray_to_lineside[str(actor.node_id)])
+    return {k: sorted(v) for k, v in sorted(found.items())}
+
+
+def placement_of(assignments: list[int]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in assignments:
+        counts[f"{NODE_RESOURCE_PREFIX}{node}"] = counts.get(f"{NODE_RESOURCE_PREFIX}{node}", 0) + 1
+    return counts
+
+
+def wait_for(app: str, ray_to_lineside: dict[str, int], expected: dict[str, int], timeout_s: float = 90) -> dict:
+    deadline = time.monotonic() + timeout_s
+    want = {f"model-{k}": [int(k.removeprefix(NODE_RESOURCE_PREFIX))] * v for k, v in expected.items()}
+    while time.monotonic() < deadline:
+        seen = replica_nodes(app, ray_to_lineside)
+        if seen == want:
+            return seen
+        time.sleep(1)
+    return replica_nodes(app, ray_to_lineside)
+
+
+def main() -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="lineside-multinode-"))
+    ray_cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {f"{NODE_RESOURCE_PREFIX}1": 1000}, "include_dashboard": True})  # fmt: skip
+    for node_id in (2, 3):
+        ray_cluster.add_node(num_cpus=1, resources={f"{NODE_RESOURCE_PREFIX}{node_id}": 1000})
+    ray.init(address=ray_cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+    serve.start(proxy_location="Disabled")
+    ray_to_lineside = {
+        n["NodeID"]: next(int(r.removeprefix(NODE_RESOURCE_PREFIX)) for r in n["Resources"]
+                          if r.startswith(NODE_RESOURCE_PREFIX))
+        for n in ray.nodes() if n["Alive"]
+    }  # fmt: skip
+    nodes = [NodeSpec(i, cpus=1.0, memory_mb=4000) for i in (1, 2, 3)]
+    demand = SliceDemand(1, Priority.RESERVED, replicas=2, cpus=0.4, memory_mb=1000)
+    first = place(nodes, [demand], now=NOW)
+    result: dict[str, Any] = {"placed_before": sorted(first.assignments[1])}
+    pool = render_pool(32, jpeg_only=True)
+    with MosquittoBroker(workdir / "broker") as broker:
+
+        def spec(assignments: list[int]) -> SliceSpec:
+            return SliceSpec(
+                name="multi", tenant="acme", lines=["line-1"], broker=BrokerSpec(host=broker.host, port=broker.port),
+                replicas=ReplicaSpec(min_replicas=2, max_replicas=2),
+                resources=ResourceSpec(cpus_per_replica=0.4, ingress_cpus=0.2, ort_threads=1),
+                placement=placement_of(assignments),
+            )  # fmt: skip
+
+        lineside_cluster.apply_slice(spec(first.assignments[1]))
+        result["ray_before"] = wait_for("multi", ray_to_lineside, placement_of(first.assignments[1]))
+        simulation = Simulation(broker.host, broker.port, tenant="acme", line="line-1", robots=4, fps=4, pool=pool,
+                                timeout_s=10, retries=5)  # fmt: skip
+        streaming = threading.Thread(target=simulation.run, args=(45,))
+        streaming.start()
+        time.sleep(8)
+        drained = first.assignments[1][0]
+        after = [replace(n, online=False) if n.node_id == drained else n for n in nodes]
+        second = place(after, [demand], first.assignments, now=NOW)
+        result.update(drained=drained, placed_after=sorted(second.assignments[1]),
+                      events=[(e.kind, e.node_id) for e in second.events])  # fmt: skip
+        drained_at = time.monotonic()
+        lineside_cluster.apply_slice(spec(second.assignments[1]))
+        result["ray_after"] = wait_for("multi", ray_to_lineside, placement_of(second.assignments[1]))
+        result["move_s"] = round(time.monotonic() - drained_at, 1)
+        streaming.join()
+        report = simulation.report
+        result.update(sent=report.sent, answered=report.results + report.errors, lost=report.lost,
+                      answered_after_drain=sum(1 for t in report.answered_at if t > drained_at + result["move_s"]),
+                      longest_gap_s=round(report.longest_gap_s(), 1))  # fmt: skip
+        serve.shutdown()
+    ray.shutdown()
+    ray_cluster.shutdown()
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
+    sys.exit(0)

@@ -1,0 +1,75 @@
+"""The scheduler behind the API: placement on joined nodes, the compute bank's windows, draining."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from tests.integration.cp_fixtures import ControlPlane, bearer, ok
+
+MONDAY_NOON, MONDAY_NIGHT = datetime(2026, 11, 30, 12, 0), datetime(2026, 11, 30, 21, 0)
+
+
+def _node(cp: ControlPlane, hostname: str) -> tuple[int, dict[str, str]]:
+    token = ok(cp.client.post(f"/sites/{cp.site_id}/join-tokens", headers=cp.op), 201)["token"]
+    body = {"token": token, "hostname": hostname, "cpus": 4, "memory_mb": 16000}
+    node = ok(cp.client.post("/agent/v1/join", json=body), 201)
+    return node["id"], bearer(node["node_token"])
+
+
+def _slice(cp: ControlPlane, slice_id: int, who: str = "a") -> dict[str, object]:
+    return ok(cp.client.get(f"/slices/{slice_id}", headers=getattr(cp, who).pm))  # type: ignore[no-any-return]
+
+
+def test_bank_windows_and_draining_move_replicas(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    clock = {"now": MONDAY_NOON}
+    cp.client.app.state.clock = lambda: clock["now"]  # type: ignore[attr-defined]
+    own, own_agent = _node(cp, "own-1")
+    lab, lab_agent = _node(cp, "lab-1")
+    for agent in (own_agent, lab_agent):
+        ok(cp.client.post("/agent/v1/heartbeat", json={}, headers=agent))
+    placed = _slice(cp, cp.a.ids["slice"])["placement"]
+    assert sum(placed.values()) == 1  # type: ignore[attr-defined]
+
+    # The lab lends its server on weekday nights: only bank slices may use it, only then.
+    window = {"contributed": True, "windows": [{"days": [0, 1, 2, 3, 4], "start": "20:00", "end": "07:00"}]}
+    ok(cp.client.put(f"/nodes/{lab}/contribution", json=window, headers=cp.op))
+    body = {"slug": "night-batch", "line_ids": [cp.a.line_id], "model_version_id": 1, "max_replicas": 2,
+            "priority": "bank"}  # fmt: skip
+    bank = ok(cp.client.post("/slices", json=body, headers=cp.a.pm), 201)
+    assert bank["placement"] == {}  # noon: the window is closed
+    assert _slice(cp, cp.a.ids["slice"])["placement"] == {str(own): 1}  # reserved stays on own nodes
+    clock["now"] = MONDAY_NIGHT
+    ok(cp.client.put(f"/nodes/{lab}/contribution", json=window, headers=cp.op))
+    assert _slice(cp, bank["id"])["placement"] == {str(lab): 2}
+
+    # Pinning reaches the agent only once the lab's raylet advertises its resource.
+    def bank_spec() -> dict[str, object]:
+        state = ok(cp.client.get("/agent/v1/desired", headers=own_agent))
+        return next(s["spec"] for s in state["slices"] if s["slice_id"] == bank["id"])
+
+    assert bank_spec()["placement"] is None
+    ok(cp.client.post("/agent/v1/heartbeat", json={"ray_resources": [f"lineside_node_{own}", f"lineside_node_{lab}"]},
+                      headers=own_agent))  # fmt: skip
+    assert bank_spec()["placement"] == {f"lineside_node_{lab}": 2}
+
+    # Draining the operator's own node: reserved slices have nowhere to go (the lab is bank-only).
+    ok(cp.client.post(f"/nodes/{own}/status", json={"status": "draining"}, headers=cp.op))
+    assert _slice(cp, cp.a.ids["slice"])["placement"] == {}
+    assert ok(cp.client.get(f"/nodes/{own}", headers=cp.op))["status"] == "drained"
+    events = ok(cp.client.get(f"/slices/{cp.a.ids['slice']}/events", headers=cp.a.pm))
+    assert events[0]["kind"] == "drain" and "no longer eligible" in events[0]["reason"]
+    assert "do not fit" in events[0]["reason"]  # the alert for operators rides along
+    # Undrain: the reserved slice comes back.
+    ok(cp.client.post(f"/nodes/{own}/status", json={"status": "online"}, headers=cp.op))
+    assert _slice(cp, cp.a.ids["slice"])["placement"] == {str(own): 1}
+
+
+def test_priority_and_placement_are_not_mass_assignable(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    body = {"slug": "x", "line_ids": [cp.a.line_id], "model_version_id": 1, "placement": {"1": 5}}
+    assert cp.client.post("/slices", json=body, headers=cp.a.pm).status_code == 422
+    window = {"contributed": True, "windows": [{"days": [9], "start": "25:00", "end": "07:00"}]}
+    response = cp.client.put("/nodes/1/contribution", json=window, headers=cp.op)
+    assert response.status_code == 422 and "weekdays" in response.text
+    assert cp.client.put("/nodes/1/contribution", json={"contributed": False}, headers=cp.a.pm).status_code == 403

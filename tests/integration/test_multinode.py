@@ -1,0 +1,22 @@
+"""Multi-node Ray: replicas run where the scheduler put them and move when a node is drained."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_replicas_follow_the_scheduler_across_ray_nodes() -> None:
+    scenario = Path(__file__).with_name("multinode_scenario.py")
+    done = subprocess.run([sys.executable, str(scenario)], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    before, after, drained = result["placed_before"], result["placed_after"], result["drained"]
+    assert len(before) == 2 and len(set(before)) == 2, result  # spread over two nodes
+    assert result["ray_before"] == {f"model-lineside_node_{n}": [n] for n in before}, result
+    assert drained not in after and len(after) == 2, result
+    assert result["ray_after"] == {f"model-lineside_node_{n}": [n] * after.count(n) for n in set(after)}, result
+    assert result["lost"] == 0 and result["answered_after_drain"] > 0, result
