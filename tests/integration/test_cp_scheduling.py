@@ -17,7 +17,7 @@ def _node(cp: ControlPlane, hostname: str) -> tuple[int, dict[str, str]]:
 
 
 def _slice(cp: ControlPlane, slice_id: int, who: str = "a") -> dict[str, object]:
-    return ok(cp.client.get(f"/slices/{slice_id}", headers=getattr(cp, who).pm))  # type: ignore[no-any-return]
+    return ok(cp.client.get(f"/slices/{slice_id}", headers=getattr(cp, who).pm))
 
 
 def test_bank_windows_and_draining_move_replicas(control_plane: ControlPlane) -> None:
