@@ -101,6 +101,7 @@ class Agent:
     status: Callable[[str], dict[str, Any]] = cluster.app_status
     profiler: Callable[..., ProfileResult] = profile
     ray_resources: Callable[[], list[str]] = cluster.lineside_resources
+    head: bool = True  # the head's agent applies the site's slices; worker nodes' agents only report
     applied: dict[str, int] = field(default_factory=dict)  # app name -> generation applied
     errors: dict[str, str] = field(default_factory=dict)
     _etag: str | None = None
@@ -202,6 +203,9 @@ class Agent:
         body = {**{k: v for k, v in inventory().items() if k != "hostname"},
                 "applications": sorted(self.applications()), "slices": reports,
                 "ray_resources": self.ray_resources()}  # fmt: skip
+        self._beat(body)
+
+    def _beat(self, body: dict[str, Any]) -> None:
         try:
             response = self.client.post("/agent/v1/heartbeat", json=body, headers=self._headers())
             if response.status_code != 200:
@@ -210,6 +214,9 @@ class Agent:
             log.warning("heartbeat failed (%s); slices keep serving", e)
 
     def step(self) -> list[dict[str, Any]]:
+        if not self.head:
+            self._beat({**{k: v for k, v in inventory().items() if k != "hostname"}})
+            return []
         state = self.pull()
         reports = self.reconcile(state)
         self.heartbeat(reports)

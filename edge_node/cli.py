@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -296,9 +297,15 @@ def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address
     from edge_node.slice_spec import NODE_RESOURCE_PREFIX
 
     # The node's own resource lets the control plane's scheduler pin replicas here.
-    cluster.start(ray_address, resources={f"{NODE_RESOURCE_PREFIX}{node['id']}": 1000})
+    resources: dict[str, float] = {f"{NODE_RESOURCE_PREFIX}{node['id']}": 1000.0}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if ray_address:  # a worker node: its raylet joins the site's cluster; the head's agent applies slices
+        subprocess.run(["ray", "start", "--address", ray_address, "--resources", json.dumps(resources)], check=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            Agent(client, node["node_token"], data_dir, period_s=period, head=False).run(stop)
+        return
+    cluster.start(None, resources=resources)
     try:
         Agent(client, node["node_token"], data_dir, period_s=period).run(stop)
     except KeyboardInterrupt:

@@ -145,6 +145,8 @@ def test_agent_joins_pulls_desired_state_and_reports(control_plane: ControlPlane
     app_a = f"t{cp.a.tenant_id}-inspect"
     ok(cp.client.post("/agent/v1/heartbeat", json={"applications": [app_a]}, headers=agent))
     assert ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["status"] == "deleting"
+    ok(cp.client.post("/agent/v1/heartbeat", json={}, headers=agent))  # a worker node's beat says nothing of apps
+    assert ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["status"] == "deleting"
     ok(cp.client.post("/agent/v1/heartbeat", json={"applications": []}, headers=agent))
     assert ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["status"] == "deleted"
     assert all(

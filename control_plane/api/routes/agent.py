@@ -45,7 +45,9 @@ class Heartbeat(BaseModel):
     cpus: int | None = Field(default=None, ge=1)
     memory_mb: int | None = Field(default=None, ge=1)
     gpus: list[dict[str, Any]] | None = None
-    applications: list[str] = Field(default_factory=list, description="Lineside Serve applications present.")
+    applications: list[str] | None = Field(
+        default=None, description="Lineside Serve applications present (the head's agent); None from worker nodes."
+    )
     ray_resources: list[str] | None = Field(default=None, description="lineside_node_<id> resources in the cluster.")
     slices: list[SliceReport] = Field(default_factory=list)
 
@@ -83,7 +85,8 @@ def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, request: 
         node.gpus = body.gpus
     for report in body.slices:
         _record(session, node, report)
-    _finish_deletions(session, node.site_id, set(body.applications))
+    if body.applications is not None:
+        _finish_deletions(session, node.site_id, set(body.applications))
     session.commit()
     if came_online:
         site = session.get(Site, node.site_id)
