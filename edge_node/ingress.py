@@ -140,6 +140,13 @@ class FrameIngress:
         does not serialise socket writes across threads, so only that thread writes)."""
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
+        self.client_id = client_id
+        self._unsubscribing = False
+        self._leave = threading.Event()
+        """Set by ``stop``: the network thread leaves the shared subscriptions."""
+        self._left = threading.Event()
+        """The broker confirmed the unsubscribe: no new frames are routed to this replica."""
+        self._client.on_unsubscribe = lambda *_args: self._left.set()
 
     def _mqtt_client(self, client_id: str, *, manual_ack: bool) -> mqtt.Client:
         client = mqtt.Client(
@@ -160,16 +167,46 @@ class FrameIngress:
         self._network.start()
         self._batcher.start()
 
-    def stop(self) -> None:
-        """Finish batches in progress, then disconnect; unacknowledged frames stay with the broker."""
+    def stop(self, drain_s: float = 15.0) -> None:
+        """Leave the line gracefully: unsubscribe, answer every frame already delivered, end the session.
+
+        A replica that Serve replaces (rolling update, scale-down) may come back under another
+        rank, i.e. another client id; a persistent session left behind with frames in it would
+        keep receiving its share of the line's frames with nobody reading them. So the replica
+        first leaves the shared subscriptions, answers and acknowledges what the broker already
+        routed to it, and then disconnects with a session expiry of 0. If that does not finish
+        within ``drain_s`` the session is kept, so that its frames are not lost.
+        """
+        drained = self._drain(drain_s) if self.connected.is_set() else False
         self._stop.set()
         self._batcher.join(timeout=5)
         self._pool.shutdown(wait=True)
         self._network.join(timeout=5)
         self._send_acks()
-        self._client.disconnect()
+        if drained:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+            self._client.disconnect(properties=props)
+        else:
+            self._client.disconnect()
         self._publisher.disconnect()
         self._publisher.loop_stop()
+
+    def _drain(self, drain_s: float) -> bool:
+        self._leave.set()
+        self._wake_w.send(b"\0")
+        deadline = time.monotonic() + drain_s
+        received, quiet_since = self.counts["frames_received"], time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            if self.counts["frames_received"] != received:
+                received, quiet_since = self.counts["frames_received"], time.monotonic()
+            elif self._left.is_set() and self._backlog == 0 and time.monotonic() - quiet_since > 0.5:
+                log.info("ingress %s left the line with every delivered frame answered", self.client_id)
+                return True
+        log.warning("ingress %s still had %d frames after %.0fs; keeping its session", self.client_id,
+                    self._backlog, drain_s)  # fmt: skip
+        return False
 
     def _network_loop(self) -> None:
         """paho's network loop, run by hand so that reading stops while the backlog is full.
@@ -204,6 +241,9 @@ class FrameIngress:
                     backoff = min(backoff * 2, 10.0)
                 continue
             self._send_acks()
+            if self._leave.is_set() and not self._unsubscribing:
+                self._unsubscribing = True
+                client.unsubscribe(self.spec.frame_filters)
             readable = [self._wake_r, sock] if self._backlog < self.spec.max_inflight_frames else [self._wake_r]
             writable = [sock] if client.want_write() else []
             try:

@@ -224,6 +224,7 @@ def build_app(spec: SliceSpec) -> Any:
         num_replicas=spec.ingress_replicas,
         ray_actor_options={"num_cpus": spec.resources.ingress_cpus},
         health_check_period_s=5,
+        graceful_shutdown_timeout_s=30,  # the ingress drains its frames on the way out (FrameIngress.stop)
     ).bind(spec_json, *models)
 
 

@@ -32,6 +32,10 @@ from edge_node.slice_spec import NODE_RESOURCE_PREFIX, BrokerSpec, ReplicaSpec, 
 NOW = datetime(2026, 11, 30, 12, 0)
 
 
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def replica_nodes(app: str, ray_to_lineside: dict[str, int]) -> dict[str, list[int]]:
     """Alive model replicas per deployment and the Lineside node each runs on, from Ray's state API."""
     found: dict[str, list[int]] = {}
@@ -66,6 +70,7 @@ def main() -> dict[str, Any]:
         "num_cpus": 1, "resources": {f"{NODE_RESOURCE_PREFIX}1": 1000}, "include_dashboard": True})  # fmt: skip
     for node_id in (2, 3):
         ray_cluster.add_node(num_cpus=1, resources={f"{NODE_RESOURCE_PREFIX}{node_id}": 1000})
+    say("cluster up; connecting")
     ray.init(address=ray_cluster.address, logging_level=logging.WARNING, log_to_driver=False)
     serve.start(proxy_location="Disabled")
     ray_to_lineside = {
@@ -88,10 +93,12 @@ def main() -> dict[str, Any]:
                 placement=placement_of(assignments),
             )  # fmt: skip
 
+        say(f"applying placement {first.assignments[1]}")
         lineside_cluster.apply_slice(spec(first.assignments[1]))
+        say("applied")
         result["ray_before"] = wait_for("multi", ray_to_lineside, placement_of(first.assignments[1]))
         simulation = Simulation(broker.host, broker.port, tenant="acme", line="line-1", robots=4, fps=4, pool=pool,
-                                timeout_s=10, retries=5)  # fmt: skip
+                                timeout_s=5, retries=4)  # fmt: skip
         streaming = threading.Thread(target=simulation.run, args=(45,))
         streaming.start()
         time.sleep(8)
@@ -100,6 +107,7 @@ def main() -> dict[str, Any]:
         second = place(after, [demand], first.assignments, now=NOW)
         result.update(drained=drained, placed_after=sorted(second.assignments[1]),
                       events=[(e.kind, e.node_id) for e in second.events])  # fmt: skip
+        say(f"draining node {drained}: new placement {second.assignments[1]}")
         drained_at = time.monotonic()
         lineside_cluster.apply_slice(spec(second.assignments[1]))
         result["ray_after"] = wait_for("multi", ray_to_lineside, placement_of(second.assignments[1]))
