@@ -484,6 +484,7 @@ class ScaleKind(StrEnum):
     REACTIVE = "reactive"
     PREEMPTION = "preemption"
     DRAIN = "drain"
+    ALERT = "alert"  # a reserved slice no longer fits: operators must add capacity
 
 
 class ScaleEvent(SQLModel, table=True):
@@ -500,6 +501,7 @@ class ScaleEvent(SQLModel, table=True):
 
 
 class ScaleEventPublic(SQLModel):
+    slice_id: int
     at: datetime
     kind: ScaleKind
     min_before: int

@@ -64,6 +64,13 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
             min_after=item.min_replicas, max_before=before, max_after=after,
             reason=f"placement {item.placement or '{}'} -> {placed}: " + ("; ".join(reasons) or "placed"),
         ))  # fmt: skip
+        alerts = [e.reason for e in result.alerts if e.slice_id == item.id]
+        if alerts:
+            session.add(ScaleEvent(
+                tenant_id=item.tenant_id, slice_id=item.id, kind=ScaleKind.ALERT, min_before=item.min_replicas,
+                min_after=item.min_replicas, max_before=before, max_after=after,
+                reason=f"reserved slice {item.slug}: " + "; ".join(alerts) + "; add or undrain nodes on this site",
+            ))  # fmt: skip
         item.placement = placed
         item.generation += 1
         log.info("slice %s placed %s (%s)", item.slug, placed, "; ".join(reasons) or "new")

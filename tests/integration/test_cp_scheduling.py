@@ -58,8 +58,11 @@ def test_bank_windows_and_draining_move_replicas(control_plane: ControlPlane) ->
     assert _slice(cp, cp.a.ids["slice"])["placement"] == {}
     assert ok(cp.client.get(f"/nodes/{own}", headers=cp.op))["status"] == "drained"
     events = ok(cp.client.get(f"/slices/{cp.a.ids['slice']}/events", headers=cp.a.pm))
-    assert events[0]["kind"] == "drain" and "no longer eligible" in events[0]["reason"]
-    assert "do not fit" in events[0]["reason"]  # the alert for operators rides along
+    assert {e["kind"] for e in events[:2]} == {"drain", "alert"}
+    assert any("no longer eligible" in e["reason"] for e in events[:2])
+    alerts = ok(cp.client.get("/alerts", headers=cp.op))
+    assert alerts[0]["slice_id"] == cp.a.ids["slice"] and "add or undrain nodes" in alerts[0]["reason"]
+    assert cp.client.get("/alerts", headers=cp.a.pm).status_code == 403
     # Undrain: the reserved slice comes back.
     ok(cp.client.post(f"/nodes/{own}/status", json={"status": "online"}, headers=cp.op))
     assert _slice(cp, cp.a.ids["slice"])["placement"] == {str(own): 1}

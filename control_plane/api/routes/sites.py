@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter, Request
-from sqlmodel import select
+from sqlmodel import col, select
 
 from control_plane import broker_sync, placement
 from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, insert
@@ -18,6 +18,9 @@ from control_plane.models import (
     NodeContribution,
     NodePublic,
     NodeStatusChange,
+    ScaleEvent,
+    ScaleEventPublic,
+    ScaleKind,
     Site,
     SiteCreate,
     SitePublic,
@@ -116,6 +119,14 @@ def change_node_status(
     placement.place_site(session, _site(session, node.site_id), request.app.state.clock())
     session.refresh(node)
     return node
+
+
+@router.get("/alerts", response_model=list[ScaleEventPublic])
+def list_alerts(session: SessionDep, caller: CurrentUser, limit: int = 100) -> list[ScaleEvent]:
+    """Reserved capacity that no longer fits anywhere, newest first (operators)."""
+    caller.require(*CAN["manage_nodes"], action="reading capacity alerts")
+    query = select(ScaleEvent).where(ScaleEvent.kind == ScaleKind.ALERT).order_by(col(ScaleEvent.id).desc())
+    return list(session.exec(query.limit(min(max(limit, 1), 1000))))
 
 
 @router.put("/nodes/{node_id}/contribution", response_model=NodePublic)

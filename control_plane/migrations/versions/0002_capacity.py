@@ -66,7 +66,9 @@ def upgrade() -> None:
         sa.Column("slice_id", sa.Integer(), nullable=False),
         sa.Column("at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column(
-            "kind", sa.Enum("MANUAL", "PLANNED", "REACTIVE", "PREEMPTION", "DRAIN", name="scalekind"), nullable=False
+            "kind",
+            sa.Enum("MANUAL", "PLANNED", "REACTIVE", "PREEMPTION", "DRAIN", "ALERT", name="scalekind"),
+            nullable=False,
         ),
         sa.Column("min_before", sa.Integer(), nullable=False),
         sa.Column("min_after", sa.Integer(), nullable=False),
