@@ -76,3 +76,22 @@ def test_priority_and_placement_are_not_mass_assignable(control_plane: ControlPl
     response = cp.client.put("/nodes/1/contribution", json=window, headers=cp.op)
     assert response.status_code == 422 and "weekdays" in response.text
     assert cp.client.put("/nodes/1/contribution", json={"contributed": False}, headers=cp.a.pm).status_code == 403
+
+
+def test_worker_node_agent_only_reports(control_plane: ControlPlane, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from edge_node.agent import Agent, join
+
+    cp = control_plane
+    token = ok(cp.client.post(f"/sites/{cp.site_id}/join-tokens", headers=cp.op), 201)["token"]
+    node = join(cp.client, token, Path(str(tmp_path)) / "worker", ray_address="10.0.0.1:6379")
+
+    def never(*_args: object) -> None:
+        raise AssertionError("a worker node's agent applied or deleted a slice")
+
+    worker = Agent(cp.client, node["node_token"], Path(str(tmp_path)) / "worker", apply=never, delete=never,
+                   head=False)  # fmt: skip
+    assert worker.step() == []
+    joined = ok(cp.client.get(f"/nodes/{node['id']}", headers=cp.op))
+    assert joined["status"] == "online" and joined["ray_address"] == "10.0.0.1:6379"
