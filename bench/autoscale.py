@@ -68,7 +68,7 @@ def _spec(broker: MosquittoBroker, delay_ms: float, max_replicas: int, name: str
     return SliceSpec(
         name=name, tenant="bench", lines=[name], broker=BrokerSpec(host=broker.host, port=broker.port),
         replicas=ReplicaSpec(min_replicas=1, max_replicas=max_replicas, upscale_delay_s=3.0, downscale_delay_s=60.0,
-                             target_ongoing_requests=2.0),
+                             target_ongoing_requests=1.0),
         batch=BatchSpec(max_batch_size=1, batch_wait_ms=0, ingress_batch=1, ingress_wait_ms=0, ingress_concurrency=8),
         resources=ResourceSpec(cpus_per_replica=0.25, ingress_cpus=0.25, ort_threads=1),
         inject_delay_ms=delay_ms,

@@ -26,6 +26,7 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
+from edge_node.autoscaling import POLICY as LINE_POLICY
 from edge_node.ingress import FrameIngress
 from edge_node.runtime import InspectionModel, as_reply
 from edge_node.settings import EdgeSettings
@@ -197,6 +198,10 @@ def _model_deployment(spec: SliceSpec, spec_json: str, name: str, low: int, high
             "upscale_delay_s": spec.replicas.upscale_delay_s,
             "downscale_delay_s": spec.replicas.downscale_delay_s,
             "metrics_interval_s": 1.0,
+            "policy": {
+                "policy_function": LINE_POLICY,
+                "policy_kwargs": {"downscale_utilization": spec.replicas.downscale_utilization},
+            },
             "look_back_period_s": 5.0,
         },
         max_ongoing_requests=max(spec.batch.max_batch_size, 16),

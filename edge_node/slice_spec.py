@@ -62,6 +62,9 @@ class ReplicaSpec(_Strict):
     )
     upscale_delay_s: float = Field(default=3.0, ge=0, description="Sustained load needed before adding replicas.")
     downscale_delay_s: float = Field(default=60.0, ge=0, description="Sustained idleness before removing replicas.")
+    downscale_utilization: float = Field(
+        default=0.7, gt=0, le=1, description="Remove a replica only if the rest would run at or below this share."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ReplicaSpec:
