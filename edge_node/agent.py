@@ -8,7 +8,9 @@ Lifecycle (``lineside edge-node join`` then ``lineside edge-node run``)::
              cache them on disk, reconcile Ray Serve, heartbeat with the actual state
 
 Reconciliation is level-triggered: it compares the desired generations with
-what this agent last applied (<data_dir>/applied.json) and with the
+what this agent last applied (<data_dir>/applied.json: generation and a
+digest of the spec and model, so a new generation that changes nothing Serve
+sees, e.g. a placement without pinning, is not re-applied) and with the
 applications Serve really has, applies only the difference, and deletes
 Lineside applications that are no longer desired. Applying the same desired
 state twice changes nothing; an agent killed mid-apply re-applies on its next
@@ -44,6 +46,12 @@ log = logging.getLogger(__name__)
 
 class AgentError(EdgeNodeError):
     """The agent cannot join or cannot reach what it needs."""
+
+
+def _digest(item: dict[str, Any]) -> str:
+    """What Serve sees of a desired slice: its spec and model, not its generation number."""
+    content = json.dumps({"spec": item["spec"], "model": item["model"]["sha256"]}, sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def inventory() -> dict[str, Any]:
@@ -102,7 +110,7 @@ class Agent:
     profiler: Callable[..., ProfileResult] = profile
     ray_resources: Callable[[], list[str]] = cluster.lineside_resources
     head: bool = True  # the head's agent applies the site's slices; worker nodes' agents only report
-    applied: dict[str, int] = field(default_factory=dict)  # app name -> generation applied
+    applied: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> {"generation", "digest"}
     errors: dict[str, str] = field(default_factory=dict)
     _etag: str | None = None
 
@@ -110,7 +118,7 @@ class Agent:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "models").mkdir(exist_ok=True)
         if self._applied_path.exists():
-            self.applied = {k: int(v) for k, v in json.loads(self._applied_path.read_text()).items()}
+            self.applied = json.loads(self._applied_path.read_text())
 
     @property
     def _cache_path(self) -> Path:
@@ -171,16 +179,19 @@ class Agent:
         desired = {s["spec"]["name"]: s for s in state.get("slices", [])}
         reports = []
         for name, item in desired.items():
-            if self.applied.get(name) != item["generation"] or name not in present:
+            digest = _digest(item)
+            if self.applied.get(name, {}).get("digest") != digest or name not in present:
                 try:
                     spec = SliceSpec.model_validate({**item["spec"], "manifest": self._model_manifest(item["model"])})
                     log.info("applying slice %s generation %s", name, item["generation"])
                     self.apply(spec)
-                    self.applied[name] = item["generation"]
+                    self.applied[name] = {"generation": item["generation"], "digest": digest}
                     self.errors.pop(name, None)
                 except Exception as e:  # keep going with the other slices; report this one as failed
                     log.exception("slice %s could not be applied", name)
                     self.errors[name] = f"{type(e).__name__}: {e}"[:1000]
+            else:
+                self.applied[name]["generation"] = item["generation"]  # same content: nothing to do in Serve
             reports.append(self._report(name, item))
         for name in sorted(set(self.applied) - set(desired)):
             log.info("deleting slice %s: no longer desired", name)
@@ -195,7 +206,7 @@ class Agent:
                     "failed": True, "message": self.errors[name]}  # fmt: skip
         status = self.status(name)
         replicas = {d: v.get("replicas", {}) for d, v in status.get("deployments", {}).items()}
-        return {"slice_id": item["slice_id"], "generation": self.applied.get(name, 0),
+        return {"slice_id": item["slice_id"], "generation": self.applied.get(name, {}).get("generation", 0),
                 "healthy": status.get("status") == "RUNNING", "message": status.get("status", ""),
                 "replicas": replicas}  # fmt: skip
 
