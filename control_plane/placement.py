@@ -59,11 +59,12 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
                    for e in result.events if e.slice_id == item.id and e.kind != "placed"]  # fmt: skip
         kind = ScaleKind.DRAIN if any("no longer eligible" in r for r in reasons) else ScaleKind.PREEMPTION
         before, after = sum(item.placement.values()), sum(placed.values())
-        session.add(ScaleEvent(
-            tenant_id=item.tenant_id, slice_id=item.id, kind=kind, min_before=item.min_replicas,
-            min_after=item.min_replicas, max_before=before, max_after=after,
-            reason=f"placement {item.placement or '{}'} -> {placed}: " + ("; ".join(reasons) or "placed"),
-        ))  # fmt: skip
+        if reasons:  # new replicas merely placed are explained by the event that asked for them
+            session.add(ScaleEvent(
+                tenant_id=item.tenant_id, slice_id=item.id, kind=kind, min_before=item.min_replicas,
+                min_after=item.min_replicas, max_before=before, max_after=after,
+                reason=f"placement {item.placement or '{}'} -> {placed}: " + "; ".join(reasons),
+            ))  # fmt: skip
         alerts = [e.reason for e in result.alerts if e.slice_id == item.id]
         if alerts:
             session.add(ScaleEvent(

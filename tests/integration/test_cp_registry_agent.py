@@ -131,11 +131,19 @@ def test_agent_joins_pulls_desired_state_and_reports(control_plane: ControlPlane
     sha = spec_a["model"]["sha256"]
     assert hashlib.sha256(cp.client.get(f"/agent/v1/models/{sha}", headers=agent).content).hexdigest() == sha
     # Heartbeat with the actual state: the slice becomes running at generation 2.
-    report = {"slice_id": cp.a.ids["slice"], "generation": 2, "healthy": True, "replicas": {"model": 3}}
+    report = {"slice_id": cp.a.ids["slice"], "generation": 2, "healthy": True,
+              "replicas": {"model": {"RUNNING": 1}}}  # fmt: skip
     beat = ok(cp.client.post("/agent/v1/heartbeat", json={"slices": [report], "applications": []}, headers=agent))
     assert beat["status"] == "online"
     slice_a = ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))
     assert (slice_a["status"], slice_a["observed_generation"]) == ("running", 2)
+    # Serve's autoscaler adds replicas within the bounds: recorded as a reactive scale change.
+    current = ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["generation"]  # placement bumps it
+    more = {**report, "generation": current, "replicas": {"model": {"RUNNING": 3}}}
+    ok(cp.client.post("/agent/v1/heartbeat", json={"slices": [more]}, headers=agent))
+    reactive = [e for e in ok(cp.client.get(f"/slices/{cp.a.ids['slice']}/events", headers=cp.a.pm))
+                if e["kind"] == "reactive"]  # fmt: skip
+    assert len(reactive) == 1 and "1 -> 3 running model replicas" in reactive[0]["reason"]
     # A stale report (generation 1) does not overwrite it.
     stale = {**report, "generation": 1, "healthy": False, "failed": True}
     ok(cp.client.post("/agent/v1/heartbeat", json={"slices": [stale]}, headers=agent))

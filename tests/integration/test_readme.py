@@ -16,10 +16,10 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_block(marker: str) -> str:
-    """The ```sh block that follows ``<!-- readme-test: marker -->`` in README.md."""
-    match = re.search(rf"<!-- readme-test: {marker} -->\n```sh\n(.*?)```", README.read_text(), re.S)
-    assert match, f"README.md has no block marked readme-test: {marker}"
-    return match.group(1)
+    """The ```sh blocks that follow ``<!-- readme-test: marker -->`` in README.md, in order, as one script."""
+    blocks = re.findall(rf"<!-- readme-test: {marker} -->\n```sh\n(.*?)```", README.read_text(), re.S)
+    assert blocks, f"README.md has no block marked readme-test: {marker}"
+    return "\n".join(blocks)
 
 
 def test_control_plane_walkthrough_runs_as_written(tmp_path: Path) -> None:
@@ -45,6 +45,8 @@ def test_control_plane_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert '"verdict":' in output, output[-4000:]  # mosquitto_rr printed the robot's verdict
     assert '"max_replicas":2' in output, output[-4000:]  # the scale call answered the new bounds
     assert "mosquitto_pub -h 127.0.0.1" in output  # factory IT's ready-to-run example was printed
+    assert '"shortfall_cost_per_hour"' in output and '"floor_now"' in output  # the order plan and its floors
+    assert '"kind":"manual"' in output  # the scale call's event, with its reason
 
 
 def _stop_group(pgid: int) -> None:

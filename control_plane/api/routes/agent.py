@@ -20,6 +20,8 @@ from control_plane.models import (
     NodeJoin,
     NodeJoined,
     NodePublic,
+    ScaleEvent,
+    ScaleKind,
     Site,
     Slice,
     utcnow,
@@ -106,7 +108,20 @@ def _record(session: SessionDep, node: Node, report: SliceReport) -> None:
     item.status = transition(item.status, target, what=f"slice {item.slug}")
     item.observed_generation = report.generation
     item.status_message = report.message
+    before, after = _running_models(item.actual.get("replicas", {})), _running_models(report.replicas)
+    if item.actual and before != after:
+        assert item.id is not None
+        session.add(ScaleEvent(
+            tenant_id=item.tenant_id, slice_id=item.id, kind=ScaleKind.REACTIVE, min_before=item.min_replicas,
+            min_after=item.min_replicas, max_before=item.max_replicas, max_after=item.max_replicas,
+            reason=f"Serve's autoscaler: {before} -> {after} running model replicas (load within the bounds)",
+        ))  # fmt: skip
     item.actual = {"replicas": report.replicas, "reported_at": utcnow().isoformat()}
+
+
+def _running_models(replicas: dict[str, Any]) -> int:
+    """Running model replicas over the slice's model deployments (one per node when pinned)."""
+    return sum(int(states.get("RUNNING", 0)) for name, states in replicas.items() if name.startswith("model"))
 
 
 def _finish_deletions(session: SessionDep, site_id: int, present: set[str]) -> None:
