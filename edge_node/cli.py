@@ -306,6 +306,7 @@ def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address
             Agent(client, node["node_token"], data_dir, period_s=period, head=False).run(stop)
         return
     cluster.start(None, resources=resources)
+    typer.echo(f"Ray head at {cluster.gcs_address()}: other servers join with --ray-address {cluster.gcs_address()}")
     try:
         Agent(client, node["node_token"], data_dir, period_s=period).run(stop)
     except KeyboardInterrupt:

@@ -59,6 +59,11 @@ def slice_processes(spec: SliceSpec) -> dict[str, dict[str, Any]]:
     return {"ingress": dict(ingress.process.remote().result()), "model": dict(model.info.remote().result())}
 
 
+def gcs_address() -> str:
+    """Address other nodes pass to ``ray start --address`` (and ``lineside edge-node join --ray-address``)."""
+    return str(ray.get_runtime_context().gcs_address)
+
+
 def lineside_resources() -> list[str]:
     """The ``lineside_node_<id>`` resources of the cluster's nodes (which nodes replicas can be pinned to)."""
     return sorted(r for r in ray.cluster_resources() if r.startswith(NODE_RESOURCE_PREFIX))
