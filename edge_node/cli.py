@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -301,7 +302,10 @@ def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if ray_address:  # a worker node: its raylet joins the site's cluster; the head's agent applies slices
-        subprocess.run(["ray", "start", "--address", ray_address, "--resources", json.dumps(resources)], check=True)
+        # Ray 2.60 heads require a cluster token: copy the head's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN).
+        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+        command = ["ray", "start", "--address", ray_address, "--resources", json.dumps(resources)]
+        subprocess.run(command, check=True, env=env)
         with contextlib.suppress(KeyboardInterrupt):
             Agent(client, node["node_token"], data_dir, period_s=period, head=False).run(stop)
         return
