@@ -297,8 +297,12 @@ def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address
     assert isinstance(client, httpx.Client)
     from edge_node.slice_spec import NODE_RESOURCE_PREFIX
 
-    # The node's own resource lets the control plane's scheduler pin replicas here.
-    resources: dict[str, float] = {f"{NODE_RESOURCE_PREFIX}{node['id']}": 1000.0}
+    # The node's own resource lets the control plane's scheduler pin replicas here; the site's marks the
+    # cluster it belongs to (Ray itself adds accelerator_type:<GPU> on GPU nodes).
+    resources: dict[str, float] = {
+        f"{NODE_RESOURCE_PREFIX}{node['id']}": 1000.0,
+        f"lineside_site_{node['site_id']}": 1000.0,
+    }
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if ray_address:  # a worker node: its raylet joins the site's cluster; the head's agent applies slices
