@@ -142,6 +142,11 @@ def slice_run(
         cluster.stop()
 
 
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    """A benchmark's result: one JSON line with --json, indented JSON otherwise."""
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
 bench_app = typer.Typer(help="Benchmarks that print JSON (see BENCHMARKS.md).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
@@ -159,7 +164,7 @@ def bench_pipeline(
     from bench.pipeline import run
 
     result = run(duration, robots, batch, ort_threads, ingress_concurrency)
-    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    _emit(result, as_json)
 
 
 @bench_app.command("runtime")
@@ -171,7 +176,7 @@ def bench_runtime(
     from bench.runtime_throughput import measure
 
     result = measure([1, 8, 32], [1, 2], seconds)
-    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    _emit(result, as_json)
 
 
 @bench_app.command("scheduler")
@@ -185,7 +190,7 @@ def bench_scheduler(
     from bench.scheduler import measure
 
     result = measure(nodes, replicas, baseline_seconds)
-    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    _emit(result, as_json)
 
 
 @bench_app.command("autoscale")
@@ -201,7 +206,7 @@ def bench_autoscale(
     from bench.autoscale import measure
 
     result = measure(model_delay_ms, step_seconds, steady_seconds)
-    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    _emit(result, as_json)
 
 
 @app.command("model-info")
