@@ -28,7 +28,9 @@ def start(
     """
     if not ray.is_initialized():
         ray.init(
-            address=address,
+            # "local" always starts a new cluster; plain None would join any Ray already running on this
+            # machine (e.g. one a `ray start` left behind), where num_cpus and resources are refused.
+            address=address or "local",
             num_cpus=None if address else num_cpus,
             resources=None if address else resources,
             _metrics_export_port=None if address else metrics_port,
