@@ -112,7 +112,8 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, w
     try:
         echo(f"control plane: {server.url} (API docs {server.url}/docs, metrics {server.url}/metrics)")
         setup, broker = provision(client, operator, workdir / "broker", robots)
-        echo(f"broker: mosquitto with dynamic security on {broker.host}:{broker.port}; {robots} robots registered")
+        echo(f"broker: mosquitto with dynamic security on {broker.host}:{broker.port} (config {broker.config_path}); "
+             f"{robots} robots registered")  # fmt: skip
         for role, token in setup.tokens.items():
             echo(f"  {role:<14} token: {token}")
         echo(f"  try: curl -H 'Authorization: Bearer {setup.tokens['plant_manager']}' {server.url}/slices")

@@ -58,8 +58,10 @@ def test_demo_streams_robots_through_a_slice_and_cleans_up() -> None:
     assert "summary:" in result.stdout
     assert "ok: every one of" in result.stdout
     assert "stopped the agent, Ray, the broker and the control plane" in result.stdout
-    leftovers = subprocess.run(["pgrep", "-f", "lineside-demo-"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == "", "the demo left a broker running"
+    config = re.search(r"\(config (\S+)\)", result.stdout)
+    assert config, result.stdout
+    leftovers = subprocess.run(["pgrep", "-f", config.group(1)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "the demo left its broker running"
 
 
 def test_evaluate_prints_one_json_object() -> None:
