@@ -83,14 +83,15 @@ def _apply_plans(engine: Engine, settings: ControlPlaneSettings, clock: Callable
             log.exception("applying order plans failed")
 
 
-def _watch_heartbeats(engine: Engine, settings: ControlPlaneSettings, metrics: Metrics, stop: threading.Event) -> None:
+def _watch_heartbeats(engine: Engine, settings: ControlPlaneSettings, metrics: Metrics,
+                      clock: Callable[[], datetime], stop: threading.Event) -> None:  # fmt: skip
     period = max(0.5, min(5.0, settings.heartbeat_timeout_s / 3))
     while not stop.wait(period):
         try:
             with Session(engine) as session:
                 marked = sites.mark_silent_nodes_offline(session, settings.heartbeat_timeout_s)
                 if marked:
-                    placement.place_all(session, datetime.now())
+                    placement.place_all(session, clock())
             metrics.nodes_marked_offline.inc(len(marked))
         except Exception:  # keep watching; the next pass retries
             log.exception("heartbeat watch failed")
@@ -108,10 +109,10 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        watcher = threading.Thread(target=_watch_heartbeats, args=(engine, settings, metrics, stop), daemon=True)
-        watcher.start()
         clock = lambda: app.state.clock()  # noqa: E731  (tests swap app.state.clock)
-        threading.Thread(target=_apply_plans, args=(engine, settings, clock, stop), daemon=True).start()
+        for loop, args in ((_watch_heartbeats, (engine, settings, metrics, clock, stop)),
+                           (_apply_plans, (engine, settings, clock, stop))):  # fmt: skip
+            threading.Thread(target=loop, args=args, daemon=True).start()
         yield
         stop.set()
 

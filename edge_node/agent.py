@@ -113,12 +113,18 @@ class Agent:
     applied: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> {"generation", "digest"}
     errors: dict[str, str] = field(default_factory=dict)
     _etag: str | None = None
+    _inventory: dict[str, Any] = field(default_factory=dict)
+    _profiled: set[str] = field(default_factory=set)  # "sha256@hardware" reported to the control plane
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "models").mkdir(exist_ok=True)
         if self._applied_path.exists():
             self.applied = json.loads(self._applied_path.read_text())
+        if self._profiles_path.exists():
+            self._profiled = set(json.loads(self._profiles_path.read_text()))
+        # The machine does not change under a running agent: ask nvidia-smi once, not every heartbeat.
+        self._inventory = {k: v for k, v in inventory().items() if k != "hostname"}
 
     @property
     def _cache_path(self) -> Path:
@@ -211,8 +217,7 @@ class Agent:
                 "replicas": replicas}  # fmt: skip
 
     def heartbeat(self, reports: list[dict[str, Any]]) -> None:
-        body = {**{k: v for k, v in inventory().items() if k != "hostname"},
-                "applications": sorted(self.applications()), "slices": reports,
+        body = {**self._inventory, "applications": sorted(self.applications()), "slices": reports,
                 "ray_resources": self.ray_resources()}  # fmt: skip
         self._beat(body)
 
@@ -226,7 +231,7 @@ class Agent:
 
     def step(self) -> list[dict[str, Any]]:
         if not self.head:
-            self._beat({**{k: v for k, v in inventory().items() if k != "hostname"}})
+            self._beat(self._inventory)
             return []
         state = self.pull()
         reports = self.reconcile(state)
@@ -240,15 +245,14 @@ class Agent:
 
     def profile_models(self, state: dict[str, Any]) -> None:
         """Measure each served model once per hardware and report it (the planner needs it)."""
-        done = set(json.loads(self._profiles_path.read_text())) if self._profiles_path.exists() else set()
-        gpus = inventory()["gpus"]
+        gpus = self._inventory["gpus"]
         for item in state.get("slices", []):
             resources = item["spec"].get("resources", {})
             threads = max(1, int(resources.get("cpus_per_replica", 1)))
             on_gpu = resources.get("gpus_per_replica", 0) > 0 and gpus
             hardware = gpus[0]["model"] if on_gpu else f"cpu x{threads}"
             key = f"{item['model']['sha256']}@{hardware}"
-            if key in done or item["spec"]["name"] not in self.applied:
+            if key in self._profiled or item["spec"]["name"] not in self.applied:
                 continue
             batch = item["spec"].get("batch", {}).get("max_batch_size", 32)
             result = self.profiler(self._model_manifest(item["model"]), threads=threads, batch=batch)
@@ -259,10 +263,10 @@ class Agent:
                 log.warning("profile of %s not reported (%s); will retry", key, e)
                 continue
             if response.status_code == 204:
-                done.add(key)
+                self._profiled.add(key)
+                self._profiles_path.write_text(json.dumps(sorted(self._profiled)))
                 log.info("profiled %s: %.0f frames/s per replica, cold start %.2fs", key,
                          result.frames_per_s_per_replica, result.cold_start_s)  # fmt: skip
-        self._profiles_path.write_text(json.dumps(sorted(done)))
 
     def run(self, stop: threading.Event) -> None:
         log.info("agent running: pass every %.0fs", self.period_s)

@@ -105,8 +105,8 @@ class Ingress:
         client_id = f"lineside-{spec.name}-ingress-{context.rank.rank}"
         # One model deployment per node the scheduler chose (or one unpinned); calls rotate over
         # them in proportion to the replicas each holds.
-        weights = list(spec.placement.values()) if spec.placement else [1]
-        self._models = itertools.cycle([m for m, w in _interleave(list(zip(models, weights, strict=True)))])
+        weights = [count for _, count in _pins(spec)] or [1]
+        self._models = itertools.cycle(_interleave(list(zip(models, weights, strict=True))))
         self._models_lock = threading.Lock()
         self._tags = {"slice": spec.name, "tenant": spec.tenant}
         self._answers = metrics.Counter(
@@ -159,7 +159,12 @@ class Ingress:
             self.ingress.stop()
 
 
-def _interleave(weighted: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
+def _pins(spec: SliceSpec) -> list[tuple[str, int]]:
+    """(node resource, replicas) in the one order both the model deployments and the ingress use."""
+    return sorted((spec.placement or {}).items())
+
+
+def _interleave(weighted: list[tuple[Any, int]]) -> list[Any]:
     """Spread items by weight: [(a, 2), (b, 1)] -> a, b, a (smooth weighted round robin)."""
     total = sum(w for _, w in weighted)
     current = [0] * len(weighted)
@@ -169,7 +174,7 @@ def _interleave(weighted: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
             current[i] += w
         best = max(range(len(weighted)), key=lambda i: current[i])
         current[best] -= total
-        order.append(weighted[best])
+        order.append(weighted[best][0])
     return order
 
 
@@ -216,11 +221,10 @@ def build_app(spec: SliceSpec) -> Any:
     a ``model-lineside_node_<id>`` deployment per chosen node, pinned by its custom resource.
     """
     spec_json = spec.model_dump_json(context={REVEAL_SECRETS: True})
-    if spec.placement:
-        pins = sorted(spec.placement)
-        floors = _split_floor(spec.replicas.min_replicas, [spec.placement[p] for p in pins])
-        models = [_model_deployment(spec, spec_json, f"model-{pin}", low, spec.placement[pin], pin)
-                  for pin, low in zip(pins, floors, strict=True)]  # fmt: skip
+    if pins := _pins(spec):
+        floors = _split_floor(spec.replicas.min_replicas, [count for _, count in pins])
+        models = [_model_deployment(spec, spec_json, f"model-{pin}", low, count, pin)
+                  for (pin, count), low in zip(pins, floors, strict=True)]  # fmt: skip
     else:
         models = [_model_deployment(spec, spec_json, "model", spec.replicas.min_replicas, spec.replicas.max_replicas,
                                     None)]  # fmt: skip

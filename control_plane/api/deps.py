@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
@@ -26,7 +27,14 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def _now(request: Request) -> datetime:
+    """The control plane's clock, plant-local (shift times are local); tests replace ``app.state.clock``."""
+    now: datetime = request.app.state.clock()
+    return now
+
+
 SettingsDep = Annotated[ControlPlaneSettings, Depends(_settings)]
+NowDep = Annotated[datetime, Depends(_now)]
 SessionDep = Annotated[Session, Depends(_session)]
 
 

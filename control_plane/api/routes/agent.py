@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
 from control_plane import placement, sites
-from control_plane.api.deps import CurrentNode, SessionDep, SettingsDep
+from control_plane.api.deps import CurrentNode, NowDep, SessionDep, SettingsDep
 from control_plane.errors import NotFound, Unauthenticated
 from control_plane.models import (
     JoinToken,
@@ -73,7 +73,7 @@ def join(body: NodeJoin, session: SessionDep) -> NodeJoined:
 
 
 @router.post("/heartbeat", response_model=NodePublic)
-def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, request: Request) -> Node:
+def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowDep) -> Node:
     """Liveness, inventory and the actual state of the site's slices (from the head's agent)."""
     node.last_heartbeat_at = utcnow()
     came_online = node.status in (NodeStatus.JOINING, NodeStatus.OFFLINE)
@@ -93,7 +93,7 @@ def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, request: 
     if came_online:
         site = session.get(Site, node.site_id)
         assert site is not None
-        placement.place_site(session, site, request.app.state.clock())
+        placement.place_site(session, site, now)
     session.refresh(node)
     return node
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from sqlmodel import col, select
 
 from control_plane import capacity
-from control_plane.api.deps import CurrentUser, SessionDep, scoped_get
+from control_plane.api.deps import CurrentUser, NowDep, SessionDep, scoped_get
 from control_plane.api.routes.models import visible_model
 from control_plane.errors import NotFound
 from control_plane.models import (
@@ -28,11 +28,6 @@ from control_plane.security import CAN
 router = APIRouter(tags=["capacity"])
 
 
-def _now(request: Request) -> datetime:
-    """The control plane's clock (tests replace ``app.state.clock``); naive plant-local time."""
-    return request.app.state.clock()
-
-
 def _preview(session: SessionDep, line: Line, now: datetime) -> list[dict[str, Any]]:
     slices = session.exec(select(Slice).where(Slice.tenant_id == line.tenant_id)).all()
     return [
@@ -44,7 +39,7 @@ def _preview(session: SessionDep, line: Line, now: datetime) -> list[dict[str, A
 
 @router.put("/lines/{line_id}/order-plan")
 def put_order_plan(line_id: int, body: OrderPlanIn, session: SessionDep, caller: CurrentUser,
-                   request: Request) -> dict[str, Any]:  # fmt: skip
+                   now: NowDep) -> dict[str, Any]:  # fmt: skip
     """Set the line's shifts and order volume; answers the resulting floors and cost for the next 7 days."""
     caller.require(*CAN["manage_slices"], action="entering order plans")
     line = scoped_get(session, Line, line_id, caller)
@@ -56,25 +51,24 @@ def put_order_plan(line_id: int, body: OrderPlanIn, session: SessionDep, caller:
         row.plan, row.updated_at = stored, utcnow()
     session.add(row)
     session.commit()
-    return {"line_id": line_id, "plan": stored, "slices": _preview(session, line, _now(request))}
+    return {"line_id": line_id, "plan": stored, "slices": _preview(session, line, now)}
 
 
 @router.get("/lines/{line_id}/order-plan")
-def get_order_plan(line_id: int, session: SessionDep, caller: CurrentUser, request: Request) -> dict[str, Any]:
+def get_order_plan(line_id: int, session: SessionDep, caller: CurrentUser, now: NowDep) -> dict[str, Any]:
     line = scoped_get(session, Line, line_id, caller)
     row = session.exec(select(OrderPlan).where(OrderPlan.line_id == line_id)).first()
     if row is None:
         raise NotFound(f"line {line.slug} has no order plan yet; PUT one")
-    return {"line_id": line_id, "plan": row.plan, "slices": _preview(session, line, _now(request))}
+    return {"line_id": line_id, "plan": row.plan, "slices": _preview(session, line, now)}
 
 
 @router.get("/slices/{slice_id}/plan")
-def get_slice_plan(slice_id: int, session: SessionDep, caller: CurrentUser, request: Request,
+def get_slice_plan(slice_id: int, session: SessionDep, caller: CurrentUser, now: NowDep,
                    days: int = Query(default=7, ge=1, le=31)) -> dict[str, Any]:  # fmt: skip
     """Planned floors per shift window for the slice's lines, with the lease cap and what more would cost."""
     caller.require(*CAN["read_slices"], action="reading capacity plans")
     item = scoped_get(session, Slice, slice_id, caller)
-    now = _now(request)
     planned = capacity.planned_floor(session, item, now)
     return {
         "slice_id": slice_id,

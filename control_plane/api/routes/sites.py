@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from sqlmodel import col, select
 
 from control_plane import broker_sync, placement
-from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, insert
+from control_plane.api.deps import CurrentUser, NowDep, SessionDep, SettingsDep, insert
 from control_plane.errors import Conflict, NotFound
 from control_plane.models import (
     BrokerAdmin,
@@ -107,7 +107,7 @@ def get_node(node_id: int, session: SessionDep, caller: CurrentUser) -> Node:
 
 @router.post("/nodes/{node_id}/status", response_model=NodePublic)
 def change_node_status(
-    node_id: int, body: NodeStatusChange, session: SessionDep, caller: CurrentUser, request: Request
+    node_id: int, body: NodeStatusChange, session: SessionDep, caller: CurrentUser, now: NowDep
 ) -> Node:
     """Drain (``draining``), undrain (``online``) or remove a node; illegal moves answer 409."""
     caller.require(*CAN["manage_nodes"], action="changing node status")
@@ -116,7 +116,7 @@ def change_node_status(
         raise Conflict(f"operators may set draining, online or removed; {body.status.value} is set by the agent")
     node.status = transition(node.status, body.status, what=f"node {node.id} ({node.hostname})")
     session.commit()
-    placement.place_site(session, _site(session, node.site_id), request.app.state.clock())
+    placement.place_site(session, _site(session, node.site_id), now)
     session.refresh(node)
     return node
 
@@ -131,7 +131,7 @@ def list_alerts(session: SessionDep, caller: CurrentUser, limit: int = 100) -> l
 
 @router.put("/nodes/{node_id}/contribution", response_model=NodePublic)
 def set_contribution(node_id: int, body: NodeContribution, session: SessionDep, caller: CurrentUser,
-                     request: Request) -> Node:  # fmt: skip
+                     now: NowDep) -> Node:  # fmt: skip
     """Declare a node part of the compute bank and when it is lent (e.g. weekdays 20:00-07:00, holidays)."""
     caller.require(*CAN["manage_nodes"], action="declaring contributed nodes")
     node = get_node(node_id, session, caller)
@@ -139,6 +139,6 @@ def set_contribution(node_id: int, body: NodeContribution, session: SessionDep, 
     node.windows = [w.model_dump() for w in body.windows]
     node.holidays = [d.isoformat() for d in body.holidays]
     session.commit()
-    placement.place_site(session, _site(session, node.site_id), request.app.state.clock())
+    placement.place_site(session, _site(session, node.site_id), now)
     session.refresh(node)
     return node

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from datetime import datetime
+
+from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from control_plane import capacity, placement, sites
-from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, own_tenant, scoped_get
+from control_plane.api.deps import CurrentUser, NowDep, SessionDep, SettingsDep, own_tenant, scoped_get
 from control_plane.api.routes.models import visible_model
 from control_plane.errors import Conflict
 from control_plane.models import Line, ScaleKind, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
@@ -27,7 +29,7 @@ def _push_ingress(session: Session, settings: ControlPlaneSettings, item: Slice)
 
 @router.post("", response_model=SlicePublic, status_code=201)
 def create_slice(
-    body: SliceCreate, session: SessionDep, settings: SettingsDep, caller: CurrentUser, request: Request
+    body: SliceCreate, session: SessionDep, settings: SettingsDep, caller: CurrentUser, now: NowDep
 ) -> Slice:
     """Rent capacity for some of your lines; the site's agent starts it and reports its status."""
     caller.require(*CAN["manage_slices"], action="buying capacity (creating slices)")
@@ -51,15 +53,15 @@ def create_slice(
         raise Conflict(f"slice {body.slug!r} already exists in your tenant") from e
     _push_ingress(session, settings, item)
     session.commit()
-    _place(session, item, request)
+    _place(session, item, now)
     session.refresh(item)
     return item
 
 
-def _place(session: Session, item: Slice, request: Request) -> None:
+def _place(session: Session, item: Slice, now: datetime) -> None:
     site = session.get(Site, item.site_id)
     assert site is not None
-    placement.place_site(session, site, request.app.state.clock())
+    placement.place_site(session, site, now)
 
 
 @router.get("", response_model=list[SlicePublic])
@@ -75,7 +77,7 @@ def get_slice(slice_id: int, session: SessionDep, caller: CurrentUser) -> Slice:
 
 
 @router.post("/{slice_id}/scale", response_model=SlicePublic)
-def scale_slice(slice_id: int, body: SliceScale, session: SessionDep, caller: CurrentUser, request: Request) -> Slice:
+def scale_slice(slice_id: int, body: SliceScale, session: SessionDep, caller: CurrentUser, now: NowDep) -> Slice:
     """Move the replica bounds; the agent applies the new generation."""
     caller.require(*CAN["manage_slices"], action="scaling capacity")
     item = scoped_get(session, Slice, slice_id, caller)
@@ -84,7 +86,7 @@ def scale_slice(slice_id: int, body: SliceScale, session: SessionDep, caller: Cu
     reason = f"set by user {caller.user_id}"
     capacity.record(session, item, ScaleKind.MANUAL, body.min_replicas, body.max_replicas, reason)
     session.commit()
-    _place(session, item, request)
+    _place(session, item, now)
     session.refresh(item)
     return item
 
