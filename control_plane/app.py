@@ -11,15 +11,17 @@ from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import RedirectResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from control_plane import capacity, db, errors, placement, registry, sites
-from control_plane.api.routes import agent, health, lines, models, robots, slices, tenants
+from control_plane import capacity, db, errors, placement, registry, sites, ui
+from control_plane.api.routes import agent, auth, dashboard, health, lines, models, robots, slices, tenants
 from control_plane.api.routes import capacity as capacity_routes
 from control_plane.api.routes import sites as site_routes
 from control_plane.models import ApiToken, ModelVersion, Role, User
+from control_plane.monitor import SiteMonitors
 from control_plane.security import new_token, token_hash
 from control_plane.settings import ControlPlaneSettings
 from models.manifest import BUNDLED_MANIFEST
@@ -106,6 +108,7 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
         log.warning("first start: operator %s created with API token %s (shown once)", BOOTSTRAP_EMAIL, token)
     metrics = Metrics()
     stop = threading.Event()
+    monitors = SiteMonitors(engine, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -113,6 +116,8 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
         for loop, args in ((_watch_heartbeats, (engine, settings, metrics, clock, stop)),
                            (_apply_plans, (engine, settings, clock, stop))):  # fmt: skip
             threading.Thread(target=loop, args=args, daemon=True).start()
+        if settings.monitor_sites:
+            threading.Thread(target=monitors.run, args=(stop,), name="site-monitors", daemon=True).start()
         yield
         stop.set()
 
@@ -123,11 +128,17 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
         description="Tenants, robots with broker credentials, models and slices of edge GPU capacity.",
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
-    app.state.bootstrap_token = token
+    app.state.bootstrap_token, app.state.monitors = token, monitors
     app.state.clock = datetime.now  # plant-local wall clock; shift times are local
     errors.install(app)
-    for module in (health, tenants, site_routes, lines, robots, models, slices, capacity_routes, agent):
+    for module in (health, auth, tenants, site_routes, lines, robots, models, slices, capacity_routes, dashboard,
+                   agent, ui):  # fmt: skip
         app.include_router(module.router)
+    app.mount("/ui/static", ui.static, name="static")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=303)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

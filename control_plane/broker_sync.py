@@ -13,7 +13,9 @@ to its own frames and status topics, subscribe to and receive its own results
 and errors; and a read-only watcher (``w.tenant.line.robot``) for a second
 connection such as ``mosquitto_sub`` or an MES bridge. Per slice there is one client for its ingress (any client id: the
 ingress opens two connections per replica) allowed to read its lines' frames
-(shared subscriptions included) and write results and errors on those lines.
+(shared subscriptions included), write results and errors on those lines,
+and publish the lines' telemetry. Per site there is one monitor client for the
+control plane's dashboard, which reads telemetry and robots' status topics.
 Everything else is denied by the broker's default ACL access. Passwords are
 derived (``security.derived_secret``), so ``reconcile`` can rebuild a broker
 from the database alone.
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 ADMIN_USERNAME = "lineside-admin"
-MANAGED_PREFIXES = ("r.", "w.", "s.")  # robot, watcher and slice clients; anything else is left alone
+MANAGED_PREFIXES = ("r.", "w.", "s.", "m.")  # robot, watcher, slice and monitor clients; others are left alone
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,25 @@ def ingress_client(app_name: str, tenant: str, lines: list[str], password: str) 
             ("publishClientReceive", frames),
             ("publishClientSend", f"{prefix}/+/{wire.TopicKind.RESULTS.value}"),
             ("publishClientSend", f"{prefix}/+/{wire.TopicKind.ERRORS.value}"),
+            ("publishClientSend", wire.telemetry_topic(tenant, line, app_name)),
         ]
     return BrokerClient(slice_username(app_name), password, None, tuple(acls))
+
+
+def monitor_username(site_name: str) -> str:
+    return f"m.{site_name}"
+
+
+MONITOR_TOPICS = (f"{wire.TELEMETRY_ROOT}/#", f"{wire.TOPIC_ROOT}/+/+/+/{wire.TopicKind.STATUS.value}")
+"""What the control plane's monitor reads on a site: every slice's telemetry and every robot's status."""
+
+
+def monitor_client(site_name: str, password: str) -> BrokerClient:
+    """The control plane's read-only view of a site: telemetry and robots' online/offline status."""
+    acls: list[tuple[str, str]] = []
+    for pattern in MONITOR_TOPICS:
+        acls += [("subscribePattern", pattern), ("publishClientReceive", pattern)]
+    return BrokerClient(monitor_username(site_name), password, None, tuple(acls))
 
 
 @dataclass

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import ConfigDict, field_validator
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from control_plane.scheduler import Priority
@@ -82,6 +82,9 @@ class UserCreate(_Input):
     email: str = Field(max_length=320, description="Login name (an e-mail address).")
     role: Role = Field(description="operator, plant_manager or factory_it.")
     tenant_id: int | None = Field(default=None, description="Operators only: the tenant of the new user.")
+    password: str | None = Field(
+        default=None, min_length=10, max_length=200, description="Dashboard password (10+ characters); optional."
+    )
 
     @field_validator("email")
     @classmethod
@@ -96,6 +99,7 @@ class User(SQLModel, table=True):
     tenant_id: int | None = Field(default=None, foreign_key="tenant.id", index=True)
     email: str = Field(unique=True, index=True, max_length=320)
     role: Role
+    password_hash: str | None = Field(default=None, max_length=200)  # scrypt; None: API tokens only
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -114,6 +118,16 @@ class ApiToken(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
+    expires_at: datetime | None = None  # dashboard sessions expire; API tokens do not
+
+
+class Login(_Input):
+    email: str = Field(max_length=320, description="Login name.")
+    password: str = Field(max_length=200)
+
+
+class PasswordSet(_Input):
+    password: str = Field(min_length=10, max_length=200, description="New dashboard password (10+ characters).")
 
 
 class TokenCreate(_Input):
@@ -199,6 +213,7 @@ class Node(SQLModel, table=True):
     token_hash: str = Field(unique=True, index=True, max_length=64)
     joined_at: datetime = Field(default_factory=utcnow)
     last_heartbeat_at: datetime | None = None
+    utilization: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class NodePublic(SQLModel):
@@ -214,6 +229,7 @@ class NodePublic(SQLModel):
     contributed: bool
     windows: list[dict[str, Any]]
     holidays: list[str]
+    utilization: dict[str, Any] = Field(description="{'cpu': 0..1, 'gpus': [0..1, ...]} from the last heartbeat.")
 
 
 class NodeJoined(NodePublic):
@@ -287,6 +303,9 @@ class Robot(SQLModel, table=True):
     status: RobotStatus = Field(default=RobotStatus.ACTIVE)
     credential_epoch: int = 1
     created_at: datetime = Field(default_factory=utcnow)
+    connected: bool | None = None  # from the robot's retained status topic; None: never said
+    connection_changed_at: datetime | None = None
+    last_frame_at: datetime | None = None  # from slice telemetry
 
 
 class RobotPublic(SQLModel):
@@ -297,6 +316,9 @@ class RobotPublic(SQLModel):
     mqtt_username: str
     status: RobotStatus
     created_at: datetime
+    connected: bool | None = Field(default=None, description="Robot's own online/offline status; null: unknown.")
+    connection_changed_at: datetime | None = None
+    last_frame_at: datetime | None = Field(default=None, description="When a slice last answered its frame.")
 
 
 class RobotCredentials(RobotPublic):
@@ -498,6 +520,8 @@ class ScaleEvent(SQLModel, table=True):
     max_before: int
     max_after: int
     reason: str = Field(max_length=2000)
+    running_before: int | None = None  # running model replicas, when the event is a change of them
+    running_after: int | None = None
 
 
 class ScaleEventPublic(SQLModel):
@@ -509,3 +533,47 @@ class ScaleEventPublic(SQLModel):
     max_before: int
     max_after: int
     reason: str
+    running_before: int | None
+    running_after: int | None
+
+
+# --- telemetry: what the slices saw, for the dashboard -----------------------------------------
+
+
+class LineMinute(SQLModel, table=True):
+    """One line's verdicts in one minute, summed over the slices' ingress replicas."""
+
+    __table_args__ = (UniqueConstraint("line_id", "minute"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    line_id: int = Field(foreign_key="line.id")
+    minute: datetime  # UTC, seconds zeroed
+    frames: int = 0
+    fails: int = 0
+    errors: int = 0
+    latency_histogram: list[int] = Field(sa_column=Column(JSON, nullable=False))  # wire.LATENCY_BUCKETS_MS
+
+
+class FailedPart(SQLModel, table=True):
+    """A part a slice failed, with a thumbnail; the newest ones per line are kept."""
+
+    __table_args__ = (Index("ix_failedpart_line_id", "line_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    line_id: int = Field(foreign_key="line.id")
+    robot: str = Field(max_length=63)
+    frame_id: str = Field(max_length=256)
+    at: datetime
+    defect_class: str | None = Field(default=None, max_length=100)
+    score: float
+    thumbnail: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
+
+
+class FailedPartPublic(SQLModel):
+    id: int
+    line_id: int
+    robot: str
+    frame_id: str
+    at: datetime
+    defect_class: str | None
+    score: float

@@ -38,6 +38,14 @@ class ControlPlaneSettings(BaseSettings):
     replica_hour_price: float = Field(default=0.9, ge=0, description="Price of one replica-hour on new slices.")
     planner_period_s: float = Field(default=30.0, gt=0, description="How often planned floors are applied.")
     broker_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a site broker's answer to a change.")
+    telemetry_period_s: float = Field(
+        default=2.0, gt=0, le=300, description="How often each slice's ingress reports line telemetry."
+    )
+    monitor_sites: bool = Field(
+        default=True, description="Subscribe to each site broker's telemetry and robot status (the dashboard)."
+    )
+    session_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="How long a dashboard login lasts.")
+    failed_parts_kept: int = Field(default=200, ge=1, description="Failed parts (with thumbnails) kept per line.")
 
     @model_validator(mode="after")
     def _no_default_secret_in_production(self) -> ControlPlaneSettings:

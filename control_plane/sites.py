@@ -43,6 +43,10 @@ def ingress_password(settings: ControlPlaneSettings, item: Slice) -> str:
     return _secret(settings, f"ingress:{item.id}")
 
 
+def monitor_password(settings: ControlPlaneSettings, site: Site) -> str:
+    return _secret(settings, f"monitor:{site.id}")
+
+
 def watcher_password(settings: ControlPlaneSettings, robot: Robot) -> str:
     return _secret(settings, f"watch:{robot.id}:{robot.credential_epoch}")
 
@@ -87,8 +91,10 @@ def desired_broker_clients(
         select(Robot).join(Line).where(Line.site_id == site.id, Robot.status == RobotStatus.ACTIVE)
     ).all()
     slices = session.exec(select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES))).all()
-    return [c for r in robots for c in robot_broker_clients(session, settings, r)] + [
-        ingress_broker_client(session, settings, s) for s in slices
+    return [
+        broker_sync.monitor_client(site.name, monitor_password(settings, site)),
+        *(c for r in robots for c in robot_broker_clients(session, settings, r)),
+        *(ingress_broker_client(session, settings, s) for s in slices),
     ]
 
 
@@ -130,6 +136,7 @@ def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, si
             },
             "resources": {"cpus_per_replica": item.cpus_per_replica, "gpus_per_replica": item.gpus_per_replica},
             "placement": pins or None,
+            "telemetry_period_s": settings.telemetry_period_s,
             "broker": {
                 "host": site.broker_host,
                 "port": site.broker_port,

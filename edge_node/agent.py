@@ -40,6 +40,7 @@ from edge_node import cluster
 from edge_node.errors import EdgeNodeError
 from edge_node.profiling import ProfileResult, profile
 from edge_node.slice_spec import SliceSpec
+from edge_node.utilization import UtilizationMeter
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Agent:
     _etag: str | None = None
     _inventory: dict[str, Any] = field(default_factory=dict)
     _profiled: set[str] = field(default_factory=set)  # "sha256@hardware" reported to the control plane
+    _meter: UtilizationMeter = field(init=False)
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +127,7 @@ class Agent:
             self._profiled = set(json.loads(self._profiles_path.read_text()))
         # The machine does not change under a running agent: ask nvidia-smi once, not every heartbeat.
         self._inventory = {k: v for k, v in inventory().items() if k != "hostname"}
+        self._meter = UtilizationMeter(has_gpus=bool(self._inventory["gpus"]))
 
     @property
     def _cache_path(self) -> Path:
@@ -222,6 +225,7 @@ class Agent:
         self._beat(body)
 
     def _beat(self, body: dict[str, Any]) -> None:
+        body = {**body, "utilization": self._meter.read()}
         try:
             response = self.client.post("/agent/v1/heartbeat", json=body, headers=self._headers())
             if response.status_code != 200:

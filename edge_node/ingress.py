@@ -42,6 +42,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_node import wire
 from edge_node.slice_spec import SliceSpec
+from edge_node.telemetry import TelemetryWindow
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class FrameIngress:
         self._left = threading.Event()
         """The broker confirmed the unsubscribe: no new frames are routed to this replica."""
         self._client.on_unsubscribe = lambda *_args: self._left.set()
+        self.telemetry = TelemetryWindow(client_id) if spec.telemetry_period_s else None
+        self._reporter = threading.Thread(target=self._report_loop, name=f"{client_id}-telemetry", daemon=True)
 
     def _mqtt_client(self, client_id: str, *, manual_ack: bool) -> mqtt.Client:
         client = mqtt.Client(
@@ -166,6 +169,8 @@ class FrameIngress:
         self._publisher.loop_start()
         self._network.start()
         self._batcher.start()
+        if self.telemetry is not None:
+            self._reporter.start()
 
     def stop(self, drain_s: float = 15.0) -> None:
         """Leave the line gracefully: unsubscribe, answer every frame already delivered, end the session.
@@ -183,6 +188,9 @@ class FrameIngress:
         self._pool.shutdown(wait=True)
         self._network.join(timeout=5)
         self._send_acks()
+        if self.telemetry is not None:
+            self._reporter.join(timeout=5)
+            self._publish_telemetry()
         if drained:
             props = Properties(PacketTypes.DISCONNECT)
             props.SessionExpiryInterval = 0
@@ -257,6 +265,21 @@ class FrameIngress:
             if ready_w or client.want_write():
                 client.loop_write()
             client.loop_misc()
+
+    def _report_loop(self) -> None:
+        assert self.spec.telemetry_period_s is not None
+        while not self._stop.wait(self.spec.telemetry_period_s):
+            self._publish_telemetry()
+
+    def _publish_telemetry(self) -> None:
+        """Each line's window, QoS 0: telemetry is for people watching, never in the frames' way."""
+        assert self.telemetry is not None
+        try:
+            for line, window in self.telemetry.drain().items():
+                topic = wire.telemetry_topic(self.spec.tenant, line, self.spec.name)
+                self._publisher.publish(topic, window.model_dump_json().encode(), qos=0)
+        except Exception:  # a report lost is a gap in a chart; the frames go on
+            log.exception("publishing telemetry failed")
 
     def _send_acks(self) -> None:
         """Acknowledge answered frames (network thread only)."""
@@ -473,6 +496,12 @@ class FrameIngress:
             timings_ms=timings,
         )
         self.counts[f"verdict_{result.verdict}"] += 1
+        if self.telemetry is not None:
+            fail_score = outcome["scores"].get(outcome["defect_class"], 0.0) if outcome["defect_class"] else 0.0
+            self.telemetry.observe_verdict(
+                frame.robot, frame_id=frame.frame_id, verdict=result.verdict, defect_class=result.defect_class,
+                score=fail_score, total_ms=timings.total, payload=frame.payload,
+            )  # fmt: skip
         if self._observe:
             self._observe(f"verdict_{result.verdict}", timings.total)
         return self._remember(frame, frame.robot.sibling(wire.TopicKind.RESULTS), result.model_dump_json().encode())
@@ -480,6 +509,8 @@ class FrameIngress:
     def _error(self, frame: Frame, code: wire.ErrorCode, detail: str) -> tuple[str, bytes]:
         reply = wire.ErrorReply(**self._envelope(frame), code=code, detail=detail)
         self.counts[f"error_{code.value}"] += 1
+        if self.telemetry is not None:
+            self.telemetry.observe_error(frame.robot)
         if self._observe:
             self._observe(f"error_{code.value}", (time.monotonic() - frame.received) * 1000)
         payload = reply.model_dump_json().encode()

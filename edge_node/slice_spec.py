@@ -122,6 +122,16 @@ class SliceSpec(_Strict):
             "scheduler placed them; None lets Ray place the model replicas anywhere."
         ),
     )
+    telemetry_period_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds between the per-line telemetry each ingress replica publishes on "
+            "lineside-telemetry/{tenant}/{line}/{slice} for the control plane's dashboard; None: none. "
+            "The broker must allow the ingress to publish there (the control plane's broker ACLs do)."
+        ),
+    )
     inject_delay_ms: float = Field(
         default=0.0, ge=0, le=60_000, description="Fault injection: extra sleep per model call (tests only)."
     )

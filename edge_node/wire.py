@@ -165,3 +165,76 @@ class ErrorReply(_Message):
 
     code: ErrorCode = Field(description="Stable error code.")
     detail: str = Field(description="What went wrong and what to do about it.")
+
+
+# --- telemetry: slice -> control plane --------------------------------------------------------
+
+TELEMETRY_ROOT: Final = "lineside-telemetry"
+"""Topic tree of slice telemetry, apart from robot topics: ``lineside-telemetry/{tenant}/{line}/{slice}``."""
+
+LATENCY_BUCKETS_MS: Final = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
+"""Upper bounds of the latency histogram; one more bucket counts everything slower. Fixed, so that
+histograms of replicas and minutes add up exactly."""
+
+THUMBNAIL_SIDE: Final = 160
+"""Longest side of the thumbnails of failed parts sent with telemetry."""
+
+
+def telemetry_topic(tenant: str, line: str, slice_name: str) -> str:
+    """Where a slice's ingress replicas publish a line's telemetry."""
+    for value, what in ((tenant, "tenant"), (line, "line"), (slice_name, "slice")):
+        check_name(value, what)
+    return f"{TELEMETRY_ROOT}/{tenant}/{line}/{slice_name}"
+
+
+def latency_bucket(ms: float) -> int:
+    """Index of the histogram bucket holding ``ms``."""
+    for index, bound in enumerate(LATENCY_BUCKETS_MS):
+        if ms <= bound:
+            return index
+    return len(LATENCY_BUCKETS_MS)
+
+
+def histogram_quantile(counts: list[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a latency histogram, as its bucket's upper bound; None when empty."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for index, count in enumerate(counts):
+        seen += count
+        if seen >= rank and count:
+            return float(LATENCY_BUCKETS_MS[index]) if index < len(LATENCY_BUCKETS_MS) else float("inf")
+    return float("inf")
+
+
+class RobotActivity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    frames: int = Field(ge=0, description="Frames of this robot answered in the window.")
+    last_frame_at: float = Field(description="Unix time the robot's latest frame arrived.")
+
+
+class FailedPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    robot: str = Field(description="Robot that sent the frame.")
+    frame_id: str = Field(description="The frame's id.")
+    at: float = Field(description="Unix time the verdict was given.")
+    defect_class: str | None = Field(description="Most likely defect.")
+    score: float = Field(description="Probability of that defect.")
+    thumbnail_jpeg_b64: str = Field(default="", description="Small JPEG of the frame, base64; empty if undecodable.")
+
+
+class Telemetry(BaseModel):
+    """JSON on ``lineside-telemetry/{tenant}/{line}/{slice}``: one ingress replica's window of one line."""
+
+    model_config = ConfigDict(extra="forbid")
+    wire_version: Literal[1] = Field(default=WIRE_VERSION, description="Version of this schema.")
+    replica: str = Field(description="Ingress replica (client id) that saw these frames.")
+    start: float = Field(description="Unix time the window began.")
+    end: float = Field(description="Unix time the window ended.")
+    frames: int = Field(ge=0, description="Verdicts given (pass + fail).")
+    fails: int = Field(ge=0, description="Verdicts 'fail'.")
+    errors: int = Field(ge=0, description="Frames answered with an error instead of a verdict.")
+    latency_ms_histogram: list[int] = Field(description="Verdict latency counts per LATENCY_BUCKETS_MS bucket (+1).")
+    robots: dict[str, RobotActivity] = Field(default_factory=dict, description="Activity per robot.")
+    failed_parts: list[FailedPart] = Field(default_factory=list, max_length=20, description="Latest failed parts.")

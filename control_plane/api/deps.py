@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from control_plane.errors import Conflict, NotFound, Unauthenticated
-from control_plane.models import ApiToken, Node, User
+from control_plane.errors import Conflict, Forbidden, NotFound, Unauthenticated
+from control_plane.models import ApiToken, Node, User, utcnow
 from control_plane.security import Principal, token_hash
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import NodeStatus
@@ -44,13 +44,36 @@ def _bearer(authorization: str | None) -> str:
     return authorization.split(" ", 1)[1].strip()
 
 
-def _principal(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    token = _bearer(authorization)
+SESSION_COOKIE = "lineside_session"
+CSRF_HEADER = "X-Lineside-Request"
+"""Dashboard requests that change something carry this header: a page of another site cannot send
+it without a CORS preflight, which the control plane never grants (with SameSite=Strict cookies)."""
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def _token_of(request: Request, authorization: str | None) -> str:
+    """The bearer token, else the dashboard's session cookie (with the CSRF header on changes)."""
+    if authorization:
+        return _bearer(authorization)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return _bearer(None)
+    if request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
+        raise Forbidden(f"dashboard changes must send the {CSRF_HEADER}: 1 header (the dashboard's pages do)")
+    return cookie
+
+
+def _principal(request: Request, session: SessionDep,
+               authorization: Annotated[str | None, Header()] = None) -> Principal:  # fmt: skip
+    token = _token_of(request, authorization)
     row = session.exec(
         select(ApiToken, User).where(ApiToken.token_hash == token_hash(token), ApiToken.user_id == User.id)
     ).first()
     if row is None or row[0].revoked_at is not None:
         raise Unauthenticated("unknown or revoked API token; ask your administrator for a new one")
+    expires = row[0].expires_at
+    if expires is not None and (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) < utcnow():
+        raise Unauthenticated("your dashboard session has expired; log in again")
     user = row[1]
     assert user.id is not None
     return Principal(user_id=user.id, role=user.role, tenant_id=user.tenant_id)

@@ -75,5 +75,6 @@ def test_ingress_acls_cover_its_lines_only() -> None:
     client = broker_sync.ingress_client("t1-inspect", "acme", ["line-1"], "pw")
     assert client.client_id is None  # the ingress opens two connections per replica
     assert ("subscribeLiteral", "$share/t1-inspect/lineside/acme/line-1/+/frames") in client.acls
-    assert all(topic.startswith(("lineside/acme/line-1/", "$share/t1-inspect/lineside/acme/line-1/"))
-               for _, topic in client.acls)  # fmt: skip
+    own = ("lineside/acme/line-1/", "$share/t1-inspect/lineside/acme/line-1/", "lineside-telemetry/acme/line-1/t1-")
+    assert all(topic.startswith(own) for _, topic in client.acls)
+    assert ("publishClientSend", "lineside-telemetry/acme/line-1/t1-inspect") in client.acls

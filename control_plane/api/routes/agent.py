@@ -42,6 +42,12 @@ class SliceReport(BaseModel):
     replicas: dict[str, Any] = Field(default_factory=dict, description="Running replicas per deployment.")
 
 
+class Utilization(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(ge=0, le=1, description="Share of the node's CPU time in use.")
+    gpus: list[float] = Field(default_factory=list, description="Share of each GPU's time in use.")
+
+
 class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpus: int | None = Field(default=None, ge=1)
@@ -51,6 +57,7 @@ class Heartbeat(BaseModel):
         default=None, description="Lineside Serve applications present (the head's agent); None from worker nodes."
     )
     ray_resources: list[str] | None = Field(default=None, description="lineside_node_<id> resources in the cluster.")
+    utilization: Utilization | None = Field(default=None, description="CPU and GPU use since the last heartbeat.")
     slices: list[SliceReport] = Field(default_factory=list)
 
 
@@ -85,6 +92,8 @@ def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowD
     node.memory_mb = body.memory_mb or node.memory_mb
     if body.gpus is not None:
         node.gpus = body.gpus
+    if body.utilization is not None:
+        node.utilization = body.utilization.model_dump()
     for report in body.slices:
         _record(session, node, report)
     if body.applications is not None:
@@ -115,6 +124,7 @@ def _record(session: SessionDep, node: Node, report: SliceReport) -> None:
             tenant_id=item.tenant_id, slice_id=item.id, kind=ScaleKind.REACTIVE, min_before=item.min_replicas,
             min_after=item.min_replicas, max_before=item.max_replicas, max_after=item.max_replicas,
             reason=f"Serve's autoscaler: {before} -> {after} running model replicas (load within the bounds)",
+            running_before=before, running_after=after,
         ))  # fmt: skip
     item.actual = {"replicas": report.replicas, "reported_at": utcnow().isoformat()}
 

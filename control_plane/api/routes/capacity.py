@@ -28,7 +28,7 @@ from control_plane.security import CAN
 router = APIRouter(tags=["capacity"])
 
 
-def _preview(session: SessionDep, line: Line, now: datetime) -> list[dict[str, Any]]:
+def plan_preview(session: SessionDep, line: Line, now: datetime) -> list[dict[str, Any]]:
     slices = session.exec(select(Slice).where(Slice.tenant_id == line.tenant_id)).all()
     return [
         {"slice_id": s.id, "slug": s.slug, **capacity.slice_windows(session, s, now, days=7)}
@@ -51,7 +51,7 @@ def put_order_plan(line_id: int, body: OrderPlanIn, session: SessionDep, caller:
         row.plan, row.updated_at = stored, utcnow()
     session.add(row)
     session.commit()
-    return {"line_id": line_id, "plan": stored, "slices": _preview(session, line, now)}
+    return {"line_id": line_id, "plan": stored, "slices": plan_preview(session, line, now)}
 
 
 @router.get("/lines/{line_id}/order-plan")
@@ -60,7 +60,7 @@ def get_order_plan(line_id: int, session: SessionDep, caller: CurrentUser, now: 
     row = session.exec(select(OrderPlan).where(OrderPlan.line_id == line_id)).first()
     if row is None:
         raise NotFound(f"line {line.slug} has no order plan yet; PUT one")
-    return {"line_id": line_id, "plan": row.plan, "slices": _preview(session, line, now)}
+    return {"line_id": line_id, "plan": row.plan, "slices": plan_preview(session, line, now)}
 
 
 @router.get("/slices/{slice_id}/plan")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -22,7 +24,7 @@ from control_plane.models import (
     UserWithToken,
     utcnow,
 )
-from control_plane.security import CAN, new_token, token_hash
+from control_plane.security import CAN, hash_password, new_token, token_hash
 
 router = APIRouter(tags=["tenants and users"])
 
@@ -51,9 +53,10 @@ def get_tenant(tenant_id: int, session: SessionDep, caller: CurrentUser) -> Tena
     return tenant
 
 
-def issue_token(session: SessionDep, user_id: int, name: str) -> tuple[ApiToken, str]:
+def issue_token(session: SessionDep, user_id: int, name: str,
+                expires_at: datetime | None = None) -> tuple[ApiToken, str]:  # fmt: skip
     token = new_token("api")
-    row = ApiToken(user_id=user_id, name=name, token_hash=token_hash(token), prefix=token[:8])
+    row = ApiToken(user_id=user_id, name=name, token_hash=token_hash(token), prefix=token[:8], expires_at=expires_at)
     session.add(row)
     return row, token
 
@@ -74,7 +77,8 @@ def create_user(body: UserCreate, session: SessionDep, caller: CurrentUser) -> U
         if body.tenant_id not in (None, caller.tenant_id):
             raise NotFound(f"tenant {body.tenant_id} not found")
         tenant_id = caller.tenant_id
-    user = User(email=body.email, role=body.role, tenant_id=tenant_id)
+    password_hash = hash_password(body.password) if body.password else None
+    user = User(email=body.email, role=body.role, tenant_id=tenant_id, password_hash=password_hash)
     session.add(user)
     try:
         session.flush()

@@ -1,0 +1,115 @@
+"""The control plane's read-only connection to each site broker, feeding the dashboard.
+
+One MQTT client per site, logged in as the site's monitor (``broker_sync.monitor_client``,
+created here through the site's dynsec admin), subscribed to every slice's
+telemetry and every robot's retained status. Messages are queued by paho's
+thread and written in batches by ``flush`` (``telemetry.ingest``), so a slow
+database never blocks the broker connection. Sites added later are picked up
+on the next ``refresh``; a site whose broker is down is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from control_plane import broker_sync, sites, telemetry
+from control_plane.errors import BrokerUnavailable
+from control_plane.models import Site
+from control_plane.settings import ControlPlaneSettings
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 50_000
+"""Messages held while the database catches up; beyond this, telemetry is dropped (and counted)."""
+
+
+class SiteMonitors:
+    """Monitor connections of every site; ``run`` keeps them up and writes what arrives."""
+
+    def __init__(self, engine: Engine, settings: ControlPlaneSettings) -> None:
+        self.engine, self.settings = engine, settings
+        self.clients: dict[int, mqtt.Client] = {}
+        self.inbox: queue.Queue[tuple[int, str, bytes]] = queue.Queue(QUEUE_LIMIT)
+        self.dropped = 0
+        self.totals = telemetry.IngestCounts()
+
+    def run(self, stop: threading.Event, refresh_s: float = 5.0, flush_s: float = 1.0) -> None:
+        ticks = 0
+        while not stop.wait(flush_s):
+            try:
+                if ticks % max(1, round(refresh_s / flush_s)) == 0:
+                    self.refresh()
+                ticks += 1
+                self.flush()
+            except Exception:  # keep monitoring; the next pass retries
+                log.exception("site monitor pass failed")
+        for client in self.clients.values():
+            client.disconnect()
+            client.loop_stop()
+
+    def refresh(self) -> None:
+        """Connect to sites not connected yet."""
+        with Session(self.engine) as session:
+            for site in session.exec(select(Site)).all():
+                if site.id is not None and site.id not in self.clients:
+                    self._connect(site)
+
+    def _connect(self, site: Site) -> None:
+        assert site.id is not None
+        password = sites.monitor_password(self.settings, site)
+        try:
+            with sites.admin(self.settings, site) as broker:
+                broker.ensure(broker_sync.monitor_client(site.name, password))
+        except BrokerUnavailable as e:
+            log.info("site %s: monitor not connected yet (%s)", site.name, e)
+            return
+        site_id = site.id
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"lineside-monitor-{uuid.uuid4().hex[:8]}",
+                             protocol=mqtt.MQTTv5)  # fmt: skip
+        client.username_pw_set(broker_sync.monitor_username(site.name), password)
+
+        def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            if reason.is_failure:
+                log.warning("site %s refused the monitor: %s", site.name, reason)
+                return
+            c.subscribe([(topic, 0) for topic in broker_sync.MONITOR_TOPICS])
+            log.info("monitoring site %s (%s:%d)", site.name, site.broker_host, site.broker_port)
+
+        def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+            try:
+                self.inbox.put_nowait((site_id, message.topic, bytes(message.payload)))
+            except queue.Full:
+                self.dropped += 1
+
+        client.on_connect, client.on_message = on_connect, on_message
+        client.reconnect_delay_set(1, 30)
+        client.connect_async(site.broker_host, site.broker_port, keepalive=30)
+        client.loop_start()
+        self.clients[site_id] = client
+
+    def flush(self) -> telemetry.IngestCounts:
+        """Write everything queued so far, one transaction per site."""
+        batches: dict[int, list[tuple[str, bytes]]] = {}
+        while True:
+            try:
+                site_id, topic, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            batches.setdefault(site_id, []).append((topic, payload))
+        counts = telemetry.IngestCounts()
+        for site_id, messages in batches.items():
+            with Session(self.engine) as session:
+                done = telemetry.ingest(session, site_id, messages, keep_failed=self.settings.failed_parts_kept)
+            for name in ("telemetry", "status", "rejected", "failed_parts"):
+                setattr(counts, name, getattr(counts, name) + getattr(done, name))
+                setattr(self.totals, name, getattr(self.totals, name) + getattr(done, name))
+        return counts

@@ -1,0 +1,91 @@
+"""The dashboard: one page per role, served by the control plane with every asset it needs.
+
+Pages are plain HTML with a small script each (``static/``); the data comes
+from the same JSON API, authenticated by the session cookie that
+``POST /auth/login`` sets. Nothing is loaded from outside the control plane
+(factories are often air-gapped): no CDN, no web fonts, charts drawn as SVG by
+``static/lineside.js``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlmodel import Session
+
+from control_plane.api.deps import _principal
+from control_plane.errors import ControlPlaneError
+from control_plane.models import Role, User
+from control_plane.security import Principal
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+
+PAGES: dict[str, tuple[str, Role]] = {
+    "plant": ("Plant", Role.PLANT_MANAGER),
+    "it": ("Robots", Role.FACTORY_IT),
+    "operator": ("Edge operations", Role.OPERATOR),
+}
+HOME = {role: page for page, (_, role) in PAGES.items()}
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+static = StaticFiles(directory=STATIC)
+
+
+@functools.cache
+def _file(name: str) -> str:
+    return (HERE / "pages" / name).read_text()
+
+
+def render(page: str, title: str, caller: Principal | None, email: str = "") -> str:
+    """The layout around ``pages/<page>.html``; the nav shows the caller's own page only."""
+    nav = ""
+    if caller is not None:
+        home = HOME[caller.role]
+        nav = (f'<nav aria-label="Pages"><a href="/ui/{home}" aria-current="page">{PAGES[home][0]}</a>'
+               f'<a href="/docs">API</a></nav><span class="who">{email} · {caller.role.value}</span>'
+               '<button type="button" id="logout" class="quiet">Log out</button>')  # fmt: skip
+    return (_file("layout.html").replace("{{title}}", title).replace("{{nav}}", nav)
+            .replace("{{body}}", _file(f"{page}.html")).replace("{{page}}", page))  # fmt: skip
+
+
+def _caller(request: Request) -> tuple[Principal, str] | None:
+    with Session(request.app.state.engine) as session:
+        try:
+            caller = _principal(request, session, None)
+        except ControlPlaneError:
+            return None
+        user = session.get(User, caller.user_id)
+        return caller, user.email if user else ""
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page() -> str:
+    return render("login", "Log in", None)
+
+
+@router.get("", response_class=RedirectResponse)
+@router.get("/", response_class=RedirectResponse)
+def home(request: Request) -> Response:
+    found = _caller(request)
+    target = f"/ui/{HOME[found[0].role]}" if found else "/ui/login"
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/{page}", response_class=HTMLResponse)
+def page(page: str, request: Request) -> Response:
+    if page not in PAGES:
+        return HTMLResponse(render("missing", "Not found", None), status_code=404)
+    found = _caller(request)
+    if found is None:
+        return RedirectResponse(f"/ui/login?next=/ui/{page}", status_code=303)
+    caller, email = found
+    title, role = PAGES[page]
+    if caller.role is not role:
+        body = render("forbidden", "Not your page", caller, email)
+        return HTMLResponse(body.replace("{{role}}", role.value), status_code=403)
+    return HTMLResponse(render(page, title, caller, email), headers={"Cache-Control": "no-store"})

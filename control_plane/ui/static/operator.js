@@ -1,0 +1,96 @@
+/* Edge operator: sites and nodes (status, utilization, placement), join tokens, contribution windows, drain, alerts. */
+"use strict";
+const { api, flash, poll, el, fmt, copyButton } = Lineside;
+const DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+let sites = [];
+
+function bar(share, label) {
+  const pct = Math.round((share || 0) * 100);
+  return el("span", {}, el("span", { class: "bar", role: "meter", "aria-valuenow": pct, "aria-valuemin": 0, "aria-valuemax": 100, "aria-label": label },
+    el("span", { style: `width:${pct}%` })), ` ${pct} %`);
+}
+
+async function setStatus(node, status) {
+  try {
+    await api("POST", `/nodes/${node.id}/status`, { status });
+    flash(`${node.hostname}: ${status === "draining" ? "draining, its replicas move" : status}`);
+    await refresh();
+  } catch (e) { flash(e.message, true); }
+}
+
+function nodeRow(node) {
+  const util = node.utilization || {};
+  const gpus = (util.gpus || []).map((g, i) => bar(g, `GPU ${i} utilization`));
+  const placed = node.placement.map((p) => `${p.slice} × ${p.replicas} (${p.priority})`).join(", ") || "–";
+  const actions = node.status === "online" ? el("button", { type: "button", class: "quiet", onclick: () => setStatus(node, "draining") }, "Drain")
+    : ["draining", "drained"].includes(node.status) ? el("button", { type: "button", class: "quiet", onclick: () => setStatus(node, "online") }, "Undrain") : "";
+  return el("tr", { "data-node": node.id },
+    el("td", {}, node.hostname, el("br"), el("span", { class: "hint" }, `node ${node.id}${node.contributed ? " · contributed" : ""}`)),
+    el("td", { "data-field": "status" }, el("span", { class: `dot ${node.status === "online" ? "online" : node.status === "offline" ? "offline" : "unknown"}`, "aria-hidden": "true" }), node.status),
+    el("td", {}, bar(util.cpu, "CPU utilization"), el("br"), el("span", { class: "hint" }, `${node.cpus} CPUs, ${Math.round(node.memory_mb / 1024)} GiB`)),
+    el("td", {}, gpus.length ? gpus : node.gpus.length ? node.gpus.map((g) => g.model).join(", ") : "no GPU"),
+    el("td", { "data-field": "placement" }, placed),
+    el("td", {}, node.last_heartbeat_s === null ? "–" : `${node.last_heartbeat_s} s ago`), el("td", {}, actions));
+}
+
+async function refresh() {
+  sites = await api("GET", "/dashboard/sites");
+  document.getElementById("sites").replaceChildren(...sites.map((site) => el("div", { "data-testid": `site-${site.name}` },
+    el("h3", {}, `${site.name} · broker ${site.broker}`),
+    el("table", {}, el("thead", {}, el("tr", {}, ...["Node", "Status", "CPU", "GPU", "Slices placed", "Heartbeat", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...site.nodes.map(nodeRow))))));
+  const joinSite = document.getElementById("join-site");
+  if (joinSite.options.length !== sites.length) joinSite.replaceChildren(...sites.map((s) => el("option", { value: s.id }, s.name)));
+  const nodes = sites.flatMap((s) => s.nodes);
+  const nodeSelect = document.getElementById("contrib-node");
+  if (nodeSelect.options.length !== nodes.length) {
+    nodeSelect.replaceChildren(...nodes.map((n) => el("option", { value: n.id }, `${n.hostname} (node ${n.id})`)));
+    loadContribution();
+  }
+  const alerts = await api("GET", "/alerts");
+  document.querySelector("#alerts tbody").replaceChildren(...alerts.slice(0, 30).map((a) =>
+    el("tr", {}, el("td", {}, fmt.time(a.at)), el("td", {}, String(a.slice_id)), el("td", {}, a.reason))));
+  document.getElementById("alerts-empty").hidden = alerts.length > 0;
+  document.getElementById("sites-updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+function loadContribution() {
+  const node = sites.flatMap((s) => s.nodes).find((n) => String(n.id) === document.getElementById("contrib-node").value);
+  if (!node) return;
+  const window = node.windows[0] || { days: [0, 1, 2, 3, 4], start: "20:00", end: "06:00" };
+  document.getElementById("contributed").checked = node.contributed;
+  document.getElementById("win-start").value = window.start;
+  document.getElementById("win-end").value = window.end;
+  document.querySelectorAll("#win-days input").forEach((c) => (c.checked = window.days.includes(Number(c.value))));
+  document.getElementById("holidays").value = node.holidays.join(", ");
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("win-days").append(...DAYS.map((d, i) => el("label", {}, el("input", { type: "checkbox", value: i, checked: i < 5 }), " ", d)));
+  document.getElementById("contrib-node").addEventListener("change", loadContribution);
+  document.getElementById("join-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const issued = await api("POST", `/sites/${document.getElementById("join-site").value}/join-tokens`);
+      const command = `lineside edge-node join --control-plane ${location.origin} --token ${issued.token}`;
+      document.getElementById("join-token").replaceChildren(el("div", { class: "secret" },
+        el("p", {}, `One-time token, valid until ${fmt.time(issued.expires_at)}. Run on the new node:`),
+        el("pre", { "data-testid": "join-command" }, command), copyButton(() => command)));
+    } catch (err) { flash(err.message, true); }
+  });
+  document.getElementById("contrib-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const error = document.getElementById("contrib-error");
+    error.textContent = "";
+    const days = [...document.querySelectorAll("#win-days input:checked")].map((c) => Number(c.value));
+    const holidays = document.getElementById("holidays").value.split(",").map((s) => s.trim()).filter(Boolean);
+    const body = { contributed: document.getElementById("contributed").checked, holidays,
+      windows: days.length ? [{ days, start: document.getElementById("win-start").value, end: document.getElementById("win-end").value }] : [] };
+    try {
+      await api("PUT", `/nodes/${document.getElementById("contrib-node").value}/contribution`, body);
+      flash("Contribution saved; slices are re-placed");
+      await refresh();
+    } catch (err) { error.textContent = err.message; }
+  });
+  poll(refresh, 3000);
+});
