@@ -31,8 +31,8 @@ broker:
 		echo "installing the Mosquitto MQTT broker and clients with apt"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
 
-# `make demo DEMO_ARGS=` streams until Ctrl-C; see `lineside demo --help` for robots/fps.
-DEMO_ARGS ?= --duration 60
+# `make demo DEMO_ARGS=` streams until Ctrl-C (the default stops after 5 minutes); `lineside demo --help`.
+DEMO_ARGS ?= --duration 300
 
 demo: setup broker
 	$(VENV)/bin/lineside demo $(DEMO_ARGS)

@@ -56,14 +56,15 @@ def demo(
     duration: Annotated[float | None, typer.Option(help="Seconds to stream; default: until Ctrl-C.", min=1)] = None,
     robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 8,
     fps: Annotated[float, typer.Option(min=0.1, help="Frames per second per robot.")] = 5.0,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Control plane and dashboard port; 0 = any free.")] = 0,
 ) -> None:
-    """Run the main job on embedded defaults: broker, local Ray, one slice, simulated robots.
+    """Run the main job on embedded defaults: broker, local Ray, one slice, simulated robots, the dashboard.
 
     Exits non-zero if any frame was sent and never answered.
     """
     from edge_node.demo import run_demo
 
-    raise typer.Exit(run_demo(duration_s=duration, robots=robots, fps=fps, echo=typer.echo))
+    raise typer.Exit(run_demo(duration_s=duration, robots=robots, fps=fps, echo=typer.echo, port=port))
 
 
 robots_app = typer.Typer(help="Inspection robots: simulate a fleet.", no_args_is_help=True)

@@ -52,6 +52,7 @@ class DemoSetup:
     """What the demo created through the API."""
 
     tokens: dict[str, str]
+    logins: dict[str, tuple[str, str]] = field(default_factory=dict)  # role -> (e-mail, dashboard password)
     robots: dict[str, tuple[str, str]] = field(default_factory=dict)  # robot -> (username, password)
     slice_id: int = 0
 
@@ -60,7 +61,7 @@ def _call(client: httpx.Client, method: str, path: str, token: str, **kwargs: An
     response = client.request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
     if response.status_code >= 400:
         raise RuntimeError(f"{method} {path} failed ({response.status_code}): {response.text}")
-    return response.json()
+    return response.json() if response.content else None
 
 
 def provision(
@@ -73,9 +74,13 @@ def provision(
     admin = _call(client, "GET", f"/sites/{site['id']}/broker-admin", operator)
     broker = MosquittoBroker(broker_workdir, port, admin_password=admin["password"]).start()
     setup = DemoSetup(tokens={"operator": operator})
+    setup.logins["operator"] = ("admin@lineside.local", secrets.token_urlsafe(9))
+    _call(client, "PUT", "/auth/password", operator, json={"password": setup.logins["operator"][1]})
     for role in ("plant_manager", "factory_it"):
-        body = {"email": f"{role.replace('_', '-')}@acme.example", "role": role, "tenant_id": tenant["id"]}
+        email, password = f"{role.replace('_', '-')}@acme.example", secrets.token_urlsafe(9)
+        body = {"email": email, "role": role, "tenant_id": tenant["id"], "password": password}
         setup.tokens[role] = _call(client, "POST", "/users", operator, json=body)["token"]
+        setup.logins[role] = (email, password)
     it, pm = setup.tokens["factory_it"], setup.tokens["plant_manager"]
     line = _call(client, "POST", "/lines", it, json={"slug": LINE, "site_id": site["id"], "latency_budget_ms": 100})
     for k in range(robots):
@@ -84,10 +89,21 @@ def provision(
     model = next(m for m in _call(client, "GET", "/models", pm) if m["tenant_id"] is None)
     body = {"slug": "inspect", "line_ids": [line["id"]], "model_version_id": model["id"]}
     setup.slice_id = _call(client, "POST", "/slices", pm, json=body)["id"]
+    _call(client, "PUT", f"/lines/{line['id']}/order-plan", pm, json=DEMO_ORDER_PLAN)
     return setup, broker
 
 
-def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, workdir: Path | None = None) -> int:
+DEMO_ORDER_PLAN = {
+    "views_per_part": 4, "headroom": 0.25, "idle_floor": 1,
+    "shifts": [{"name": "early", "days": [0, 1, 2, 3, 4, 5, 6], "start": "06:00", "end": "14:00"},
+               {"name": "late", "days": [0, 1, 2, 3, 4, 5, 6], "start": "14:00", "end": "22:00"}],
+    "volumes": [{"effective_from": "2026-01-01", "parts_per_shift": 2000}],
+}  # fmt: skip
+"""Two shifts a day; between them one replica stays warm (the demo's robots stream around the clock)."""
+
+
+def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, workdir: Path | None = None,
+             port: int = 0) -> int:  # fmt: skip
     """Run the demo; returns the exit code (1 if any frame was lost)."""
     from control_plane.app import create_app
     from control_plane.server import BackgroundServer
@@ -105,7 +121,7 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, w
     settings = ControlPlaneSettings(
         data_dir=workdir / "control-plane", bootstrap_token=operator, secret_key=secrets.token_urlsafe(32)
     )
-    server = BackgroundServer(create_app(settings), "127.0.0.1", free_port()).start()
+    server = BackgroundServer(create_app(settings), "127.0.0.1", port or free_port()).start()
     client = httpx.Client(base_url=server.url, timeout=30.0)
     broker: MosquittoBroker | None = None
     agent_thread: threading.Thread | None = None
@@ -114,8 +130,9 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, w
         setup, broker = provision(client, operator, workdir / "broker", robots)
         echo(f"broker: mosquitto with dynamic security on {broker.host}:{broker.port} (config {broker.config_path}); "
              f"{robots} robots registered")  # fmt: skip
-        for role, token in setup.tokens.items():
-            echo(f"  {role:<14} token: {token}")
+        echo(f"dashboard: {server.url}/ui/  (log in as one of these)")
+        for role, (email, password) in setup.logins.items():
+            echo(f"  {role:<14} login: {email} / {password}   API token: {setup.tokens[role]}")
         echo(f"  try: curl -H 'Authorization: Bearer {setup.tokens['plant_manager']}' {server.url}/slices")
         echo("starting local Ray; the edge agent joins the site and starts the slice...")
         metrics_port = free_port()

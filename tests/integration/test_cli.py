@@ -52,8 +52,9 @@ def test_demo_streams_robots_through_a_slice_and_cleans_up() -> None:
     assert "control plane: http://127.0.0.1:" in result.stdout
     assert "broker: mosquitto with dynamic security on 127.0.0.1:" in result.stdout
     assert "2 robots registered" in result.stdout
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ui/", result.stdout)
     for role in ("operator", "plant_manager", "factory_it"):
-        assert re.search(rf"{role} +token: ls_", result.stdout), f"no {role} token printed"
+        assert re.search(rf"{role} +login: \S+@\S+ / \S+ +API token: ls_", result.stdout), f"no {role} login printed"
     assert "slice inspect: running" in result.stdout
     assert "summary:" in result.stdout
     assert "ok: every one of" in result.stdout
