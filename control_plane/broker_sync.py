@@ -137,16 +137,26 @@ def monitor_username(site_name: str) -> str:
     return f"m.{site_name}"
 
 
-MONITOR_TOPICS = (f"{wire.TELEMETRY_ROOT}/#", f"{wire.TOPIC_ROOT}/+/+/+/{wire.TopicKind.STATUS.value}")
-"""What the control plane's monitor reads on a site: every slice's telemetry and every robot's status."""
+TELEMETRY_FILTER = f"{wire.TELEMETRY_ROOT}/#"
+MONITOR_TOPICS = (
+    f"$share/lineside-control-plane/{TELEMETRY_FILTER}",
+    f"{wire.TOPIC_ROOT}/+/+/+/{wire.TopicKind.STATUS.value}",
+)
+"""What the control plane's monitor subscribes to on a site. Telemetry is a shared subscription, so
+that with several control plane instances each report is counted once; robots' status is not shared
+(retained messages reach only plain subscriptions, and setting a status twice changes nothing)."""
 
 
 def monitor_client(site_name: str, password: str) -> BrokerClient:
     """The control plane's read-only view of a site: telemetry and robots' online/offline status."""
-    acls: list[tuple[str, str]] = []
-    for pattern in MONITOR_TOPICS:
-        acls += [("subscribePattern", pattern), ("publishClientReceive", pattern)]
-    return BrokerClient(monitor_username(site_name), password, None, tuple(acls))
+    shared, status = MONITOR_TOPICS
+    acls = (
+        ("subscribeLiteral", shared),
+        ("subscribePattern", status),
+        ("publishClientReceive", TELEMETRY_FILTER),
+        ("publishClientReceive", status),
+    )
+    return BrokerClient(monitor_username(site_name), password, None, acls)
 
 
 @dataclass

@@ -541,13 +541,18 @@ class ScaleEventPublic(SQLModel):
 
 
 class LineMinute(SQLModel, table=True):
-    """One line's verdicts in one minute, summed over the slices' ingress replicas."""
+    """One line's verdicts in one minute, summed over the slices' ingress replicas.
 
-    __table_args__ = (UniqueConstraint("line_id", "minute"),)
+    Each control plane instance writes rows of its own (``source``), so several instances sharing
+    the telemetry (a shared subscription) never race on a row; readers add the rows up.
+    """
+
+    __table_args__ = (UniqueConstraint("line_id", "minute", "source"),)
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: int = Field(foreign_key="tenant.id", index=True)
     line_id: int = Field(foreign_key="line.id")
     minute: datetime  # UTC, seconds zeroed
+    source: str = Field(default="", max_length=64)
     frames: int = 0
     fails: int = 0
     errors: int = 0

@@ -11,7 +11,9 @@ on the next ``refresh``; a site whose broker is down is retried.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import uuid
 from typing import Any
@@ -38,8 +40,12 @@ class SiteMonitors:
     def __init__(self, engine: Engine, settings: ControlPlaneSettings) -> None:
         self.engine, self.settings = engine, settings
         self.clients: dict[int, mqtt.Client] = {}
+        self.subscribed: set[int] = set()
+        """Sites whose broker confirmed the monitor's subscriptions."""
         self.inbox: queue.Queue[tuple[int, str, bytes]] = queue.Queue(QUEUE_LIMIT)
         self.dropped = 0
+        self.source = f"{socket.gethostname()[:40]}-{os.getpid()}"
+        """This instance's name on the line-minute rows it writes."""
         self.totals = telemetry.IngestCounts()
 
     def run(self, stop: threading.Event, refresh_s: float = 5.0, flush_s: float = 1.0) -> None:
@@ -91,6 +97,7 @@ class SiteMonitors:
                 self.dropped += 1
 
         client.on_connect, client.on_message = on_connect, on_message
+        client.on_subscribe = lambda *_args: self.subscribed.add(site_id)
         client.reconnect_delay_set(1, 30)
         client.connect_async(site.broker_host, site.broker_port, keepalive=30)
         client.loop_start()
@@ -108,7 +115,9 @@ class SiteMonitors:
         counts = telemetry.IngestCounts()
         for site_id, messages in batches.items():
             with Session(self.engine) as session:
-                done = telemetry.ingest(session, site_id, messages, keep_failed=self.settings.failed_parts_kept)
+                done = telemetry.ingest(
+                    session, site_id, messages, keep_failed=self.settings.failed_parts_kept, source=self.source
+                )
             for name in ("telemetry", "status", "rejected", "failed_parts"):
                 setattr(counts, name, getattr(counts, name) + getattr(done, name))
                 setattr(self.totals, name, getattr(self.totals, name) + getattr(done, name))

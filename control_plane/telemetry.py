@@ -60,8 +60,12 @@ class _Names:
         self.lines = {(tenant.slug, line.slug): line for line, tenant in rows}
 
 
-def ingest(session: Session, site_id: int, messages: list[tuple[str, bytes]], *, keep_failed: int) -> IngestCounts:
-    """Write one batch of a site's telemetry and status messages; unknown or malformed ones are counted."""
+def ingest(session: Session, site_id: int, messages: list[tuple[str, bytes]], *, keep_failed: int,
+           source: str = "") -> IngestCounts:  # fmt: skip
+    """Write one batch of a site's telemetry and status messages; unknown or malformed ones are counted.
+
+    ``source`` names the writer (one control plane instance): its line minutes are its own rows.
+    """
     names, counts = _Names(session, site_id), IngestCounts()
     minutes: dict[tuple[int, datetime], _Minute] = defaultdict(_Minute)
     last_frame: dict[tuple[int, str], float] = {}
@@ -90,7 +94,7 @@ def ingest(session: Session, site_id: int, messages: list[tuple[str, bytes]], *,
             session.add(_failed_part(line, part))
             counts.failed_parts += 1
             touched.add(line.id)
-    _merge_minutes(session, names, minutes)
+    _merge_minutes(session, names, minutes, source)
     _robots_seen(session, last_frame)
     session.flush()
     for line_id in touched:
@@ -122,12 +126,14 @@ def _failed_part(line: Line, part: wire.FailedPart) -> FailedPart:
                       thumbnail=thumb if thumb.startswith(b"\xff\xd8") else b"")  # fmt: skip
 
 
-def _merge_minutes(session: Session, names: _Names, minutes: dict[tuple[int, datetime], _Minute]) -> None:
+def _merge_minutes(session: Session, names: _Names, minutes: dict[tuple[int, datetime], _Minute],
+                   source: str) -> None:  # fmt: skip
     tenant_of = {line.id: line.tenant_id for line in names.lines.values()}
     for (line_id, minute), value in minutes.items():
-        row = session.exec(select(LineMinute).where(LineMinute.line_id == line_id, LineMinute.minute == minute)).first()
+        same = (LineMinute.line_id == line_id, LineMinute.minute == minute, LineMinute.source == source)
+        row = session.exec(select(LineMinute).where(*same)).first()
         if row is None:
-            row = LineMinute(tenant_id=tenant_of[line_id], line_id=line_id, minute=minute,
+            row = LineMinute(tenant_id=tenant_of[line_id], line_id=line_id, minute=minute, source=source,
                              latency_histogram=[0] * len(value.histogram))  # fmt: skip
         row.frames += value.frames
         row.fails += value.fails

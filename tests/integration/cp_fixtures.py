@@ -98,7 +98,7 @@ def bearer(token: str) -> dict[str, str]:
 
 def ok(response, status: int = 200):
     assert response.status_code == status, response.text
-    return response.json()
+    return response.json() if response.content else None
 
 
 def _tenancy(c: TestClient, op: dict[str, str], slug: str, site_id: int) -> Tenancy:

@@ -54,6 +54,7 @@ def upgrade() -> None:
         sa.Column("fails", sa.Integer(), nullable=False),
         sa.Column("errors", sa.Integer(), nullable=False),
         sa.Column("latency_histogram", sa.JSON(), nullable=False),
+        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.ForeignKeyConstraint(
             ["line_id"],
             ["line.id"],
@@ -63,7 +64,7 @@ def upgrade() -> None:
             ["tenant.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("line_id", "minute"),
+        sa.UniqueConstraint("line_id", "minute", "source"),
     )
     with op.batch_alter_table("lineminute", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_lineminute_tenant_id"), ["tenant_id"], unique=False)
