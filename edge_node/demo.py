@@ -73,23 +73,27 @@ def provision(
     site = _call(client, "POST", "/sites", operator, json={"name": "demo-site", "broker_port": port})
     admin = _call(client, "GET", f"/sites/{site['id']}/broker-admin", operator)
     broker = MosquittoBroker(broker_workdir, port, admin_password=admin["password"]).start()
-    setup = DemoSetup(tokens={"operator": operator})
-    setup.logins["operator"] = ("admin@lineside.local", secrets.token_urlsafe(9))
-    _call(client, "PUT", "/auth/password", operator, json={"password": setup.logins["operator"][1]})
-    for role in ("plant_manager", "factory_it"):
-        email, password = f"{role.replace('_', '-')}@acme.example", secrets.token_urlsafe(9)
-        body = {"email": email, "role": role, "tenant_id": tenant["id"], "password": password}
-        setup.tokens[role] = _call(client, "POST", "/users", operator, json=body)["token"]
-        setup.logins[role] = (email, password)
-    it, pm = setup.tokens["factory_it"], setup.tokens["plant_manager"]
-    line = _call(client, "POST", "/lines", it, json={"slug": LINE, "site_id": site["id"], "latency_budget_ms": 100})
-    for k in range(robots):
-        robot = _call(client, "POST", "/robots", it, json={"slug": f"robot-{k:03d}", "line_id": line["id"]})
-        setup.robots[robot["slug"]] = (robot["mqtt_username"], robot["mqtt_password"])
-    model = next(m for m in _call(client, "GET", "/models", pm) if m["tenant_id"] is None)
-    body = {"slug": "inspect", "line_ids": [line["id"]], "model_version_id": model["id"]}
-    setup.slice_id = _call(client, "POST", "/slices", pm, json=body)["id"]
-    _call(client, "PUT", f"/lines/{line['id']}/order-plan", pm, json=DEMO_ORDER_PLAN)
+    try:  # a broker is running from here on: stop it if provisioning fails
+        setup = DemoSetup(tokens={"operator": operator})
+        setup.logins["operator"] = ("admin@lineside.local", secrets.token_urlsafe(9))
+        _call(client, "PUT", "/auth/password", operator, json={"password": setup.logins["operator"][1]})
+        for role in ("plant_manager", "factory_it"):
+            email, password = f"{role.replace('_', '-')}@acme.example", secrets.token_urlsafe(9)
+            body = {"email": email, "role": role, "tenant_id": tenant["id"], "password": password}
+            setup.tokens[role] = _call(client, "POST", "/users", operator, json=body)["token"]
+            setup.logins[role] = (email, password)
+        it, pm = setup.tokens["factory_it"], setup.tokens["plant_manager"]
+        line = _call(client, "POST", "/lines", it, json={"slug": LINE, "site_id": site["id"], "latency_budget_ms": 100})
+        for k in range(robots):
+            robot = _call(client, "POST", "/robots", it, json={"slug": f"robot-{k:03d}", "line_id": line["id"]})
+            setup.robots[robot["slug"]] = (robot["mqtt_username"], robot["mqtt_password"])
+        model = next(m for m in _call(client, "GET", "/models", pm) if m["tenant_id"] is None)
+        body = {"slug": "inspect", "line_ids": [line["id"]], "model_version_id": model["id"], "max_replicas": 2}
+        setup.slice_id = _call(client, "POST", "/slices", pm, json=body)["id"]
+        _call(client, "PUT", f"/lines/{line['id']}/order-plan", pm, json=DEMO_ORDER_PLAN)
+    except BaseException:
+        broker.stop()
+        raise
     return setup, broker
 
 

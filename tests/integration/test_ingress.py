@@ -247,3 +247,33 @@ def test_retry_of_a_frame_in_progress_joins_it(
     assert ingress.counts["retries_joined_in_progress"] >= 1
     time.sleep(0.5)
     assert ingress.counts["frames_acked"] == ingress.counts["frames_received"]
+
+
+def test_telemetry_counts_every_answer_and_shows_failed_parts(
+    broker: MosquittoBroker, start_ingress: Callable[..., FrameIngress], robot: RobotClient
+) -> None:
+    """What the dashboard is fed: per-line windows that add up to the answers the robot got."""
+    reports: list[wire.Telemetry] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="telemetry-watcher", protocol=mqtt.MQTTv5)
+    watcher.on_message = lambda _c, _u, msg: reports.append(wire.Telemetry.model_validate_json(msg.payload))
+    watcher.connect(broker.host, broker.port)
+    watcher.subscribe(f"{wire.TELEMETRY_ROOT}/#", qos=0)
+    watcher.loop_start()
+    time.sleep(0.3)
+    ingress = start_ingress(telemetry_period_s=0.5)
+    labels = ["good", "crack", "good", "scratch", "good", "dent"]
+    answers = [robot.inspect(synth.generate(777, k, label).data, timeout_s=10) for k, label in enumerate(labels)]
+    answers.append(robot.inspect(b"not an image", timeout_s=10))
+    fails = sum(isinstance(a, wire.Result) and a.verdict == "fail" for a in answers)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(r.frames + r.errors for r in reports) < len(answers):
+        time.sleep(0.2)
+    watcher.loop_stop()
+    assert sum(r.frames for r in reports) == len(labels)
+    assert sum(r.errors for r in reports) == 1
+    assert sum(r.fails for r in reports) == fails >= 2
+    assert sum(sum(r.latency_ms_histogram) for r in reports) == len(labels)
+    parts = [p for r in reports for p in r.failed_parts]
+    assert len(parts) == fails and all(p.robot == "cam-7" and p.thumbnail_jpeg_b64 for p in parts)
+    assert {p.frame_id for p in parts} <= {a.frame_id for a in answers}
+    assert ingress.telemetry is not None

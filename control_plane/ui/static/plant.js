@@ -21,13 +21,15 @@ function tile(line) {
       el("dt", {}, "Latency p50"), el("dd", { "data-metric": "p50" }, fmt.ms(line.p50_ms)),
       el("dt", {}, `p99 (budget ${Math.round(line.latency_budget_ms)} ms)`),
       el("dd", { "data-metric": "p99", class: budget }, fmt.ms(line.p99_ms), line.within_budget === false ? " over" : ""),
+      el("dt", {}, "Verdicts (5 min)"), el("dd", { "data-metric": "verdicts" }, String(line.frames_5min)),
       el("dt", {}, "Defect rate (5 min)"), el("dd", { "data-metric": "defects" }, fmt.pct(line.defect_rate)),
       el("dt", {}, "Errors (5 min)"), el("dd", { "data-metric": "errors" }, String(line.errors_5min))));
 }
 
 async function refreshLines() {
   lines = await api("GET", "/dashboard/lines");
-  document.getElementById("lines").replaceChildren(...lines.map(tile));
+  document.getElementById("lines").replaceChildren(...(lines.length ? lines.map(tile)
+    : [el("p", { class: "hint" }, "No lines yet: factory IT creates them when connecting robots.")]));
   document.getElementById("lines-updated").textContent = "updated " + new Date().toLocaleTimeString();
   const select = document.getElementById("plan-line");
   if (select.options.length !== lines.length) {

@@ -1,0 +1,196 @@
+"""The dashboard in a real headless Chromium against a running ``lineside demo`` (live slice, robots).
+
+Each role logs in and works its page: live numbers that change, a robot
+created and connected with the credentials the page shows, an order plan that
+changes the floor chart, a node drained, and a user of another tenant who sees
+none of it. The tests run in file order against one demo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edge_node import wire
+from edge_node.sdk import RobotClient
+from models import synth
+from tests.integration.browser import RunningDemo, chromium_path, login
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+CHROMIUM = chromium_path()
+if CHROMIUM is None and os.environ.get("LINESIDE_REQUIRE_BROWSER") == "1":
+    raise RuntimeError("LINESIDE_REQUIRE_BROWSER=1 but no Chromium is installed (make browser)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (make browser installs Debian's)")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
+    running = RunningDemo.start(tmp_path_factory.mktemp("demo"))
+    yield running
+    code, output = running.stop()
+    assert code == 0, f"the demo lost frames or failed:\n{output[-3000:]}"
+    assert "ok: every one of" in output
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+    assert errors == [], f"script errors in the page: {errors}"
+
+
+def _as(page: Any, demo: RunningDemo, role: str) -> Any:
+    login(page, demo.url, *demo.logins[role])
+    return page
+
+
+def _number(text: str) -> float:
+    found = re.search(r"-?\d+(\.\d+)?", text.replace(",", ""))
+    assert found, text
+    return float(found.group())
+
+
+def test_plant_manager_sees_live_numbers_and_failed_parts(page: Any, demo: RunningDemo) -> None:
+    _as(page, demo, "plant_manager")
+    tile = page.get_by_test_id("line-line-1")
+    verdicts = tile.locator("[data-metric=verdicts]")
+    expect(verdicts).not_to_have_text("0", timeout=30_000)
+    first = _number(verdicts.inner_text())
+    expect(tile.locator("[data-metric=robots]")).to_have_text("4 / 4")
+    page.wait_for_function(  # live: the number grows without a reload (tiles are re-rendered, so look each time)
+        "before => Number(document.querySelector('[data-testid=line-line-1] [data-metric=verdicts]').textContent)"
+        " > before", arg=first, timeout=20_000,
+    )  # fmt: skip
+    assert _number(tile.locator("[data-metric=fps]").inner_text()) > 0
+    assert _number(tile.locator("[data-metric=p99]").inner_text()) > 0
+    part = page.get_by_test_id("failed-part").first
+    expect(part).to_be_visible(timeout=30_000)
+    assert part.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    assert re.search(r"robot-\d{3}", part.inner_text())
+    expect(page.locator("#cap-chart path[data-series=actual]")).to_have_count(1)
+    expect(page.locator("#cap-summary")).to_contain_text("replicas running now")
+    assert page.locator("#cap-chart").get_attribute("aria-label")  # the chart's text summary for screen readers
+
+
+def test_factory_it_creates_a_robot_and_connects_it_with_the_shown_credentials(page: Any, demo: RunningDemo) -> None:
+    _as(page, demo, "factory_it")
+    expect(page.get_by_test_id("robots-line-1").locator("tbody tr")).to_have_count(4)
+    page.get_by_label("Robot name").fill("cam-new")
+    page.get_by_role("button", name="Create robot").click()
+    panel = page.get_by_test_id("credentials")
+    expect(panel).to_contain_text("shown once")
+    cred = {
+        name: panel.locator(f"[data-cred='{name}']").inner_text()
+        for name in ("username", "password", "broker", "client id")
+    }
+    assert cred["username"] == "r.acme.line-1.cam-new"
+    examples = " ".join(page.locator("pre[data-example]").all_inner_texts())
+    assert "mosquitto_pub" in examples and cred["password"] in examples
+    host, port = cred["broker"].rsplit(":", 1)
+    robot = RobotClient(host, int(port), tenant="acme", line="line-1", robot="cam-new", username=cred["username"],
+                        password=cred["password"], client_id=cred["client id"]).connect()  # fmt: skip
+    try:
+        answer = robot.inspect(synth.generate(99, 1, "crack").data, timeout_s=20)
+        assert isinstance(answer, wire.Result)
+        row = page.locator("tr[data-robot=cam-new]")
+        expect(row.locator("[data-field=connection]")).to_contain_text("online", timeout=20_000)
+        expect(row.locator("[data-field=last-frame]")).to_contain_text("s ago", timeout=20_000)
+    finally:
+        robot.close()
+    expect(page.locator("tr[data-robot=cam-new] [data-field=connection]")).to_contain_text("offline", timeout=20_000)
+    row = page.locator("tr[data-robot=cam-new]")
+    row.get_by_role("button", name="Rotate").click()
+    expect(panel).to_contain_text("rotated")
+    assert panel.locator("[data-cred=password]").inner_text() != cred["password"]
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Revoke").click()
+    expect(row).to_contain_text("revoked")
+
+
+def test_plant_manager_enters_an_order_plan_and_the_floor_chart_changes(page: Any, demo: RunningDemo) -> None:
+    _as(page, demo, "plant_manager")
+    floor = page.locator("#cap-chart path[data-series=floor]")
+    expect(floor).to_have_count(1)
+    before = floor.get_attribute("d")
+    start = datetime.now() + timedelta(hours=3)  # the control plane's clock is this machine's local time
+    shift = page.locator(".shift").first
+    shift.get_by_label("Starts").fill(f"{start:%H}:00")
+    shift.get_by_label("Ends").fill(f"{(start + timedelta(hours=1)):%H}:00")
+    page.get_by_label("Parts per shift").fill(
+        "5000000"
+    )  # 5,555 frames/s in one hour: more than a lease of 2 replicas serves
+    page.get_by_role("button", name="Preview plan and cost").click()
+    expect(page.locator("#preview-summary")).to_contain_text("the lease lacks capacity")
+    expect(page.locator("#preview-table tbody tr").first).to_be_visible()
+    page.get_by_role("button", name="Save plan").click()
+    expect(page.locator("#flash")).to_contain_text("Order plan saved")
+    page.wait_for_function("d => document.querySelector('#cap-chart path[data-series=floor]').getAttribute('d') !== d",
+                           arg=before)  # fmt: skip
+    expect(page.locator("#cap-summary")).to_contain_text("more than the lease allows")
+    page.get_by_label("Replica floor").fill("2")
+    page.get_by_role("button", name="Apply floor").click()
+    expect(page.locator("#events tbody tr[data-kind=manual]").first).to_contain_text("1 → 2", timeout=15_000)
+
+
+def test_a_user_of_another_tenant_sees_none_of_it(page: Any, demo: RunningDemo) -> None:
+    op = {"Authorization": f"Bearer {demo.tokens['operator']}"}
+    with httpx.Client(base_url=demo.url, headers=op) as api:
+        tenant = api.post("/tenants", json={"slug": "globex", "name": "Globex"}).json()
+        body = {"email": "pm@globex.example", "role": "plant_manager", "tenant_id": tenant["id"],
+                "password": "globex-password-1"}  # fmt: skip
+        assert api.post("/users", json=body).status_code == 201
+    login(page, demo.url, "pm@globex.example", "globex-password-1")
+    expect(page.locator("#lines")).to_contain_text("No lines yet")
+    expect(page.locator("#cap-summary")).to_contain_text("No slice rented yet")
+    assert page.get_by_test_id("failed-part").count() == 0
+    assert page.locator("#slice option").count() == 0
+    for path in ("/lines/1/failed-parts", "/lines/1/series", "/slices/1/capacity", "/failed-parts/1/thumbnail"):
+        status = page.evaluate("path => fetch(path).then(r => r.status)", path)
+        assert status == 404, f"{path} answered {status} to another tenant"
+    page.goto(f"{demo.url}/ui/operator")
+    expect(page.locator("body")).to_contain_text("needs the operator role")
+
+
+def test_operator_sees_the_node_issues_a_join_token_and_drains_it(page: Any, demo: RunningDemo) -> None:
+    _as(page, demo, "operator")
+    node = page.locator("tr[data-node]").first
+    expect(node.locator("[data-field=status]")).to_contain_text("online")
+    expect(node.locator("[data-field=placement]")).to_contain_text("t1-inspect")
+    expect(node.get_by_role("meter", name="CPU utilization")).to_have_count(1)
+    page.get_by_role("button", name="Create join token").click()
+    expect(page.get_by_test_id("join-command")).to_contain_text(f"--control-plane {demo.url} --token lsj_")
+    node.get_by_role("button", name="Drain").click()
+    expect(node.locator("[data-field=status]")).to_contain_text(re.compile("draining|drained"))
+    expect(page.locator("#alerts tbody tr").first).to_contain_text("add or undrain nodes", timeout=20_000)
+    node.get_by_role("button", name="Undrain").click()  # give the demo its node back
+    expect(node.locator("[data-field=status]")).to_contain_text("online")
+
+
+def test_screenshots_script_writes_one_per_role(tmp_path: Path, demo: RunningDemo, browser: Any) -> None:
+    from docs.screenshots import take
+
+    paths = take(browser, demo, tmp_path)
+    assert sorted(p.name for p in paths) == ["factory_it.png", "operator.png", "plant_manager.png"]
+    assert all(p.stat().st_size > 20_000 for p in paths)
