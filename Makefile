@@ -1,7 +1,8 @@
 # Lineside: the two commands a user needs are `make demo` and `make test`.
-# Python packages go into .venv. Outside it, and only when missing, two things come
-# from apt (with sudo when not root): python3-venv, and the Mosquitto broker with its
-# clients (mosquitto, mosquitto-clients), which the demo and the tests start themselves.
+# Python packages go into .venv. Outside it, and only when missing, things come from apt
+# (with sudo when not root): python3-venv, the Mosquitto broker with its clients
+# (mosquitto, mosquitto-clients), which the demo and the tests start themselves, and for
+# the tests Debian's Chromium, which the dashboard's browser tests drive headless.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: broker setup demo test test-unit test-integration lint format train evaluate bench clean
+.PHONY: broker browser screenshots setup demo test test-unit test-integration lint format train evaluate bench clean
 
 setup: $(STAMP)
 
@@ -31,19 +32,24 @@ broker:
 		echo "installing the Mosquitto MQTT broker and clients with apt"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
 
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "installing Debian's Chromium for the dashboard's browser tests with apt"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
 # `make demo DEMO_ARGS=` streams until Ctrl-C (the default stops after 5 minutes); `lineside demo --help`.
 DEMO_ARGS ?= --duration 300
 
 demo: setup broker
 	$(VENV)/bin/lineside demo $(DEMO_ARGS)
 
-test: setup broker
+test: setup broker browser
 	$(PY) -m pytest
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
 
-test-integration: setup broker
+test-integration: setup broker browser
 	$(PY) -m pytest tests/integration
 
 lint: setup
@@ -66,6 +72,10 @@ evaluate: setup
 bench: setup broker
 	$(VENV)/bin/lineside bench runtime --json
 	$(VENV)/bin/lineside bench pipeline --json
+
+# README screenshots of each role's page, from a running demo in headless Chromium.
+screenshots: setup broker browser
+	$(PY) -m docs.screenshots
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -210,6 +210,19 @@ def bench_autoscale(
     _emit(result, as_json)
 
 
+@bench_app.command("dashboard")
+def bench_dashboard(
+    robots: Annotated[int, typer.Option(min=4, help="Robots (on 4 lines) with a week of history.")] = 100,
+    loads: Annotated[int, typer.Option(min=1, help="Page loads timed per tenant.")] = 10,
+    database_url: Annotated[str | None, typer.Option(help="Database; default a fresh SQLite file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Plant manager page load in headless Chromium with a week of history, vs. the same page without any."""
+    from bench.dashboard import measure
+
+    _emit(measure(robots, loads, database_url), as_json)
+
+
 @app.command("model-info")
 def model_info(manifest: ManifestOption = BUNDLED_MANIFEST) -> None:
     """Print a model's manifest and the execution providers it would run on."""

@@ -194,3 +194,17 @@ def test_screenshots_script_writes_one_per_role(tmp_path: Path, demo: RunningDem
     paths = take(browser, demo, tmp_path)
     assert sorted(p.name for p in paths) == ["factory_it.png", "operator.png", "plant_manager.png"]
     assert all(p.stat().st_size > 20_000 for p in paths)
+
+
+def test_page_load_benchmark_prints_json() -> None:
+    """`lineside bench dashboard` (small): numbers for BENCHMARKS.md, not a gate on time."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bench.dashboard", "--json", "--robots", "8", "--loads", "2"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout  # fmt: skip
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["line_minutes"] == 4 * 7 * 24 * 60 and result["robots"] == 8
+    assert result["page_load_week_of_history"]["median_ms"] > 0
+    assert result["baseline_page_load_no_history"]["median_ms"] > 0
