@@ -32,8 +32,8 @@ import httpx
 from PIL import Image
 from sqlmodel import Session, select
 
-from control_plane.app import create_app
 from control_plane import models as m
+from control_plane.app import create_app
 from control_plane.security import hash_password
 from control_plane.server import BackgroundServer
 from control_plane.settings import ControlPlaneSettings
@@ -59,7 +59,7 @@ PLAN = {
 
 def _thumbnail(rng: random.Random) -> bytes:
     out = io.BytesIO()
-    image = Image.new("RGB", (160, 160), tuple(rng.randrange(256) for _ in range(3)))  # type: ignore[arg-type]
+    image = Image.new("RGB", (160, 160), (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
     image.save(out, format="JPEG", quality=80)
     return out.getvalue()
 
