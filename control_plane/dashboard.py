@@ -60,7 +60,9 @@ def line_summary(session: Session, line: Line, now: datetime) -> dict[str, Any]:
         select(LineMinute).where(LineMinute.line_id == line.id, LineMinute.minute >= current - LIVE_WINDOW)
     ).all()
     last_minute = [r for r in recent if aware(r.minute) >= current - timedelta(minutes=1)]
-    covered = (now - (current - timedelta(minutes=1))).total_seconds()
+    # frames/s over the last minute, or over less where telemetry began more recently (a slice just started)
+    earliest = min((aware(r.covered_from or r.minute) for r in last_minute), default=current)
+    covered = max(1.0, (now - max(current - timedelta(minutes=1), earliest)).total_seconds())
     frames, fails, errors, histogram = _merge(recent)
     p99 = _quantile(histogram, 0.99)
     return {

@@ -553,6 +553,7 @@ class LineMinute(SQLModel, table=True):
     line_id: int = Field(foreign_key="line.id")
     minute: datetime  # UTC, seconds zeroed
     source: str = Field(default="", max_length=64)
+    covered_from: datetime | None = None  # start of the earliest telemetry window counted here (rates need it)
     frames: int = 0
     fails: int = 0
     errors: int = 0

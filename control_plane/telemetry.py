@@ -39,8 +39,10 @@ class _Minute:
     fails: int = 0
     errors: int = 0
     histogram: list[int] = field(default_factory=lambda: [0] * (len(wire.LATENCY_BUCKETS_MS) + 1))
+    covered_from: float = float("inf")
 
     def add(self, t: wire.Telemetry) -> None:
+        self.covered_from = min(self.covered_from, t.start)
         self.frames += t.frames
         self.fails += t.fails
         self.errors += t.errors
@@ -138,6 +140,9 @@ def _merge_minutes(session: Session, names: _Names, minutes: dict[tuple[int, dat
         row.frames += value.frames
         row.fails += value.fails
         row.errors += value.errors
+        first = _utc(value.covered_from)
+        if row.covered_from is None or _aware(row.covered_from) > first:
+            row.covered_from = first
         row.latency_histogram = [a + b for a, b in zip(row.latency_histogram, value.histogram, strict=False)]
         session.add(row)
 

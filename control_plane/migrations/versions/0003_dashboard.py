@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("errors", sa.Integer(), nullable=False),
         sa.Column("latency_histogram", sa.JSON(), nullable=False),
         sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("covered_from", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["line_id"],
             ["line.id"],

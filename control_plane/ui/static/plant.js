@@ -73,6 +73,7 @@ async function refreshCapacity() {
   document.getElementById("lease").textContent =
     `Lease: up to ${currentSlice.max_replicas} replicas at ${currentSlice.price_per_replica_hour.toFixed(2)} per replica-hour`;
   const events = await api("GET", `/slices/${currentSlice.id}/events`);
+  document.getElementById("events-empty").hidden = events.length > 0;
   document.querySelector("#events tbody").replaceChildren(...events.slice(0, 30).map((e) => el("tr", { "data-kind": e.kind },
     el("td", {}, fmt.time(e.at)), el("td", {}, e.kind), el("td", { class: "num" }, `${e.min_before} → ${e.min_after}`),
     el("td", { class: "num" }, `${e.max_before} → ${e.max_after}`),
