@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
@@ -29,6 +30,24 @@ from models.manifest import BUNDLED_MANIFEST
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_EMAIL = "admin@lineside.local"
+
+
+class _MonitorCollector:
+    """The site monitors' running totals as Prometheus counters."""
+
+    def __init__(self, monitors: SiteMonitors) -> None:
+        self.monitors = monitors
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.monitors.totals
+        family = CounterMetricFamily("lineside_telemetry_messages", "Site broker messages stored or refused",
+                                     labels=["kind"])  # fmt: skip
+        for kind in ("telemetry", "status", "rejected", "failed_parts"):
+            family.add_metric([kind], getattr(totals, kind))
+        family.add_metric(["dropped"], self.monitors.dropped)
+        yield family
+        yield GaugeMetricFamily("lineside_monitored_sites", "Site brokers the control plane is subscribed to",
+                                value=len(self.monitors.subscribed))  # fmt: skip
 
 
 class Metrics:
@@ -109,6 +128,7 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     metrics = Metrics()
     stop = threading.Event()
     monitors = SiteMonitors(engine, settings)
+    metrics.registry.register(_MonitorCollector(monitors))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

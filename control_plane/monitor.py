@@ -16,6 +16,7 @@ import queue
 import socket
 import threading
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -25,7 +26,7 @@ from sqlmodel import Session, select
 
 from control_plane import broker_sync, sites, telemetry
 from control_plane.errors import BrokerUnavailable
-from control_plane.models import Site
+from control_plane.models import Site, utcnow
 from control_plane.settings import ControlPlaneSettings
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,14 @@ class SiteMonitors:
         """This instance's name on the line-minute rows it writes."""
         self.totals = telemetry.IngestCounts()
 
-    def run(self, stop: threading.Event, refresh_s: float = 5.0, flush_s: float = 1.0) -> None:
+    def run(self, stop: threading.Event, refresh_s: float = 5.0, flush_s: float = 1.0, prune_s: float = 3600.0) -> None:
         ticks = 0
         while not stop.wait(flush_s):
             try:
                 if ticks % max(1, round(refresh_s / flush_s)) == 0:
                     self.refresh()
+                if ticks % max(1, round(prune_s / flush_s)) == 0:
+                    self.prune()
                 ticks += 1
                 self.flush()
             except Exception:  # keep monitoring; the next pass retries
@@ -61,6 +64,13 @@ class SiteMonitors:
         for client in self.clients.values():
             client.disconnect()
             client.loop_stop()
+
+    def prune(self) -> None:
+        """Forget line minutes older than ``history_days``."""
+        with Session(self.engine) as session:
+            gone = telemetry.prune_history(session, utcnow() - timedelta(days=self.settings.history_days))
+        if gone:
+            log.info("deleted %d line minutes older than %d days", gone, self.settings.history_days)
 
     def refresh(self) -> None:
         """Connect to sites not connected yet."""

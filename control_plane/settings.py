@@ -46,6 +46,7 @@ class ControlPlaneSettings(BaseSettings):
     )
     session_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="How long a dashboard login lasts.")
     failed_parts_kept: int = Field(default=200, ge=1, description="Failed parts (with thumbnails) kept per line.")
+    history_days: int = Field(default=90, ge=1, description="Days of per-minute line telemetry kept.")
 
     @model_validator(mode="after")
     def _no_default_secret_in_production(self) -> ControlPlaneSettings:

@@ -160,6 +160,13 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def prune_history(session: Session, before: datetime) -> int:
+    """Delete line minutes older than ``before``; returns how many went."""
+    result = session.exec(delete(LineMinute).where(col(LineMinute.minute) < before))
+    session.commit()
+    return int(result.rowcount or 0)
+
+
 def _prune(session: Session, line_id: int, keep: int) -> None:
     """Keep the newest ``keep`` failed parts of a line (thumbnails are for looking, not for archives)."""
     newest = select(FailedPart.id).where(FailedPart.line_id == line_id).order_by(col(FailedPart.id).desc())

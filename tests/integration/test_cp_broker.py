@@ -150,7 +150,7 @@ def test_broker_rebuilt_from_the_database(control_plane: ControlPlane, tmp_path_
     cp.broker.start()
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Not authorized"
     counts = ok(cp.client.post(f"/sites/{cp.site_id}/broker/sync", headers=cp.op))
-    assert counts == {"ensured": 6, "removed": 0}  # two robots with their watchers, two slice ingresses
+    assert counts == {"ensured": 7, "removed": 0}  # two robots with their watchers, two slice ingresses, the monitor
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Success"
 
 

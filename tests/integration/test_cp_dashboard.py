@@ -168,6 +168,20 @@ def test_telemetry_reaches_the_line_tiles(control_plane: ControlPlane, acme_line
     assert robot["connected"] is True and robot["last_frame_at"] is not None
     series = ok(cp.client.get(f"/lines/{a.line_id}/series?hours=1", headers=a.pm))
     assert sum(point["frames_per_s"] for point in series) > 0
+    metrics = cp.client.get("/metrics").text
+    assert 'lineside_telemetry_messages_total{kind="telemetry"} 1.0' in metrics
+    assert "lineside_monitored_sites 1.0" in metrics
+
+
+def test_robots_cannot_read_telemetry(control_plane: ControlPlane) -> None:
+    cp, a = control_plane, control_plane.a
+    robot = ok(cp.client.post(f"/robots/{a.ids['robot']}/rotate", headers=a.it))
+    probe = Probe(cp, robot["mqtt_username"], robot["mqtt_password"], robot["client_id"])
+    try:
+        assert probe.subscribe(f"{wire.TELEMETRY_ROOT}/#") == ["Not authorized"]
+        assert probe.subscribe(wire.telemetry_topic("acme", "line-1", "t1-inspect")) == ["Not authorized"]
+    finally:
+        probe.close()
 
 
 def test_another_tenant_sees_none_of_it(control_plane: ControlPlane, acme_line: dict[str, Any]) -> None:

@@ -179,6 +179,15 @@ def test_operator_sees_the_node_issues_a_join_token_and_drains_it(page: Any, dem
     expect(node.locator("[data-field=status]")).to_contain_text("online")
     expect(node.locator("[data-field=placement]")).to_contain_text("t1-inspect")
     expect(node.get_by_role("meter", name="CPU utilization")).to_have_count(1)
+    # Contribution windows: saved and shown again (not contributed, so the demo's reserved slice stays).
+    page.get_by_label("Available from").fill("20:00")
+    page.get_by_label("until").fill("06:00")
+    page.get_by_label("Whole days available (YYYY-MM-DD, comma separated)").fill("2026-12-24, 2026-12-25")
+    page.get_by_role("button", name="Save contribution").click()
+    expect(page.locator("#flash")).to_contain_text("Contribution saved")
+    with httpx.Client(base_url=demo.url, headers={"Authorization": f"Bearer {demo.tokens['operator']}"}) as api:
+        saved = api.get("/nodes").json()[0]
+    assert saved["holidays"] == ["2026-12-24", "2026-12-25"] and saved["windows"][0]["start"] == "20:00"
     page.get_by_role("button", name="Create join token").click()
     expect(page.get_by_test_id("join-command")).to_contain_text(f"--control-plane {demo.url} --token lsj_")
     node.get_by_role("button", name="Drain").click()
@@ -186,6 +195,25 @@ def test_operator_sees_the_node_issues_a_join_token_and_drains_it(page: Any, dem
     expect(page.locator("#alerts tbody tr").first).to_contain_text("add or undrain nodes", timeout=20_000)
     node.get_by_role("button", name="Undrain").click()  # give the demo its node back
     expect(node.locator("[data-field=status]")).to_contain_text("online")
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), (1920, 1080)], ids=["laptop", "office-monitor"])
+def test_every_page_fits_the_screen_and_labels_its_controls(browser: Any, demo: RunningDemo,
+                                                            viewport: tuple[int, int]) -> None:  # fmt: skip
+    """No sideways scrolling on a laptop or a factory-office monitor; every control has an accessible name."""
+    for role in ("plant_manager", "factory_it", "operator"):
+        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+        page = context.new_page()
+        login(page, demo.url, *demo.logins[role])
+        page.wait_for_timeout(2500)
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{role}'s page scrolls sideways by {overflow}px at {viewport}"
+        unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, button, textarea')]
+            .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                            && !(el.textContent || '').trim() && el.type !== 'hidden')
+            .map((el) => el.outerHTML.slice(0, 80))""")
+        assert unnamed == [], f"controls without a label on {role}'s page: {unnamed}"
+        context.close()
 
 
 def test_screenshots_script_writes_one_per_role(tmp_path: Path, demo: RunningDemo, browser: Any) -> None:
