@@ -43,6 +43,7 @@ class SiteMonitors:
         self.clients: dict[int, mqtt.Client] = {}
         self.subscribed: set[int] = set()
         """Sites whose broker confirmed the monitor's subscriptions."""
+        self.unreachable: set[int] = set()
         self.inbox: queue.Queue[tuple[int, str, bytes]] = queue.Queue(QUEUE_LIMIT)
         self.dropped = 0
         self.source = f"{socket.gethostname()[:40]}-{os.getpid()}"
@@ -86,8 +87,11 @@ class SiteMonitors:
             with sites.admin(self.settings, site) as broker:
                 broker.ensure(broker_sync.monitor_client(site.name, password))
         except BrokerUnavailable as e:
-            log.info("site %s: monitor not connected yet (%s)", site.name, e)
+            if site.id not in self.unreachable:  # say it once, not every refresh
+                log.warning("site %s: dashboard telemetry unavailable until its broker answers (%s)", site.name, e)
+                self.unreachable.add(site.id)
             return
+        self.unreachable.discard(site.id)
         site_id = site.id
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"lineside-monitor-{uuid.uuid4().hex[:8]}",
                              protocol=mqtt.MQTTv5)  # fmt: skip

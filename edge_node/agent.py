@@ -104,7 +104,7 @@ class Agent:
     node_token: str
     data_dir: Path
     period_s: float = 5.0
-    apply: Callable[[SliceSpec], None] = cluster.apply_slice
+    apply: Callable[[SliceSpec], None] = cluster.apply_slice_briefly
     delete: Callable[[str], None] = cluster.delete_slice
     applications: Callable[[], set[str]] = cluster.applications
     status: Callable[[str], dict[str, Any]] = cluster.app_status

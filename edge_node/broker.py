@@ -150,9 +150,12 @@ class MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.render_config())
         self._write_dynsec_state()
+        # Its own session: a Ctrl-C in the terminal reaches the demo, which stops robots, slice and
+        # then the broker in that order; the broker must not die first with the answers still in it.
         self._process = subprocess.Popen(
-            [binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+            [binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
         try:
             wait_for_port(self.host, self.port, timeout_s)
         except BrokerError:

@@ -8,10 +8,14 @@ from typing import Any
 import ray
 from ray import serve
 
+from edge_node.errors import ClusterUnavailable
 from edge_node.serving import deploy
 from edge_node.slice_spec import NODE_RESOURCE_PREFIX, SliceSpec
 
 log = logging.getLogger(__name__)
+
+AGENT_APPLY_WAIT_S = 30.0
+"""How long an agent pass waits for an applied slice to run before it reports it as deploying."""
 
 
 def start(
@@ -42,10 +46,27 @@ def start(
     log.info("ray ready: %s", ray.cluster_resources())
 
 
-def apply_slice(spec: SliceSpec) -> None:
-    """Create or update a slice; returns once its replicas are running."""
-    deploy(spec)
-    log.info("slice %s serving %s for tenant %s", spec.name, ", ".join(spec.lines), spec.tenant)
+def _connected() -> None:
+    """Serve's calls connect to Ray by themselves when it is not initialised; after ``stop`` that would
+    start a new driver in whatever thread asked (an agent finishing its pass) and Ray ends the process."""
+    if not ray.is_initialized():
+        raise ClusterUnavailable("not connected to Ray: start the cluster first (or it was shut down)")
+
+
+def apply_slice(spec: SliceSpec, wait_s: float | None = 600.0) -> bool:
+    """Create or update a slice; True once it runs, False if it still deploys after ``wait_s``."""
+    _connected()
+    running = deploy(spec, wait_s)
+    if running:
+        log.info("slice %s serving %s for tenant %s", spec.name, ", ".join(spec.lines), spec.tenant)
+    else:
+        log.warning("slice %s not running after %.0fs; Serve keeps deploying it", spec.name, wait_s or 0)
+    return running
+
+
+def apply_slice_briefly(spec: SliceSpec) -> None:
+    """The edge agent's apply: hand the slice to Serve, wait a little, report whatever state it is in."""
+    apply_slice(spec, wait_s=AGENT_APPLY_WAIT_S)
 
 
 def slice_stats(spec: SliceSpec) -> dict[str, Any]:
@@ -68,11 +89,13 @@ def gcs_address() -> str:
 
 def lineside_resources() -> list[str]:
     """The ``lineside_node_<id>`` resources of the cluster's nodes (which nodes replicas can be pinned to)."""
+    _connected()
     return sorted(r for r in ray.cluster_resources() if r.startswith(NODE_RESOURCE_PREFIX))
 
 
 def applications() -> set[str]:
     """Names of the Serve applications on the cluster."""
+    _connected()
     return set(serve.status().applications)
 
 
@@ -83,6 +106,7 @@ def slice_status(spec: SliceSpec) -> dict[str, Any]:
 
 def app_status(name: str) -> dict[str, Any]:
     """Serve's view of one application: its status and running replicas per deployment."""
+    _connected()
     status = serve.status().applications.get(name)
     if status is None:
         return {"status": "NOT_DEPLOYED", "deployments": {}}
@@ -97,6 +121,7 @@ def app_status(name: str) -> dict[str, Any]:
 
 
 def delete_slice(name: str) -> None:
+    _connected()
     serve.delete(name)
 
 

@@ -88,7 +88,13 @@ def provision(
             robot = _call(client, "POST", "/robots", it, json={"slug": f"robot-{k:03d}", "line_id": line["id"]})
             setup.robots[robot["slug"]] = (robot["mqtt_username"], robot["mqtt_password"])
         model = next(m for m in _call(client, "GET", "/models", pm) if m["tenant_id"] is None)
-        body = {"slug": "inspect", "line_ids": [line["id"]], "model_version_id": model["id"], "max_replicas": 2}
+        body = {
+            "slug": "inspect",
+            "line_ids": [line["id"]],
+            "model_version_id": model["id"],
+            "max_replicas": 2,
+            "cpus_per_replica": 0.5,
+        }  # two replicas and the ingress fit a 2-core laptop
         setup.slice_id = _call(client, "POST", "/slices", pm, json=body)["id"]
         _call(client, "PUT", f"/lines/{line['id']}/order-plan", pm, json=DEMO_ORDER_PLAN)
     except BaseException:
@@ -167,7 +173,7 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, w
     finally:
         agent_stop.set()
         if agent_thread is not None:
-            agent_thread.join(timeout=30)
+            agent_thread.join(timeout=120)  # a pass may be applying a slice; Ray must outlive it
         cluster.stop()
         if broker is not None:
             broker.stop()

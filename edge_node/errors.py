@@ -7,9 +7,11 @@ Hierarchy::
     │   ├── BadImage              not decodable as the image it claims to be
     │   ├── TooLarge              over the byte or pixel limits
     │   └── UnsupportedFormat     neither JPEG nor PNG
-    └── ModelError                the model cannot be loaded or run
-        ├── ModelIntegrityError   the file does not match its manifest (hash, input)
-        └── ProviderUnavailable   a requested execution provider is not installed
+    ├── ModelError                the model cannot be loaded or run
+    │   ├── ModelIntegrityError   the file does not match its manifest (hash, input)
+    │   └── ProviderUnavailable   a requested execution provider is not installed
+    ├── ClusterUnavailable        no Ray connection (not started yet, or shut down)
+    └── SliceDeployFailed         Serve gave up deploying a slice (its message says why)
 
 A ``FrameError`` is the robot's problem and is answered on the errors topic;
 a ``ModelError`` is the operator's problem and stops the replica from starting.
@@ -56,3 +58,11 @@ class ModelIntegrityError(ModelError):
 
 class ProviderUnavailable(ModelError):
     """A configured execution provider is not available in this onnxruntime build."""
+
+
+class ClusterUnavailable(EdgeNodeError):
+    """Ray is not connected: ``cluster.start`` was not called, or ``cluster.stop`` already ran."""
+
+
+class SliceDeployFailed(EdgeNodeError):
+    """Serve reports DEPLOY_FAILED for a slice (e.g. its replicas fail to start)."""

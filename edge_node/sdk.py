@@ -115,7 +115,10 @@ class RobotClient:
         """Announce ``offline`` and disconnect; frames still pending fail with ``FrameLost``."""
         self._closing.set()
         if self._connected.is_set():
-            self._client.publish(self._status_topic, "offline", qos=1, retain=True).wait_for_publish(timeout=5)
+            try:
+                self._client.publish(self._status_topic, "offline", qos=1, retain=True).wait_for_publish(timeout=5)
+            except (RuntimeError, ValueError) as e:  # the broker went first; its copy of the will says offline
+                log.info("robot %s could not announce offline (%s)", self.frames_topic, e)
         self._client.disconnect()
         self._client.loop_stop()
         with self._lock:

@@ -25,8 +25,10 @@ import ray
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ApplicationStatus
 
 from edge_node.autoscaling import POLICY as LINE_POLICY
+from edge_node.errors import SliceDeployFailed
 from edge_node.ingress import FrameIngress
 from edge_node.runtime import InspectionModel, as_reply
 from edge_node.settings import EdgeSettings
@@ -237,6 +239,21 @@ def build_app(spec: SliceSpec) -> Any:
     ).bind(spec_json, *models)
 
 
-def deploy(spec: SliceSpec) -> DeploymentHandle:
-    """Create or update the slice's Serve application; idempotent for an unchanged spec."""
-    return serve.run(build_app(spec), name=spec.name, route_prefix=None)
+def deploy(spec: SliceSpec, wait_s: float | None) -> bool:
+    """Create or update the slice's Serve application (idempotent for an unchanged spec).
+
+    Waits up to ``wait_s`` (None: no limit) for it to run and says whether it does. ``serve.run``
+    would wait without a bound, and a replica that cannot be scheduled (no CPU left for a raised
+    floor) would hold the caller, the edge agent, for good; Serve keeps trying either way.
+    """
+    target = serve.RunTarget(build_app(spec), name=spec.name, route_prefix=None)
+    serve.run_many([target], wait_for_applications_running=False)
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    while deadline is None or time.monotonic() < deadline:
+        status = serve.status().applications.get(spec.name)
+        if status is not None and status.status == ApplicationStatus.RUNNING:
+            return True
+        if status is not None and status.status == ApplicationStatus.DEPLOY_FAILED:
+            raise SliceDeployFailed(f"slice {spec.name} failed to deploy: {status.message}")
+        time.sleep(0.25)
+    return False

@@ -87,7 +87,10 @@ def test_plant_manager_sees_live_numbers_and_failed_parts(page: Any, demo: Runni
     assert _number(tile.locator("[data-metric=p99]").inner_text()) > 0
     part = page.get_by_test_id("failed-part").first
     expect(part).to_be_visible(timeout=30_000)
-    assert part.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    page.wait_for_function(
+        "() => { const img = document.querySelector('[data-testid=failed-part] img');"
+        " return img && img.complete && img.naturalWidth > 0; }"
+    )  # the thumbnail decodes
     assert re.search(r"robot-\d{3}", part.inner_text())
     expect(page.locator("#cap-chart path[data-series=actual]")).to_have_count(1)
     expect(page.locator("#cap-summary")).to_contain_text("replicas running now")

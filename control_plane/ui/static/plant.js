@@ -9,7 +9,7 @@ const SERIES = [
   { key: "lease", name: "Lease limit", color: "#b3261e", dash: "2 3", step: true },
 ];
 const DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-let slices = [], currentSlice = null, lines = [];
+let slices = [], currentSlice = null, lines = [], shownParts = "";
 
 function tile(line) {
   const budget = line.within_budget === null ? "" : line.within_budget ? "ok" : "bad";
@@ -42,6 +42,9 @@ async function refreshFailed() {
   const parts = (await Promise.all(lines.map((l) => api("GET", `/lines/${l.id}/failed-parts?limit=8`)))).flat();
   parts.sort((a, b) => (a.at < b.at ? 1 : -1));
   const slugs = Object.fromEntries(lines.map((l) => [l.id, l.slug]));
+  const key = parts.slice(0, 12).map((p) => p.id).join(",");
+  if (key === shownParts) return;  // unchanged: keep the images as they are (no flicker, no reloads)
+  shownParts = key;
   document.getElementById("failed").replaceChildren(...parts.slice(0, 12).map((p) => el("figure", { "data-testid": "failed-part" },
     el("img", { src: `/failed-parts/${p.id}/thumbnail`, alt: `Failed part from ${p.robot}: ${p.defect_class || "defect"}`, loading: "lazy", width: 160, height: 160 }),
     el("figcaption", {}, el("strong", {}, p.defect_class || "defect"), ` ${(p.score * 100).toFixed(0)} %`, el("br"),
