@@ -78,7 +78,17 @@ class RunningDemo:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+                for pid in self.leftover_brokers():  # its own session: SIGKILL of the demo misses it
+                    os.kill(pid, signal.SIGKILL)
         return self.process.returncode, self.log.read_text()
+
+    def leftover_brokers(self) -> list[int]:
+        """PIDs of this demo's Mosquitto still running."""
+        config = re.search(r"\(config (\S+)\)", self.log.read_text())
+        if config is None:
+            return []
+        found = subprocess.run(["pgrep", "-f", config.group(1)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in found.split()]
 
 
 def login(page: Any, url: str, email: str, password: str) -> None:

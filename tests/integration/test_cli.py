@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,18 +18,35 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=300, check=check)
 
 
-@pytest.mark.parametrize(
-    "command",
-    [[], ["demo"], ["inspect"], ["model-info"], ["robots", "simulate"], ["slice", "run"],
-     ["bench", "pipeline"], ["bench", "runtime"]],
-)  # fmt: skip
+def _commands() -> list[list[str]]:
+    """Every command and group of the ``lineside`` CLI, found by walking it (new ones are covered too)."""
+    import typer
+
+    from edge_node.cli import app
+
+    found: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:  # typer's own click: groups have .commands
+        found.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(), ids=lambda c: " ".join(c) or "lineside")
 def test_every_command_has_help(command: list[str]) -> None:
     result = run(LINESIDE, *command, "--help")
     assert "Usage" in result.stdout
     assert "--help" in result.stdout
 
 
-@pytest.mark.parametrize("module", ["models.train", "models.evaluate", "bench.runtime_throughput"])
+MODULES = ["models.train", "models.evaluate", "bench.runtime_throughput", "bench.pipeline", "bench.scheduler",
+           "bench.autoscale", "bench.dashboard", "docs.screenshots"]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_module_entry_points_have_help(module: str) -> None:
     assert "usage" in run(sys.executable, "-m", module, "--help").stdout
 

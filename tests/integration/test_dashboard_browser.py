@@ -39,6 +39,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
     code, output = running.stop()
     assert code == 0, f"the demo lost frames or failed:\n{output[-3000:]}"
     assert "ok: every one of" in output
+    assert running.leftover_brokers() == [], "the demo left its broker running"
 
 
 @pytest.fixture(scope="module")
