@@ -32,6 +32,12 @@ class IngestCounts:
     rejected: int = 0
     failed_parts: int = 0
 
+    def add(self, other: IngestCounts) -> None:
+        self.telemetry += other.telemetry
+        self.status += other.status
+        self.rejected += other.rejected
+        self.failed_parts += other.failed_parts
+
 
 @dataclass
 class _Minute:

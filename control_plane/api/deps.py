@@ -87,6 +87,14 @@ def _node(session: SessionDep, authorization: Annotated[str | None, Header()] = 
     return node
 
 
+def caller_of(request: Request, session: Session) -> Principal | None:
+    """The caller of a page request (session cookie or bearer token), or None when not logged in."""
+    try:
+        return _principal(request, session, request.headers.get("authorization"))
+    except (Unauthenticated, Forbidden):
+        return None
+
+
 CurrentUser = Annotated[Principal, Depends(_principal)]
 CurrentNode = Annotated[Node, Depends(_node)]
 

@@ -17,8 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlmodel import Session
 
-from control_plane.api.deps import _principal
-from control_plane.errors import ControlPlaneError
+from control_plane.api.deps import caller_of
 from control_plane.models import Role, User
 from control_plane.security import Principal
 
@@ -55,9 +54,8 @@ def render(page: str, title: str, caller: Principal | None, email: str = "") -> 
 
 def _caller(request: Request) -> tuple[Principal, str] | None:
     with Session(request.app.state.engine) as session:
-        try:
-            caller = _principal(request, session, None)
-        except ControlPlaneError:
+        caller = caller_of(request, session)
+        if caller is None:
             return None
         user = session.get(User, caller.user_id)
         return caller, user.email if user else ""
