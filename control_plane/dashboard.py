@@ -16,7 +16,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from control_plane import capacity, planner
-from control_plane.models import Line, LineMinute, Node, Robot, ScaleEvent, Site, Slice
+from control_plane.models import Line, LineMinute, Node, Robot, ScaleEvent, Site, Slice, as_utc
 from control_plane.states import RobotStatus
 from edge_node import wire
 
@@ -26,15 +26,10 @@ LIVE_WINDOW = timedelta(minutes=5)
 """Latency and defect rate on the line tiles cover this much recent time."""
 
 
-def aware(value: datetime) -> datetime:
-    """UTC-aware: SQLite hands back naive datetimes of what was stored as UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def robot_online(robot: Robot, now: datetime) -> bool:
     if robot.connected is not None:
         return robot.connected
-    return robot.last_frame_at is not None and now - aware(robot.last_frame_at) <= ONLINE_WITHIN
+    return robot.last_frame_at is not None and now - as_utc(robot.last_frame_at) <= ONLINE_WITHIN
 
 
 def _merge(rows: Sequence[LineMinute]) -> tuple[int, int, int, list[int]]:
@@ -59,9 +54,9 @@ def line_summary(session: Session, line: Line, now: datetime) -> dict[str, Any]:
     recent = session.exec(
         select(LineMinute).where(LineMinute.line_id == line.id, LineMinute.minute >= current - LIVE_WINDOW)
     ).all()
-    last_minute = [r for r in recent if aware(r.minute) >= current - timedelta(minutes=1)]
+    last_minute = [r for r in recent if as_utc(r.minute) >= current - timedelta(minutes=1)]
     # frames/s over the last minute, or over less where telemetry began more recently (a slice just started)
-    earliest = min((aware(r.covered_from or r.minute) for r in last_minute), default=current)
+    earliest = min((as_utc(r.covered_from or r.minute) for r in last_minute), default=current)
     covered = max(1.0, (now - max(current - timedelta(minutes=1), earliest)).total_seconds())
     frames, fails, errors, histogram = _merge(recent)
     p99 = _quantile(histogram, 0.99)
@@ -86,7 +81,7 @@ def line_series(session: Session, line: Line, now: datetime, hours: int, points:
     step = max(1, math.ceil(hours * 60 / points))
     buckets: dict[int, list[LineMinute]] = {}
     for row in rows:
-        buckets.setdefault(int((aware(row.minute) - since).total_seconds() // 60) // step, []).append(row)
+        buckets.setdefault(int((as_utc(row.minute) - since).total_seconds() // 60) // step, []).append(row)
     series = []
     for index, group in sorted(buckets.items()):
         frames, fails, errors, histogram = _merge(group)
@@ -100,7 +95,7 @@ def line_series(session: Session, line: Line, now: datetime, hours: int, points:
 
 def _steps(events: Sequence[ScaleEvent], value: str, current: int | None) -> list[tuple[datetime, int]]:
     """(time, value after) of the events that set ``value``; the first entry holds what was before them."""
-    changes = [(aware(e.at), getattr(e, f"{value}_before"), getattr(e, f"{value}_after")) for e in events]
+    changes = [(as_utc(e.at), getattr(e, f"{value}_before"), getattr(e, f"{value}_after")) for e in events]
     changes = [c for c in changes if c[2] is not None]
     if not changes:
         return [(datetime.min.replace(tzinfo=UTC), current)] if current is not None else []
@@ -116,9 +111,13 @@ def _at(steps: list[tuple[datetime, int]], t: datetime) -> int | None:
     return found
 
 
+def running_models(replicas: dict[str, Any]) -> int:
+    """Running model replicas over a slice's model deployments (one per node when pinned), as agents report them."""
+    return sum(int(states.get("RUNNING", 0)) for name, states in replicas.items() if name.startswith("model"))
+
+
 def running_replicas(item: Slice) -> int:
-    replicas = item.actual.get("replicas", {})
-    return sum(int(s.get("RUNNING", 0)) for name, s in replicas.items() if name.startswith("model"))
+    return running_models(item.actual.get("replicas", {}))
 
 
 def capacity_series(session: Session, item: Slice, now_local: datetime, hours_back: int = 24,
@@ -181,7 +180,7 @@ def operator_overview(session: Session, now: datetime) -> list[dict[str, Any]]:
                 "memory_mb": n.memory_mb, "gpus": n.gpus, "utilization": n.utilization,
                 "contributed": n.contributed, "windows": n.windows, "holidays": n.holidays,
                 "last_heartbeat_s": None if n.last_heartbeat_at is None
-                else round((now - aware(n.last_heartbeat_at)).total_seconds(), 1),
+                else round((now - as_utc(n.last_heartbeat_at)).total_seconds(), 1),
                 "placement": placed.get(str(n.id), []),
             } for n in nodes],
         })  # fmt: skip

@@ -41,6 +41,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A stored time, UTC-aware: SQLite hands back naive datetimes of what was stored as UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 class Role(StrEnum):
     OPERATOR = "operator"
     PLANT_MANAGER = "plant_manager"

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 from sqlmodel import Session, col, delete, select
 
-from control_plane.models import FailedPart, Line, LineMinute, Robot, Tenant, utcnow
+from control_plane.models import FailedPart, Line, LineMinute, Robot, Tenant, as_utc, utcnow
 from edge_node import wire
 
 log = logging.getLogger(__name__)
@@ -147,23 +147,22 @@ def _merge_minutes(session: Session, names: _Names, minutes: dict[tuple[int, dat
         row.fails += value.fails
         row.errors += value.errors
         first = _utc(value.covered_from)
-        if row.covered_from is None or _aware(row.covered_from) > first:
+        if row.covered_from is None or as_utc(row.covered_from) > first:
             row.covered_from = first
         row.latency_histogram = [a + b for a, b in zip(row.latency_histogram, value.histogram, strict=False)]
         session.add(row)
 
 
 def _robots_seen(session: Session, last_frame: dict[tuple[int, str], float]) -> None:
-    for (line_id, slug), ts in last_frame.items():
-        robot = session.exec(select(Robot).where(Robot.line_id == line_id, Robot.slug == slug)).first()
-        if robot is not None and (robot.last_frame_at is None or _aware(robot.last_frame_at) < _utc(ts)):
+    """Each robot's newest frame time; the batch's robots are read in one query, not one per robot."""
+    line_ids = {line_id for line_id, _ in last_frame}
+    robots = session.exec(select(Robot).where(col(Robot.line_id).in_(line_ids))).all() if line_ids else []
+    by_name = {(robot.line_id, robot.slug): robot for robot in robots}
+    for key, ts in last_frame.items():
+        robot = by_name.get(key)
+        if robot is not None and (robot.last_frame_at is None or as_utc(robot.last_frame_at) < _utc(ts)):
             robot.last_frame_at = _utc(ts)
             session.add(robot)
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def prune_history(session: Session, before: datetime) -> int:

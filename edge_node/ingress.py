@@ -497,10 +497,10 @@ class FrameIngress:
         )
         self.counts[f"verdict_{result.verdict}"] += 1
         if self.telemetry is not None:
-            fail_score = outcome["scores"].get(outcome["defect_class"], 0.0) if outcome["defect_class"] else 0.0
+            class_score = outcome["scores"].get(outcome["defect_class"], 0.0) if outcome["defect_class"] else 0.0
             self.telemetry.observe_verdict(
                 frame.robot, frame_id=frame.frame_id, verdict=result.verdict, defect_class=result.defect_class,
-                score=fail_score, total_ms=timings.total, payload=frame.payload,
+                score=class_score, total_ms=timings.total, payload=frame.payload,
             )  # fmt: skip
         if self._observe:
             self._observe(f"verdict_{result.verdict}", timings.total)

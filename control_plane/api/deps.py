@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
@@ -12,7 +12,7 @@ from sqlmodel import Session, SQLModel, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from control_plane.errors import Conflict, Forbidden, NotFound, Unauthenticated
-from control_plane.models import ApiToken, Node, User, utcnow
+from control_plane.models import ApiToken, Node, User, as_utc, utcnow
 from control_plane.security import Principal, token_hash
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import NodeStatus
@@ -72,7 +72,7 @@ def _principal(request: Request, session: SessionDep,
     if row is None or row[0].revoked_at is not None:
         raise Unauthenticated("unknown or revoked API token; ask your administrator for a new one")
     expires = row[0].expires_at
-    if expires is not None and (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) < utcnow():
+    if expires is not None and as_utc(expires) < utcnow():
         raise Unauthenticated("your dashboard session has expired; log in again")
     user = row[1]
     assert user.id is not None

@@ -11,6 +11,7 @@ from sqlmodel import col, select
 
 from control_plane import placement, sites
 from control_plane.api.deps import CurrentNode, NowDep, SessionDep, SettingsDep
+from control_plane.dashboard import running_models
 from control_plane.errors import NotFound, Unauthenticated
 from control_plane.models import (
     JoinToken,
@@ -117,7 +118,7 @@ def _record(session: SessionDep, node: Node, report: SliceReport) -> None:
     item.status = transition(item.status, target, what=f"slice {item.slug}")
     item.observed_generation = report.generation
     item.status_message = report.message
-    before, after = _running_models(item.actual.get("replicas", {})), _running_models(report.replicas)
+    before, after = running_models(item.actual.get("replicas", {})), running_models(report.replicas)
     if item.actual and before != after:
         assert item.id is not None
         session.add(ScaleEvent(
@@ -127,11 +128,6 @@ def _record(session: SessionDep, node: Node, report: SliceReport) -> None:
             running_before=before, running_after=after,
         ))  # fmt: skip
     item.actual = {"replicas": report.replicas, "reported_at": utcnow().isoformat()}
-
-
-def _running_models(replicas: dict[str, Any]) -> int:
-    """Running model replicas over the slice's model deployments (one per node when pinned)."""
-    return sum(int(states.get("RUNNING", 0)) for name, states in replicas.items() if name.startswith("model"))
 
 
 def _finish_deletions(session: SessionDep, site_id: int, present: set[str]) -> None:
