@@ -132,10 +132,12 @@ def seed(settings: ControlPlaneSettings, robots: int) -> dict[str, Any]:
     with Session(app.state.engine) as session:
         site = m.Site(name="north", broker_host="127.0.0.1", broker_port=1883)
         session.add(site)
+        session.flush()
+        assert site.id is not None
         model = session.exec(select(m.ModelVersion)).first()
         assert model is not None
-        session.add(m.ModelProfile(model_sha256=model.sha256, hardware="cpu x1", frames_per_s_per_replica=300,
-                                 cold_start_s=20))  # fmt: skip
+        session.add(m.ModelProfile(site_id=site.id, model_sha256=model.sha256, hardware="cpu x1",
+                                   frames_per_s_per_replica=300, cold_start_s=20))  # fmt: skip
         session.flush()
         busy = _tenant(session, site, model, "acme", 4, robots // 4, True, now, rng)
         _tenant(session, site, model, "empty", 1, 1, False, now, rng)

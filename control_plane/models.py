@@ -104,8 +104,10 @@ class User(SQLModel, table=True):
     tenant_id: int | None = Field(default=None, foreign_key="tenant.id", index=True)
     email: str = Field(unique=True, index=True, max_length=320)
     role: Role
-    password_hash: str | None = Field(default=None, max_length=200)  # scrypt; None: API tokens only
+    password_hash: str | None = Field(default=None, max_length=200)  # argon2id; None: API tokens only
     created_at: datetime = Field(default_factory=utcnow)
+    failed_logins: int = 0  # consecutive wrong passwords; reset by a good one
+    locked_until: datetime | None = None  # logins refused until then (too many wrong passwords)
 
 
 class UserPublic(SQLModel):
@@ -281,6 +283,8 @@ class Line(SQLModel, table=True):
     slug: str = Field(max_length=63)
     name: str = Field(default="", max_length=200)
     latency_budget_ms: float = 100.0
+    robot_max_fps: float = 30.0  # per robot; frames beyond it are answered rate_limited, not inferred
+    robot_max_frame_bytes: int = wire.MAX_FRAME_BYTES  # per frame; larger ones are answered too_large
 
 
 class LinePublic(SQLModel):
@@ -411,6 +415,7 @@ class Slice(SQLModel, table=True):
     priority: Priority = Priority.RESERVED
     placement: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # node id -> n
     price_per_replica_hour: float = 0.0  # set by the control plane from the catalogue, never by callers
+    credential_epoch: int = 1  # part of the ingress's derived broker password; bumped to rotate it
     status: SliceStatus = Field(default=SliceStatus.PENDING)
     status_message: str = Field(default="", max_length=2000)
     generation: int = 1
@@ -488,8 +493,11 @@ class OrderPlan(SQLModel, table=True):
 
 
 class ModelProfile(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("model_sha256", "hardware"),)
+    """A model's measured speed on one hardware class at one site (a node only speaks for its own site)."""
+
+    __table_args__ = (UniqueConstraint("site_id", "model_sha256", "hardware"),)
     id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
     model_sha256: str = Field(index=True, max_length=64)
     hardware: str = Field(max_length=200)
     frames_per_s_per_replica: float

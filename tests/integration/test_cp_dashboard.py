@@ -245,5 +245,5 @@ def _report_profile(cp: ControlPlane, t: Tenancy, body: dict[str, Any]) -> None:
         assert item is not None
         model = session.get(ModelVersion, item.model_version_id)
         assert model is not None
-        session.add(ModelProfile(**{**body, "model_sha256": model.sha256}))
+        session.add(ModelProfile(**{**body, "site_id": item.site_id, "model_sha256": model.sha256}))
         session.commit()

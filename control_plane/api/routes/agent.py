@@ -148,9 +148,14 @@ class ProfileReport(BaseModel):
 @router.post("/profiles", status_code=204)
 def report_profile(body: ProfileReport, session: SessionDep, node: CurrentNode) -> None:
     """A profiling run's result for a model on this node's hardware (newest wins)."""
-    same = (ModelProfile.model_sha256 == body.model_sha256, ModelProfile.hardware == body.hardware)
+    same = (ModelProfile.site_id == node.site_id, ModelProfile.model_sha256 == body.model_sha256,
+            ModelProfile.hardware == body.hardware)  # fmt: skip
     row = session.exec(select(ModelProfile).where(*same)).first() or ModelProfile(
-        model_sha256=body.model_sha256, hardware=body.hardware, frames_per_s_per_replica=0, cold_start_s=0
+        site_id=node.site_id,
+        model_sha256=body.model_sha256,
+        hardware=body.hardware,
+        frames_per_s_per_replica=0,
+        cold_start_s=0,
     )
     row.frames_per_s_per_replica, row.cold_start_s = body.frames_per_s_per_replica, body.cold_start_s
     row.measured_at = utcnow()
