@@ -120,6 +120,9 @@ def _watch_heartbeats(engine: Engine, settings: ControlPlaneSettings, metrics: M
 
 def create_app(settings: ControlPlaneSettings) -> FastAPI:
     """The app with its database migrated and bootstrapped; background loops run while it is served."""
+    # One line, so an operator sees whether broker passwords hang on a configured or a generated key.
+    log.log(logging.WARNING if settings.secret_key_source.startswith("generated") else logging.INFO,
+            "secret key: %s", settings.secret_key_source)  # fmt: skip
     engine = db.make_engine(settings.url)
     db.migrate(engine)
     token = bootstrap(engine, settings)

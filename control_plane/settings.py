@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import os
+import secrets
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_SECRET = "lineside-dev-secret-change-me"
+MIN_SECRET_LENGTH = 32
+"""Every broker password is an HMAC under the key: a short key can be guessed offline from one of them."""
+SECRET_KEY_FILE = "secret_key"
 
 
 class ControlPlaneSettings(BaseSettings):
@@ -23,9 +27,12 @@ class ControlPlaneSettings(BaseSettings):
         default=None,
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in data_dir.",
     )
-    secret_key: SecretStr = Field(
-        default=SecretStr(DEFAULT_SECRET),
-        description="Derives each site's broker admin password; production refuses the default.",
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            f"Derives every broker password (admins', robots', slices'); at least {MIN_SECRET_LENGTH} characters. "
+            f"Unset: generated once into <data_dir>/{SECRET_KEY_FILE} (0600); production refuses to start without it."
+        ),
     )
     bootstrap_token: SecretStr | None = Field(
         default=None,
@@ -48,11 +55,38 @@ class ControlPlaneSettings(BaseSettings):
     failed_parts_kept: int = Field(default=200, ge=1, description="Failed parts (with thumbnails) kept per line.")
     history_days: int = Field(default=90, ge=1, description="Days of per-minute line telemetry kept.")
 
+    _secret_key_source: str = PrivateAttr(default="")
+
     @model_validator(mode="after")
-    def _no_default_secret_in_production(self) -> ControlPlaneSettings:
-        if self.production and self.secret_key.get_secret_value() == DEFAULT_SECRET:
-            raise ValueError("LINESIDE_SECRET_KEY must be set (not the development default) when LINESIDE_PRODUCTION=1")
+    def _resolve_secret_key(self) -> ControlPlaneSettings:
+        """A configured key, or (outside production) one generated once per install: never a public default."""
+        if self.secret_key is not None:
+            if len(self.secret_key.get_secret_value()) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"LINESIDE_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters; "
+                    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
+            self._secret_key_source = "configured (LINESIDE_SECRET_KEY)"
+            return self
+        if self.production:
+            raise ValueError(
+                "LINESIDE_SECRET_KEY must be set when LINESIDE_PRODUCTION=1 (it derives every broker password); "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        key, self._secret_key_source = _install_key(self.data_dir / SECRET_KEY_FILE)
+        self.secret_key = SecretStr(key)
         return self
+
+    @property
+    def key(self) -> str:
+        """The secret key's value (resolved: never None once the settings exist)."""
+        assert self.secret_key is not None
+        return self.secret_key.get_secret_value()
+
+    @property
+    def secret_key_source(self) -> str:
+        """Where the key came from: configured, generated at PATH or loaded from PATH (logged at start)."""
+        return self._secret_key_source
 
     @property
     def url(self) -> str:
@@ -63,6 +97,24 @@ class ControlPlaneSettings(BaseSettings):
     def model_store(self) -> Path:
         """Folder of uploaded model files, named by their sha256."""
         return self.data_dir / "models"
+
+
+def _install_key(path: Path) -> tuple[str, str]:
+    """This install's key from ``path``, created (0600, in a 0700 folder) on first use."""
+    if path.exists():
+        key = path.read_text().strip()
+        if len(key) < MIN_SECRET_LENGTH:
+            raise ValueError(f"{path} holds a key shorter than {MIN_SECRET_LENGTH} characters; delete it or fix it")
+        return key, f"loaded from {path}"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    try:  # O_EXCL: never readable by others, not even briefly; a second process starting now reads the first's
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _install_key(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key, f"generated at {path}"
 
 
 @functools.cache

@@ -28,7 +28,7 @@ LIVE_SLICES = (SliceStatus.PENDING, SliceStatus.RUNNING, SliceStatus.DEGRADED, S
 
 
 def _secret(settings: ControlPlaneSettings, purpose: str) -> str:
-    return derived_secret(settings.secret_key.get_secret_value(), purpose)
+    return derived_secret(settings.key, purpose)
 
 
 def broker_admin_password(settings: ControlPlaneSettings, site: Site) -> str:

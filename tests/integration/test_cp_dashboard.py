@@ -93,7 +93,7 @@ def test_assets_are_all_served_by_the_control_plane(control_plane: ControlPlane)
 
 def _ingress(cp: ControlPlane, t: Tenancy) -> tuple[str, str]:
     """The slice ingress's broker credential, as the control plane derives it."""
-    secret = cp.settings.secret_key.get_secret_value()
+    secret = cp.settings.key
     return f"s.t{t.tenant_id}-inspect", derived_secret(secret, f"ingress:{t.ids['slice']}")
 
 

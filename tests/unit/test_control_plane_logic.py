@@ -55,10 +55,11 @@ def test_derived_secrets_depend_on_key_and_purpose() -> None:
     assert derived_secret("k", "robot:1:1") != derived_secret("other", "robot:1:1")
 
 
-def test_production_refuses_the_default_secret() -> None:
+def test_production_refuses_to_start_without_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LINESIDE_SECRET_KEY", raising=False)
     with pytest.raises(ValueError, match="LINESIDE_SECRET_KEY must be set"):
         ControlPlaneSettings(production=True)
-    assert ControlPlaneSettings(production=True, secret_key="s3cret-from-vault").production
+    assert ControlPlaneSettings(production=True, secret_key="s3cret-from-vault-" + "x" * 20).production
 
 
 def test_robot_acls_name_only_its_own_topics() -> None:
