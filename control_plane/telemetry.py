@@ -12,8 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -39,23 +38,6 @@ class IngestCounts:
         self.failed_parts += other.failed_parts
 
 
-@dataclass
-class _Minute:
-    frames: int = 0
-    fails: int = 0
-    errors: int = 0
-    histogram: list[int] = field(default_factory=lambda: [0] * (len(wire.LATENCY_BUCKETS_MS) + 1))
-    covered_from: float = float("inf")
-
-    def add(self, t: wire.Telemetry) -> None:
-        self.covered_from = min(self.covered_from, t.start)
-        self.frames += t.frames
-        self.fails += t.fails
-        self.errors += t.errors
-        for index, count in enumerate(t.latency_ms_histogram[: len(self.histogram)]):
-            self.histogram[index] += count
-
-
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
@@ -68,52 +50,72 @@ class _Names:
         self.lines = {(tenant.slug, line.slug): line for line, tenant in rows}
 
 
+class _Refused(ValueError):
+    """A message this site's telemetry cannot hold: unknown line, wrong topic, or a report out of bounds."""
+
+
 def ingest(session: Session, site_id: int, messages: list[tuple[str, bytes]], *, keep_failed: int,
            source: str = "") -> IngestCounts:  # fmt: skip
     """Write one batch of a site's telemetry and status messages; unknown or malformed ones are counted.
 
+    Each message is written in its own savepoint: one that fails validation or the database
+    (a tenant's buggy or hostile ingress) is rolled back, logged and counted as rejected, and
+    the rest of the batch, every other tenant's reports included, is still stored.
     ``source`` names the writer (one control plane instance): its line minutes are its own rows.
     """
     names, counts = _Names(session, site_id), IngestCounts()
-    minutes: dict[tuple[int, datetime], _Minute] = defaultdict(_Minute)
-    last_frame: dict[tuple[int, str], float] = {}
     touched: set[int] = set()
     for topic, payload in messages:
-        parts = topic.split("/")
-        line = names.lines.get((parts[1], parts[2])) if len(parts) >= 4 else None
-        if line is None or line.id is None:
-            counts.rejected += 1
-            continue
-        if parts[0] == wire.TOPIC_ROOT and len(parts) == 5 and parts[4] == wire.TopicKind.STATUS.value:
-            counts.status += _status(session, line, parts[3], payload)
-            continue
         try:
-            report = wire.Telemetry.model_validate_json(payload)
-        except ValidationError as e:
-            log.warning("malformed telemetry on %s: %s", topic, e.errors()[:1])
+            with session.begin_nested():
+                done = _one(session, names, topic, payload, source)
+                session.flush()
+        except _Refused as e:
+            log.warning("telemetry refused on %s: %s", topic[:200], e)
             counts.rejected += 1
             continue
-        counts.telemetry += 1
-        minutes[(line.id, _utc(report.end).replace(second=0, microsecond=0))].add(report)
-        for robot, activity in report.robots.items():
-            key = (line.id, robot)
-            last_frame[key] = max(last_frame.get(key, 0.0), activity.last_frame_at)
-        for part in report.failed_parts:
-            session.add(_failed_part(line, part))
-            counts.failed_parts += 1
-            touched.add(line.id)
-    _merge_minutes(session, names, minutes, source)
-    _robots_seen(session, last_frame)
-    session.flush()
+        except Exception:  # the database refused it; the savepoint undid its writes
+            log.exception("telemetry on %s could not be stored", topic[:200])
+            counts.rejected += 1
+            continue
+        counts.add(done)
+        if done.failed_parts:
+            touched.add(_line_of(names, topic).id or 0)
     for line_id in touched:
         _prune(session, line_id, keep_failed)
     session.commit()
     return counts
 
 
+def _line_of(names: _Names, topic: str) -> Line:
+    parts = topic.split("/")
+    line = names.lines.get((parts[1], parts[2])) if len(parts) >= 4 else None
+    if line is None or line.id is None:
+        raise _Refused("no such line on this site")
+    return line
+
+
+def _one(session: Session, names: _Names, topic: str, payload: bytes, source: str) -> IngestCounts:
+    """Write one message (inside the caller's savepoint); ``_Refused`` if it is not one this site takes."""
+    line = _line_of(names, topic)
+    parts = topic.split("/")
+    if parts[0] == wire.TOPIC_ROOT and len(parts) == 5 and parts[4] == wire.TopicKind.STATUS.value:
+        return IngestCounts(status=_status(session, line, parts[3], payload))
+    try:
+        report = wire.Telemetry.model_validate_json(payload)
+    except ValidationError as e:
+        first = e.errors(include_input=False)[:1]
+        raise _Refused(f"malformed report: {first}") from e
+    _merge_minute(session, line, report, source)
+    _robots_seen(session, line, report)
+    for part in report.failed_parts:
+        session.add(_failed_part(line, part))
+    return IngestCounts(telemetry=1, failed_parts=len(report.failed_parts))
+
+
 def _status(session: Session, line: Line, robot_slug: str, payload: bytes) -> int:
     robot = session.exec(select(Robot).where(Robot.line_id == line.id, Robot.slug == robot_slug)).first()
-    text = payload.decode(errors="replace").strip().lower()
+    text = payload[:16].decode(errors="replace").strip().lower()
     if robot is None or text not in ("online", "offline"):
         return 0
     connected = text == "online"
@@ -129,39 +131,41 @@ def _failed_part(line: Line, part: wire.FailedPart) -> FailedPart:
     except (binascii.Error, ValueError):
         thumb = b""
     assert line.id is not None
-    return FailedPart(tenant_id=line.tenant_id, line_id=line.id, robot=part.robot[:63], frame_id=part.frame_id[:256],
+    return FailedPart(tenant_id=line.tenant_id, line_id=line.id, robot=part.robot, frame_id=part.frame_id,
                       at=_utc(part.at), defect_class=part.defect_class, score=part.score,
                       thumbnail=thumb if thumb.startswith(b"\xff\xd8") else b"")  # fmt: skip
 
 
-def _merge_minutes(session: Session, names: _Names, minutes: dict[tuple[int, datetime], _Minute],
-                   source: str) -> None:  # fmt: skip
-    tenant_of = {line.id: line.tenant_id for line in names.lines.values()}
-    for (line_id, minute), value in minutes.items():
-        same = (LineMinute.line_id == line_id, LineMinute.minute == minute, LineMinute.source == source)
-        row = session.exec(select(LineMinute).where(*same)).first()
-        if row is None:
-            row = LineMinute(tenant_id=tenant_of[line_id], line_id=line_id, minute=minute, source=source,
-                             latency_histogram=[0] * len(value.histogram))  # fmt: skip
-        row.frames += value.frames
-        row.fails += value.fails
-        row.errors += value.errors
-        first = _utc(value.covered_from)
-        if row.covered_from is None or as_utc(row.covered_from) > first:
-            row.covered_from = first
-        row.latency_histogram = [a + b for a, b in zip(row.latency_histogram, value.histogram, strict=False)]
-        session.add(row)
+def _merge_minute(session: Session, line: Line, report: wire.Telemetry, source: str) -> None:
+    """Add one report to its line minute (this instance's row); replicas' windows add up."""
+    assert line.id is not None
+    minute = _utc(report.end).replace(second=0, microsecond=0)
+    same = (LineMinute.line_id == line.id, LineMinute.minute == minute, LineMinute.source == source)
+    row = session.exec(select(LineMinute).where(*same)).first()
+    buckets = len(wire.LATENCY_BUCKETS_MS) + 1
+    if row is None:
+        row = LineMinute(tenant_id=line.tenant_id, line_id=line.id, minute=minute, source=source,
+                         latency_histogram=[0] * buckets)  # fmt: skip
+    row.frames += report.frames
+    row.fails += report.fails
+    row.errors += report.errors
+    first = _utc(report.start)
+    if row.covered_from is None or as_utc(row.covered_from) > first:
+        row.covered_from = first
+    histogram = report.latency_ms_histogram + [0] * (buckets - len(report.latency_ms_histogram))
+    row.latency_histogram = [a + b for a, b in zip(row.latency_histogram, histogram, strict=False)]
+    session.add(row)
 
 
-def _robots_seen(session: Session, last_frame: dict[tuple[int, str], float]) -> None:
-    """Each robot's newest frame time; the batch's robots are read in one query, not one per robot."""
-    line_ids = {line_id for line_id, _ in last_frame}
-    robots = session.exec(select(Robot).where(col(Robot.line_id).in_(line_ids))).all() if line_ids else []
-    by_name = {(robot.line_id, robot.slug): robot for robot in robots}
-    for key, ts in last_frame.items():
-        robot = by_name.get(key)
-        if robot is not None and (robot.last_frame_at is None or as_utc(robot.last_frame_at) < _utc(ts)):
-            robot.last_frame_at = _utc(ts)
+def _robots_seen(session: Session, line: Line, report: wire.Telemetry) -> None:
+    """Each robot's newest frame time; the report's robots are read in one query, not one per robot."""
+    if not report.robots:
+        return
+    query = select(Robot).where(Robot.line_id == line.id, col(Robot.slug).in_(list(report.robots)))
+    for robot in session.exec(query).all():
+        ts = _utc(report.robots[robot.slug].last_frame_at)
+        if robot.last_frame_at is None or as_utc(robot.last_frame_at) < ts:
+            robot.last_frame_at = ts
             session.add(robot)
 
 

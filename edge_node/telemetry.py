@@ -66,8 +66,12 @@ def thumbnail(payload: bytes, side: int = wire.THUMBNAIL_SIDE) -> str:
 
 
 def _failed_part(f: _Failure) -> wire.FailedPart:
-    return wire.FailedPart(robot=f.robot, frame_id=f.frame_id, at=f.at, defect_class=f.defect_class, score=f.score,
-                           thumbnail_jpeg_b64=thumbnail(f.payload))  # fmt: skip
+    """Within the wire bounds, so that the control plane never refuses the window over one part."""
+    defect = f.defect_class[:100] if f.defect_class is not None else None
+    thumb = thumbnail(f.payload)
+    return wire.FailedPart(robot=f.robot, frame_id=f.frame_id[: 2 * wire.MAX_FRAME_ID_BYTES], at=f.at,
+                           defect_class=defect, score=min(max(f.score, 0.0), 1.0),
+                           thumbnail_jpeg_b64=thumb if len(thumb) <= wire.THUMBNAIL_B64_MAX else "")  # fmt: skip
 
 
 class TelemetryWindow:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WIRE_VERSION: Final = 1
 """Version of the topics, payload limits and JSON schemas defined here."""
@@ -208,20 +208,44 @@ def histogram_quantile(counts: list[int], q: float) -> float | None:
     return float("inf")
 
 
+# Bounds of every telemetry field: the control plane stores these numbers and strings, so a report
+# it cannot store must fail validation (and be counted as rejected), not fail the database write.
+
+TELEMETRY_TIME_MAX: Final = 4_102_444_800.0
+"""Latest Unix time a report may carry (2100-01-01); earlier than that, every datetime holds it."""
+
+TELEMETRY_COUNT_MAX: Final = 10_000_000
+"""Most frames (or fails, errors, one histogram bucket) one window may count: far beyond a slice's rate."""
+
+TELEMETRY_WINDOW_MAX_S: Final = 3600.0
+"""Longest window one report may cover (windows are a few seconds; ``telemetry_period_s`` is at most 300)."""
+
+TELEMETRY_ROBOTS_MAX: Final = 10_000
+"""Most robots one report may list (one line's robots)."""
+
+THUMBNAIL_B64_MAX: Final = 65_536
+"""Longest base64 thumbnail (a ``THUMBNAIL_SIDE`` JPEG is a few kB)."""
+
+UnixTime = Annotated[float, Field(ge=0, le=TELEMETRY_TIME_MAX, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=TELEMETRY_COUNT_MAX)]
+
+
 class RobotActivity(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    frames: int = Field(ge=0, description="Frames of this robot answered in the window.")
-    last_frame_at: float = Field(description="Unix time the robot's latest frame arrived.")
+    frames: Count = Field(description="Frames of this robot answered in the window.")
+    last_frame_at: UnixTime = Field(description="Unix time the robot's latest frame arrived.")
 
 
 class FailedPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    robot: str = Field(description="Robot that sent the frame.")
-    frame_id: str = Field(description="The frame's id.")
-    at: float = Field(description="Unix time the verdict was given.")
-    defect_class: str | None = Field(description="Most likely defect.")
-    score: float = Field(description="Probability of that defect.")
-    thumbnail_jpeg_b64: str = Field(default="", description="Small JPEG of the frame, base64; empty if undecodable.")
+    robot: str = Field(pattern=NAME_PATTERN, description="Robot that sent the frame.")
+    frame_id: str = Field(max_length=2 * MAX_FRAME_ID_BYTES, description="The frame's id (hex if not UTF-8).")
+    at: UnixTime = Field(description="Unix time the verdict was given.")
+    defect_class: str | None = Field(max_length=100, description="Most likely defect.")
+    score: float = Field(ge=0, le=1, allow_inf_nan=False, description="Probability of that defect.")
+    thumbnail_jpeg_b64: str = Field(
+        default="", max_length=THUMBNAIL_B64_MAX, description="Small JPEG of the frame, base64; empty if undecodable."
+    )
 
 
 class Telemetry(BaseModel):
@@ -229,12 +253,26 @@ class Telemetry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     wire_version: Literal[1] = Field(default=WIRE_VERSION, description="Version of this schema.")
-    replica: str = Field(description="Ingress replica (client id) that saw these frames.")
-    start: float = Field(description="Unix time the window began.")
-    end: float = Field(description="Unix time the window ended.")
-    frames: int = Field(ge=0, description="Verdicts given (pass + fail).")
-    fails: int = Field(ge=0, description="Verdicts 'fail'.")
-    errors: int = Field(ge=0, description="Frames answered with an error instead of a verdict.")
-    latency_ms_histogram: list[int] = Field(description="Verdict latency counts per LATENCY_BUCKETS_MS bucket (+1).")
-    robots: dict[str, RobotActivity] = Field(default_factory=dict, description="Activity per robot.")
+    replica: str = Field(max_length=128, description="Ingress replica (client id) that saw these frames.")
+    start: UnixTime = Field(description="Unix time the window began.")
+    end: UnixTime = Field(description="Unix time the window ended.")
+    frames: Count = Field(description="Verdicts given (pass + fail).")
+    fails: Count = Field(description="Verdicts 'fail'.")
+    errors: Count = Field(description="Frames answered with an error instead of a verdict.")
+    latency_ms_histogram: list[Count] = Field(
+        max_length=len(LATENCY_BUCKETS_MS) + 1,
+        description="Verdict latency counts per LATENCY_BUCKETS_MS bucket (+1).",
+    )
+    robots: dict[Annotated[str, Field(pattern=NAME_PATTERN)], RobotActivity] = Field(
+        default_factory=dict, max_length=TELEMETRY_ROBOTS_MAX, description="Activity per robot."
+    )
     failed_parts: list[FailedPart] = Field(default_factory=list, max_length=20, description="Latest failed parts.")
+
+    @model_validator(mode="after")
+    def _window(self) -> Telemetry:
+        if not self.start <= self.end <= self.start + TELEMETRY_WINDOW_MAX_S:
+            longest = TELEMETRY_WINDOW_MAX_S
+            raise ValueError(
+                f"window start ({self.start}) to end ({self.end}) must run forward, {longest:.0f} s at most"
+            )
+        return self
