@@ -11,11 +11,13 @@ Per robot there is one dynsec client (username = client id =
 ``r.tenant.line.robot``) with one role of the same name allowing exactly: publish
 to its own frames and status topics, subscribe to and receive its own results
 and errors; and a read-only watcher (``w.tenant.line.robot``) for a second
-connection such as ``mosquitto_sub`` or an MES bridge. Per slice there is one client for its ingress (any client id: the
-ingress opens two connections per replica) allowed to read its lines' frames
-(shared subscriptions included), write results and errors on those lines,
-and publish the lines' telemetry. Per site there is one monitor client for the
-control plane's dashboard, which reads telemetry and robots' status topics.
+connection such as ``mosquitto_sub`` or an MES bridge. Per slice and ingress replica rank there are two
+clients, one per connection the replica opens (``s.app.rank`` takes its share of the lines' frames
+through the slice's ``$share`` group; ``s.app.rank-out`` answers on those lines' results and errors and
+publishes their telemetry). Every client's client id is pinned to its username: dynsec pins exact ids
+only, and a credential without a pinned id could connect as a robot and take its session over.
+Per site there is one monitor client for the control plane's dashboard, which reads telemetry and
+robots' status topics.
 Everything else is denied by the broker's default ACL access. Passwords are
 derived (``security.derived_secret``), so ``reconcile`` can rebuild a broker
 from the database alone.
@@ -35,6 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from control_plane.errors import BrokerUnavailable
 from edge_node import wire
+from edge_node.ingress import connection_password
 
 log = logging.getLogger(__name__)
 
@@ -115,22 +118,40 @@ def robot_client(tenant: str, line: str, robot: str, password: str) -> BrokerCli
     return BrokerClient(username, password, username, acls)
 
 
-def ingress_client(app_name: str, tenant: str, lines: list[str], password: str) -> BrokerClient:
-    """A slice's ingress reads its lines' frames and answers on those lines' results and errors."""
-    acls: list[tuple[str, str]] = []
+INGRESS_RANKS_PER_REPLICA = 2
+"""Logins per ingress replica: Serve may start a replacement (the next rank) before the old one stops."""
+
+
+def ingress_connection(prefix: str, base_password: str, rank: int, *, out: bool = False) -> tuple[str, str]:
+    """(username = pinned client id, password) of one ingress connection, as ``edge_node.serving`` names it."""
+    username = f"{prefix}.{rank}" + ("-out" if out else "")
+    return username, connection_password(base_password, username)
+
+
+def ingress_clients(
+    app_name: str, tenant: str, lines: list[str], base_password: str, replicas: int
+) -> list[BrokerClient]:
+    """A slice's ingress: per replica rank, a frames-in login that may only take its share of the lines'
+    frames (``$share``, no plain subscription) and a results-out login that may only answer on those lines."""
+    receive: list[tuple[str, str]] = []
+    send: list[tuple[str, str]] = []
     for line in lines:
         frames = wire.line_frames_filter(tenant, line)
         prefix = frames.rsplit("/", 2)[0]
-        acls += [
-            # Mosquitto checks a shared subscription with its $share/{group}/ prefix.
-            ("subscribeLiteral", wire.shared_frames_filter(app_name, tenant, line)),
-            ("subscribePattern", frames),
-            ("publishClientReceive", frames),
+        # Mosquitto checks a shared subscription with its $share/{group}/ prefix.
+        receive += [("subscribeLiteral", wire.shared_frames_filter(app_name, tenant, line)),
+                    ("publishClientReceive", frames)]  # fmt: skip
+        send += [
             ("publishClientSend", f"{prefix}/+/{wire.TopicKind.RESULTS.value}"),
             ("publishClientSend", f"{prefix}/+/{wire.TopicKind.ERRORS.value}"),
             ("publishClientSend", wire.telemetry_topic(tenant, line, app_name)),
         ]
-    return BrokerClient(slice_username(app_name), password, None, tuple(acls))
+    clients = []
+    for rank in range(replicas * INGRESS_RANKS_PER_REPLICA):
+        for out, acls in ((False, receive), (True, send)):
+            username, password = ingress_connection(slice_username(app_name), base_password, rank, out=out)
+            clients.append(BrokerClient(username, password, username, tuple(acls)))
+    return clients
 
 
 def monitor_username(site_name: str) -> str:

@@ -449,6 +449,7 @@ class SlicePublic(SQLModel):
     priority: Priority
     placement: dict[str, int]
     price_per_replica_hour: float
+    credential_epoch: int = Field(description="Bumped each time the ingress's broker credentials rotate.")
     status: SliceStatus
     status_message: str
     generation: int

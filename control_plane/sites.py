@@ -25,6 +25,8 @@ from edge_node.slice_spec import NODE_RESOURCE_PREFIX
 log = logging.getLogger(__name__)
 
 LIVE_SLICES = (SliceStatus.PENDING, SliceStatus.RUNNING, SliceStatus.DEGRADED, SliceStatus.FAILED)
+INGRESS_REPLICAS = 1
+"""Ingress replicas per slice (one keeps up with a line; the model deployment is what scales)."""
 
 
 def _secret(settings: ControlPlaneSettings, purpose: str) -> str:
@@ -40,7 +42,8 @@ def robot_password(settings: ControlPlaneSettings, robot: Robot) -> str:
 
 
 def ingress_password(settings: ControlPlaneSettings, item: Slice) -> str:
-    return _secret(settings, f"ingress:{item.id}")
+    """The base secret of the slice's ingress logins; bumping ``credential_epoch`` rotates it."""
+    return _secret(settings, f"ingress:{item.id}:{item.credential_epoch}")
 
 
 def monitor_password(settings: ControlPlaneSettings, site: Site) -> str:
@@ -71,11 +74,47 @@ def slice_lines(session: Session, item: Slice) -> list[Line]:
     return list(lines)
 
 
-def ingress_broker_client(session: Session, settings: ControlPlaneSettings, item: Slice) -> broker_sync.BrokerClient:
+def ingress_broker_clients(
+    session: Session, settings: ControlPlaneSettings, item: Slice
+) -> list[broker_sync.BrokerClient]:
     tenant = session.get(Tenant, item.tenant_id)
     assert tenant is not None
     lines = [line.slug for line in slice_lines(session, item)]
-    return broker_sync.ingress_client(item.app_name, tenant.slug, lines, ingress_password(settings, item))
+    base = ingress_password(settings, item)
+    return broker_sync.ingress_clients(item.app_name, tenant.slug, lines, base, INGRESS_REPLICAS)
+
+
+def ingress_node_id(session: Session, site: Site) -> int | None:
+    """The node whose agent applies the site's slices, so runs their ingress: the Ray head.
+
+    A head joins without ``--ray-address`` (workers name the head's); with several (a reinstalled
+    head), the one heard from last. Only this node is sent the ingress's broker password.
+    """
+    head = session.exec(
+        select(Node)
+        .where(Node.site_id == site.id, Node.status != NodeStatus.REMOVED, col(Node.ray_address).is_(None))
+        .order_by(col(Node.last_heartbeat_at).desc(), col(Node.id).desc())
+    ).first()
+    return head.id if head else None
+
+
+def rotate_ingress(session: Session, settings: ControlPlaneSettings, site: Site, items: list[Slice], why: str) -> None:
+    """New ingress passwords for ``items``: the database first, then the broker, which disconnects
+    every session of the old ones. The head's agent picks the new password up on its next pull."""
+    for item in items:
+        item.credential_epoch += 1
+        item.updated_at = utcnow()
+        log.info("slice %s: ingress credentials rotated (%s)", item.slug, why)
+    session.commit()
+    with admin(settings, site) as broker:
+        for item in items:
+            for client in ingress_broker_clients(session, settings, item):
+                broker.replace(client)
+
+
+def live_slices(session: Session, site: Site) -> list[Slice]:
+    query = select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES)).order_by(col(Slice.id))
+    return list(session.exec(query).all())
 
 
 def admin(settings: ControlPlaneSettings, site: Site) -> broker_sync.DynsecAdmin:
@@ -90,11 +129,10 @@ def desired_broker_clients(
     robots = session.exec(
         select(Robot).join(Line).where(Line.site_id == site.id, Robot.status == RobotStatus.ACTIVE)
     ).all()
-    slices = session.exec(select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES))).all()
     return [
         broker_sync.monitor_client(site.name, monitor_password(settings, site)),
         *(c for r in robots for c in robot_broker_clients(session, settings, r)),
-        *(ingress_broker_client(session, settings, s) for s in slices),
+        *(c for s in live_slices(session, site) for c in ingress_broker_clients(session, settings, s)),
     ]
 
 
@@ -104,8 +142,13 @@ def sync_broker(session: Session, settings: ControlPlaneSettings, site: Site) ->
         return broker.reconcile(desired_broker_clients(session, settings, site))
 
 
-def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, site: Site) -> dict[str, Any]:
-    """The desired slice as the agent applies it: ``edge_node.slice_spec.SliceSpec`` fields plus the model."""
+def slice_spec(
+    session: Session, settings: ControlPlaneSettings, item: Slice, site: Site, *, secrets: bool
+) -> dict[str, Any]:
+    """The desired slice as the agent applies it: ``edge_node.slice_spec.SliceSpec`` fields plus the model.
+
+    Without ``secrets`` (any node but the ingress's) the broker password is left out.
+    """
     tenant = session.get(Tenant, item.tenant_id)
     model = session.get(ModelVersion, item.model_version_id)
     assert tenant is not None
@@ -121,6 +164,7 @@ def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, si
             "name": item.app_name,
             "tenant": tenant.slug,
             "lines": [line.slug for line in lines],
+            "ingress_replicas": INGRESS_REPLICAS,
             "latency_budget_ms": min(line.latency_budget_ms for line in lines),
             "replicas": {
                 "min_replicas": min(item.min_replicas, replicas_max),
@@ -141,7 +185,8 @@ def slice_spec(session: Session, settings: ControlPlaneSettings, item: Slice, si
                 "host": site.broker_host,
                 "port": site.broker_port,
                 "username": broker_sync.slice_username(item.app_name),
-                "password": ingress_password(settings, item),
+                "password": ingress_password(settings, item) if secrets else None,
+                "connection_logins": True,
             },
         },
     }
@@ -161,12 +206,13 @@ def pinned_placement(session: Session, item: Slice) -> dict[str, int]:
     return pins if set(pins) <= advertised else {}
 
 
-def desired_state(session: Session, settings: ControlPlaneSettings, site: Site) -> tuple[dict[str, Any], str]:
-    """The site's desired slices and an ETag over them."""
-    slices = session.exec(
-        select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES)).order_by(col(Slice.id))
-    ).all()
-    state = {"site": site.name, "slices": [slice_spec(session, settings, s, site) for s in slices]}
+def desired_state(
+    session: Session, settings: ControlPlaneSettings, site: Site, node: Node
+) -> tuple[dict[str, Any], str]:
+    """The site's desired slices as ``node`` may see them, and an ETag over that."""
+    secrets = node.id is not None and node.id == ingress_node_id(session, site)
+    slices = live_slices(session, site)
+    state = {"site": site.name, "slices": [slice_spec(session, settings, s, site, secrets=secrets) for s in slices]}
     etag = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:32]
     return state, etag
 

@@ -20,8 +20,11 @@ Delivery guarantees:
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
+import hashlib
+import hmac
 import logging
 import queue
 import select
@@ -87,6 +90,13 @@ def frame_id_of(correlation: bytes | None) -> str | None:
         return correlation.decode("utf-8")
     except UnicodeDecodeError:
         return correlation.hex()
+
+
+def connection_password(base: str, client_id: str) -> str:
+    """The password of one ingress connection under ``BrokerSpec.connection_logins`` (the control plane
+    derives the same): a credential pinned to one client id cannot take over a robot's session."""
+    digest = hmac.new(base.encode(), f"connection:{client_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 class FrameIngress:
@@ -157,7 +167,10 @@ class FrameIngress:
         )
         if self.spec.broker.username:
             password = self.spec.broker.password.get_secret_value() if self.spec.broker.password else None
-            client.username_pw_set(self.spec.broker.username, password)
+            if self.spec.broker.connection_logins and password:
+                client.username_pw_set(client_id, connection_password(password, client_id))
+            else:
+                client.username_pw_set(self.spec.broker.username, password)
         return client
 
     # --- lifecycle -----------------------------------------------------------

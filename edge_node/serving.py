@@ -37,6 +37,9 @@ from models.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
+HEAD_RESOURCE = "node:__internal_head__"
+"""Ray's own resource of the head node, where the site's agent (and so the ingress's password) lives."""
+
 DISCONNECTED_GRACE_S = 30.0
 """An ingress replica that cannot reach its broker for this long reports unhealthy and is restarted."""
 
@@ -104,7 +107,10 @@ class Ingress:
     def __init__(self, spec_json: str, *models: DeploymentHandle) -> None:
         spec = SliceSpec.model_validate_json(spec_json)
         context = serve.get_replica_context()
-        client_id = f"lineside-{spec.name}-ingress-{context.rank.rank}"
+        rank = context.rank.rank
+        # With the control plane's per-connection logins the client id is the broker username, pinned there.
+        logins = spec.broker.connection_logins
+        client_id = f"{spec.broker.username}.{rank}" if logins else f"lineside-{spec.name}-ingress-{rank}"
         # One model deployment per node the scheduler chose (or one unpinned); calls rotate over
         # them in proportion to the replicas each holds.
         weights = [count for _, count in _pins(spec)] or [1]
@@ -222,7 +228,7 @@ def build_app(spec: SliceSpec) -> Any:
     Without a placement there is one ``model`` deployment that Ray places; with one there is
     a ``model-lineside_node_<id>`` deployment per chosen node, pinned by its custom resource.
     """
-    spec_json = spec.model_dump_json(context={REVEAL_SECRETS: True})
+    spec_json = spec.model_dump_json()  # model replicas (on any node) never see the broker password
     if pins := _pins(spec):
         floors = _split_floor(spec.replicas.min_replicas, [count for _, count in pins])
         models = [_model_deployment(spec, spec_json, f"model-{pin}", low, count, pin)
@@ -230,13 +236,16 @@ def build_app(spec: SliceSpec) -> Any:
     else:
         models = [_model_deployment(spec, spec_json, "model", spec.replicas.min_replicas, spec.replicas.max_replicas,
                                     None)]  # fmt: skip
+    # The ingress holds the broker password, which the control plane gives only to the head's agent:
+    # it runs on the Ray head, never on a worker node.
+    ingress_options = {"num_cpus": spec.resources.ingress_cpus, "resources": {HEAD_RESOURCE: 0.001}}
     return Ingress.options(  # type: ignore[attr-defined]
         name="ingress",
         num_replicas=spec.ingress_replicas,
-        ray_actor_options={"num_cpus": spec.resources.ingress_cpus},
+        ray_actor_options=ingress_options,
         health_check_period_s=5,
         graceful_shutdown_timeout_s=30,  # the ingress drains its frames on the way out (FrameIngress.stop)
-    ).bind(spec_json, *models)
+    ).bind(spec.model_dump_json(context={REVEAL_SECRETS: True}), *models)
 
 
 def deploy(spec: SliceSpec, wait_s: float | None) -> bool:

@@ -41,6 +41,14 @@ class BrokerSpec(_Strict):
     port: int = Field(default=1883, gt=0, lt=65536, description="MQTT broker port.")
     username: str | None = Field(default=None, description="Ingress username, if the broker requires one.")
     password: SecretStr | None = Field(default=None, description="Ingress password.")
+    connection_logins: bool = Field(
+        default=False,
+        description=(
+            "The control plane's brokers: ``username`` is a prefix and ``password`` a base secret; each MQTT "
+            "connection logs in as its own client id (<username>.<rank>, <username>.<rank>-out) with a password "
+            "derived for that name, and the broker pins that client id to it."
+        ),
+    )
     keepalive_s: int = Field(default=30, ge=5, le=600, description="MQTT keepalive in seconds.")
 
     @field_serializer("password")

@@ -93,13 +93,13 @@ def test_frames_reach_only_the_own_slices_ingress(control_plane: ControlPlane) -
         slice_a = session.get(Slice, cp.a.ids["slice"])
         slice_b = session.get(Slice, cp.b.ids["slice"])
         assert slice_a is not None and slice_b is not None
-        ingress_a = sites.ingress_broker_client(session, cp.settings, slice_a)
-        ingress_b = sites.ingress_broker_client(session, cp.settings, slice_b)
-    reader_a = Probe(cp, ingress_a.username, ingress_a.password, "ingress-a")
-    reader_b = Probe(cp, ingress_b.username, ingress_b.password, "ingress-b")
+        ingress_a = sites.ingress_broker_clients(session, cp.settings, slice_a)[0]  # rank 0, frames in
+        ingress_b = sites.ingress_broker_clients(session, cp.settings, slice_b)[0]
+    reader_a = Probe(cp, ingress_a.username, ingress_a.password, ingress_a.username)
+    reader_b = Probe(cp, ingress_b.username, ingress_b.password, ingress_b.username)
     assert reader_a.subscribe(f"$share/{slice_a.app_name}/lineside/acme/line-1/+/frames") == ["Granted QoS 1"]
-    assert reader_b.subscribe("lineside/acme/line-1/+/frames") != ["Granted QoS 1"]
-    assert reader_b.subscribe("lineside/globex/line-1/+/frames") == ["Granted QoS 1"]
+    assert reader_b.subscribe(f"$share/{slice_b.app_name}/lineside/acme/line-1/+/frames") != ["Granted QoS 1"]
+    assert reader_b.subscribe(f"$share/{slice_b.app_name}/lineside/globex/line-1/+/frames") == ["Granted QoS 1"]
     robot_a = Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"])
     robot_a.publish(a["topics"]["frames"], b"\xff\xd8 not really a jpeg")
     deadline = time.monotonic() + 5
@@ -150,7 +150,8 @@ def test_broker_rebuilt_from_the_database(control_plane: ControlPlane, tmp_path_
     cp.broker.start()
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Not authorized"
     counts = ok(cp.client.post(f"/sites/{cp.site_id}/broker/sync", headers=cp.op))
-    assert counts == {"ensured": 7, "removed": 0}  # two robots with their watchers, two slice ingresses, the monitor
+    # Two robots with their watchers, the monitor, and per slice 2 ranks x 2 connections of its ingress.
+    assert counts == {"ensured": 2 * 2 + 1 + 2 * 4, "removed": 0}
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Success"
 
 

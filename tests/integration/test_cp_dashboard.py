@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from sqlmodel import Session, select
 
+from control_plane import broker_sync
 from control_plane.models import ApiToken
 from control_plane.security import derived_secret
 from edge_node import wire
@@ -92,9 +93,9 @@ def test_assets_are_all_served_by_the_control_plane(control_plane: ControlPlane)
 
 
 def _ingress(cp: ControlPlane, t: Tenancy) -> tuple[str, str]:
-    """The slice ingress's broker credential, as the control plane derives it."""
-    secret = cp.settings.key
-    return f"s.t{t.tenant_id}-inspect", derived_secret(secret, f"ingress:{t.ids['slice']}")
+    """The slice ingress's results-out login (rank 0), as the control plane derives it."""
+    base = derived_secret(cp.settings.key, f"ingress:{t.ids['slice']}:1")
+    return broker_sync.ingress_connection(f"s.t{t.tenant_id}-inspect", base, 0, out=True)
 
 
 def _jpeg(color: tuple[int, int, int]) -> str:
@@ -118,7 +119,7 @@ def _report(frames: int, fails: int, *, latency_ms: float, robot: str = "cam-1")
 
 def _publish(cp: ControlPlane, t: Tenancy, topic: str, payload: bytes) -> Probe:
     username, password = _ingress(cp, t)
-    probe = Probe(cp, username, password, f"{username}-test")
+    probe = Probe(cp, username, password, username)
     assert probe.connect_reason == "Success"
     probe.client.publish(topic, payload, qos=1).wait_for_publish(5)
     return probe

@@ -11,7 +11,7 @@ import pytest
 from control_plane import broker_sync
 from control_plane.security import derived_secret
 from control_plane.settings import ControlPlaneSettings
-from tests.integration.cp_fixtures import ControlPlane
+from tests.integration.cp_fixtures import ControlPlane, ok
 from tests.integration.test_cp_broker import Probe
 
 PUBLIC_DEFAULT = "lineside-dev-secret-change-me"
@@ -36,19 +36,19 @@ def test_generated_key_is_private_and_kept_across_restarts(tmp_path: Path, caplo
         first = ControlPlaneSettings(data_dir=tmp_path / "data")
     key_file = tmp_path / "data" / "secret_key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert len(first.secret_key.get_secret_value()) >= 32
+    assert len(first.key) >= 32
     assert first.secret_key_source == f"generated at {key_file}"
     second = ControlPlaneSettings(data_dir=tmp_path / "data")
-    assert second.secret_key.get_secret_value() == first.secret_key.get_secret_value()
+    assert second.key == first.key
     assert second.secret_key_source == f"loaded from {key_file}"
     other_install = ControlPlaneSettings(data_dir=tmp_path / "elsewhere")
-    assert other_install.secret_key.get_secret_value() != first.secret_key.get_secret_value()
+    assert other_install.key != first.key
 
 
 def test_configured_key_is_used_and_nothing_is_written(tmp_path: Path) -> None:
     key = "k" * 40
     settings = ControlPlaneSettings(data_dir=tmp_path / "data", secret_key=key)
-    assert settings.secret_key.get_secret_value() == key
+    assert settings.key == key
     assert settings.secret_key_source == "configured (LINESIDE_SECRET_KEY)"
     assert not (tmp_path / "data" / "secret_key").exists()
 
@@ -62,3 +62,20 @@ def test_production_without_a_key_refuses_to_start(tmp_path: Path) -> None:
 def test_short_key_is_refused_with_the_minimum(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 32 characters"):
         ControlPlaneSettings(data_dir=tmp_path / "data", secret_key="s3cret-from-vault")
+
+
+def test_ingress_credentials_cannot_take_over_a_robot(control_plane: ControlPlane) -> None:
+    from tests.integration.test_security_nodes import broker_of, join
+
+    cp = control_plane
+    robot = ok(cp.client.post(f"/robots/{cp.a.ids['robot']}/rotate", headers=cp.a.it))
+    online = Probe(cp, robot["mqtt_username"], robot["mqtt_password"], robot["client_id"])
+    assert online.connect_reason == "Success"
+    _, head = join(cp, "head-1")
+    broker = broker_of(cp, head, cp.a.ids["slice"])
+    for out in (False, True):
+        username, password = broker_sync.ingress_connection(broker["username"], broker["password"], 0, out=out)
+        assert Probe(cp, username, password, robot["client_id"]).connect_reason == "Not authorized"
+        assert Probe(cp, username, password, username).connect_reason == "Success"
+    assert not online.disconnected.wait(1.0), "an ingress credential took over the robot's session"
+    online.close()

@@ -174,7 +174,7 @@ def desired(
     """The site's desired slices; ``If-None-Match`` with the last ETag answers 304 when nothing changed."""
     site = session.get(Site, node.site_id)
     assert site is not None
-    state, etag = sites.desired_state(session, settings, site)
+    state, etag = sites.desired_state(session, settings, site, node)
     if if_none_match and if_none_match.strip('"') == etag:
         return Response(status_code=304, headers={"ETag": f'"{etag}"'})
     response.headers["ETag"] = f'"{etag}"'

@@ -9,7 +9,7 @@ from sqlmodel import col, select
 
 from control_plane import broker_sync, placement
 from control_plane.api.deps import CurrentUser, NowDep, SessionDep, SettingsDep, insert
-from control_plane.errors import Conflict, NotFound
+from control_plane.errors import BrokerUnavailable, Conflict, NotFound
 from control_plane.models import (
     BrokerAdmin,
     JoinToken,
@@ -27,7 +27,7 @@ from control_plane.models import (
     utcnow,
 )
 from control_plane.security import CAN, new_token, token_hash
-from control_plane.sites import broker_admin_password, sync_broker
+from control_plane.sites import broker_admin_password, live_slices, rotate_ingress, sync_broker
 from control_plane.states import NodeStatus, transition
 
 router = APIRouter(tags=["sites and nodes"])
@@ -107,16 +107,33 @@ def get_node(node_id: int, session: SessionDep, caller: CurrentUser) -> Node:
 
 @router.post("/nodes/{node_id}/status", response_model=NodePublic)
 def change_node_status(
-    node_id: int, body: NodeStatusChange, session: SessionDep, caller: CurrentUser, now: NowDep
-) -> Node:
-    """Drain (``draining``), undrain (``online``) or remove a node; illegal moves answer 409."""
+    node_id: int, body: NodeStatusChange, session: SessionDep, settings: SettingsDep, caller: CurrentUser,
+    now: NowDep,
+) -> Node:  # fmt: skip
+    """Drain (``draining``), undrain (``online``) or remove a node; illegal moves answer 409.
+
+    Draining and removing rotate the site's slice-ingress credentials: a node leaving the operators'
+    hands must not keep a password that reads tenants' frames.
+    """
     caller.require(*CAN["manage_nodes"], action="changing node status")
     node = get_node(node_id, session, caller)
     if body.status not in (NodeStatus.DRAINING, NodeStatus.ONLINE, NodeStatus.REMOVED):
         raise Conflict(f"operators may set draining, online or removed; {body.status.value} is set by the agent")
     node.status = transition(node.status, body.status, what=f"node {node.id} ({node.hostname})")
     session.commit()
-    placement.place_site(session, _site(session, node.site_id), now)
+    site = _site(session, node.site_id)
+    unsynced = None
+    if body.status in (NodeStatus.DRAINING, NodeStatus.REMOVED):
+        try:
+            rotate_ingress(session, settings, site, live_slices(session, site), f"node {node.id} {body.status.value}")
+        except BrokerUnavailable as e:
+            unsynced = e
+    placement.place_site(session, site, now)
+    if unsynced is not None:
+        raise BrokerUnavailable(
+            f"node {node.id} is {node.status.value} and its site's slice credentials were rotated, but the site "
+            f"broker did not take them ({unsynced.message}); POST /sites/{site.id}/broker/sync once it answers"
+        ) from unsynced
     session.refresh(node)
     return node
 

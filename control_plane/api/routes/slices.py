@@ -12,7 +12,7 @@ from control_plane import capacity, placement, sites
 from control_plane.api.deps import CurrentUser, NowDep, SessionDep, SettingsDep, own_tenant, scoped_get
 from control_plane.api.routes.models import visible_model
 from control_plane.errors import Conflict
-from control_plane.models import Line, ScaleKind, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
+from control_plane.models import Line, Role, ScaleKind, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
 from control_plane.security import CAN
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import SliceStatus, transition
@@ -24,7 +24,8 @@ def _push_ingress(session: Session, settings: ControlPlaneSettings, item: Slice)
     site = session.get(Site, item.site_id)
     assert site is not None
     with sites.admin(settings, site) as broker:
-        broker.ensure(sites.ingress_broker_client(session, settings, item))
+        for client in sites.ingress_broker_clients(session, settings, item):
+            broker.ensure(client)
 
 
 @router.post("", response_model=SlicePublic, status_code=201)
@@ -101,7 +102,23 @@ def delete_slice(slice_id: int, session: SessionDep, settings: SettingsDep, call
     site = session.get(Site, item.site_id)
     assert site is not None
     with sites.admin(settings, site) as broker:
-        broker.remove(sites.ingress_broker_client(session, settings, item).username)
+        for client in sites.ingress_broker_clients(session, settings, item):
+            broker.remove(client.username)
     session.commit()
+    session.refresh(item)
+    return item
+
+
+@router.post("/{slice_id}/credentials/rotate", response_model=SlicePublic)
+def rotate_credentials(slice_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Slice:
+    """New broker passwords for the slice's ingress (e.g. a node was lost or stolen): the old ones stop
+    working at once and their sessions are disconnected; the site's agent restarts the ingress with the new."""
+    caller.require(Role.OPERATOR, *CAN["manage_slices"], action="rotating a slice's broker credentials")
+    item = scoped_get(session, Slice, slice_id, caller)
+    if item.status not in sites.LIVE_SLICES:
+        raise Conflict(f"slice {item.slug} is {item.status.value}: it has no broker credentials to rotate")
+    site = session.get(Site, item.site_id)
+    assert site is not None
+    sites.rotate_ingress(session, settings, site, [item], f"asked by user {caller.user_id}")
     session.refresh(item)
     return item
