@@ -21,6 +21,7 @@ from control_plane import capacity, db, errors, placement, registry, sites, ui
 from control_plane.api.routes import agent, auth, dashboard, health, lines, models, robots, slices, tenants
 from control_plane.api.routes import capacity as capacity_routes
 from control_plane.api.routes import sites as site_routes
+from control_plane.login_guard import LoginGuard
 from control_plane.models import ApiToken, ModelVersion, Role, User
 from control_plane.monitor import SiteMonitors
 from control_plane.security import new_token, token_hash
@@ -152,6 +153,9 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
     app.state.bootstrap_token, app.state.monitors = token, monitors
+    app.state.login_guard = LoginGuard(
+        settings.login_attempts_per_minute, settings.login_max_failures, settings.login_lockout_s
+    )
     app.state.clock = datetime.now  # plant-local wall clock; shift times are local
     errors.install(app)
     for module in (health, auth, tenants, site_routes, lines, robots, models, slices, capacity_routes, dashboard,

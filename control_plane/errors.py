@@ -9,6 +9,7 @@ Hierarchy::
     ├── Conflict               duplicate name or illegal state change; 409
     │   └── IllegalTransition  a state machine refused the move
     ├── InvalidUpload          a model file or manifest that cannot be served; 422
+    ├── TooManyRequests        too many login attempts; 429 with Retry-After
     └── BrokerUnavailable      the site's broker did not confirm a credential change; 503
 
 Every error carries a message that says what to do.
@@ -59,6 +60,16 @@ class BrokerUnavailable(ControlPlaneError):
     code = "broker_unavailable"
 
 
+class TooManyRequests(ControlPlaneError):
+    """Refused until ``retry_after_s`` has passed (sent as ``Retry-After``)."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 STATUS: dict[type[ControlPlaneError], int] = {
     NotFound: 404,
     Forbidden: 403,
@@ -66,6 +77,7 @@ STATUS: dict[type[ControlPlaneError], int] = {
     Conflict: 409,
     InvalidUpload: 422,
     BrokerUnavailable: 503,
+    TooManyRequests: 429,
     ControlPlaneError: 400,
 }
 
@@ -81,6 +93,8 @@ def status_of(error: ControlPlaneError) -> int:
 async def _handle(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ControlPlaneError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthenticated) else None
+    if isinstance(error, TooManyRequests):
+        headers = {"Retry-After": str(error.retry_after_s)}
     return JSONResponse(
         status_code=status_of(error), content={"detail": error.message, "code": error.code}, headers=headers
     )

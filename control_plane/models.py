@@ -125,7 +125,7 @@ class ApiToken(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
-    expires_at: datetime | None = None  # dashboard sessions expire; API tokens do not
+    expires_at: datetime | None = None  # None (tokens from before expiry existed): created_at + api_token_ttl_days
 
 
 class Login(_Input):
@@ -135,10 +135,31 @@ class Login(_Input):
 
 class PasswordSet(_Input):
     password: str = Field(min_length=10, max_length=200, description="New dashboard password (10+ characters).")
+    current_password: str | None = Field(
+        default=None, max_length=200, description="Your current password; required unless you have none yet."
+    )
+
+
+MAX_TOKEN_DAYS = 366
 
 
 class TokenCreate(_Input):
     name: str = Field(default="api", min_length=1, max_length=100, description="What the token is for.")
+    expires_in_days: int | None = Field(
+        default=None, ge=1, le=MAX_TOKEN_DAYS,
+        description=f"Lifetime in days (1 to {MAX_TOKEN_DAYS}); default: the control plane's api_token_ttl_days.",
+    )  # fmt: skip
+
+
+class TokenPublic(SQLModel):
+    """One of your API tokens or dashboard sessions, as listed: never the token or its hash."""
+
+    id: int
+    name: str
+    prefix: str = Field(description="The token's first characters, to tell tokens apart.")
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
 
 
 class TokenIssued(SQLModel):

@@ -1,8 +1,9 @@
 """Tokens, derived broker credentials and who may do what.
 
 API, join and node tokens are 32 random bytes shown once; only their SHA-256
-is stored (they are high-entropy, so a slow hash adds nothing). MQTT passwords
-of robots, slice ingresses and each site's broker admin are *derived*:
+is stored (they are high-entropy, so a slow hash adds nothing). People's
+passwords are argon2id hashes (``verify_password``). MQTT passwords of robots,
+slice ingresses and each site's broker admin are *derived*:
 HMAC-SHA256(secret_key, purpose) — the database holds none of them, and the
 control plane can re-create any broker credential when it reconciles a site's
 broker (see ``broker_sync``). Rotating a robot bumps its ``credential_epoch``,
@@ -12,14 +13,20 @@ which changes the derived password.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
-import os
+import logging
 import secrets
 from dataclasses import dataclass
 
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
 from control_plane.errors import Forbidden
 from control_plane.models import Role
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIXES = {"api": "ls_", "join": "lsj_", "node": "lsn_"}
 
@@ -39,22 +46,58 @@ def derived_secret(secret_key: str, purpose: str) -> str:
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+PASSWORDS = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+"""argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): about 50 ms a check, and a
+login costs that much memory while it runs. The parameters live in each hash string, so raising them
+here rehashes every user's password at their next login (``check_needs_rehash``)."""
+
+_LEGACY_SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # hashes written before argon2: ``scrypt$salt$digest``
 
 
 def hash_password(password: str) -> str:
-    """Dashboard passwords are chosen by people, so they get a slow, salted hash (scrypt)."""
-    salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
+    """Dashboard passwords are chosen by people, so they get a slow, salted, memory-hard hash."""
+    return PASSWORDS.hash(password)
 
 
-def check_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
+@functools.cache
+def _dummy_hash() -> str:
+    return PASSWORDS.hash(secrets.token_urlsafe(16))
+
+
+def verify_password(password: str, stored: str | None) -> tuple[bool, bool]:
+    """``(matches, needs_rehash)``; ``needs_rehash`` means: store ``hash_password(password)`` now.
+
+    Unknown users and users without a password cost one argon2 check too (against a dummy hash),
+    so the time a login takes does not reveal whether an account exists.
+    """
+    if stored is not None and stored.startswith("scrypt$"):
+        return _check_legacy_scrypt(password, stored), True
+    if stored is None or not stored.startswith("$argon2"):
+        _verify_argon2(_dummy_hash(), password)
+        return False, False
+    if not _verify_argon2(stored, password):
+        return False, False
+    return True, PASSWORDS.check_needs_rehash(stored)
+
+
+def _verify_argon2(stored: str, password: str) -> bool:
+    try:
+        return PASSWORDS.verify(stored, password)
+    except VerifyMismatchError:
         return False
-    _, salt, digest = stored.split("$")
-    given = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), dklen=32, **_SCRYPT)
-    return hmac.compare_digest(given, base64.b64decode(digest))
+    except (VerificationError, InvalidHashError):
+        log.error("a stored password hash cannot be read (%s...); that user cannot log in", stored[:12])
+        return False
+
+
+def _check_legacy_scrypt(password: str, stored: str) -> bool:
+    try:
+        _, salt, digest = stored.split("$")
+        given = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), dklen=32, **_LEGACY_SCRYPT)
+        return hmac.compare_digest(given, base64.b64decode(digest))
+    except ValueError:
+        log.error("a stored scrypt password hash cannot be read; that user cannot log in")
+        return False
 
 
 @dataclass(frozen=True)
@@ -64,6 +107,7 @@ class Principal:
     user_id: int
     role: Role
     tenant_id: int | None
+    token_id: int | None = None  # the API token or dashboard session the request came with
 
     @property
     def is_operator(self) -> bool:

@@ -52,6 +52,22 @@ class ControlPlaneSettings(BaseSettings):
         default=True, description="Subscribe to each site broker's telemetry and robot status (the dashboard)."
     )
     session_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="How long a dashboard login lasts.")
+    api_token_ttl_days: int = Field(
+        default=90, ge=1, le=366, description="Lifetime of API tokens that do not ask for another (at most 366 days)."
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, le=1000, description="Wrong passwords in a row that lock an account (or unknown e-mail)."
+    )
+    login_lockout_s: float = Field(
+        default=900.0, gt=0, le=86400, description="How long a locked account refuses logins, right password or not."
+    )
+    login_attempts_per_minute: int = Field(
+        default=20, ge=1, description="Login attempts one client address may make per minute (per process)."
+    )
+    cookie_secure: bool = Field(
+        default=False,
+        description="Send the session cookie only over HTTPS, and send HSTS; LINESIDE_PRODUCTION=1 forces it on.",
+    )
     failed_parts_kept: int = Field(default=200, ge=1, description="Failed parts (with thumbnails) kept per line.")
     history_days: int = Field(default=90, ge=1, description="Days of per-minute line telemetry kept.")
 
@@ -87,6 +103,13 @@ class ControlPlaneSettings(BaseSettings):
     def secret_key_source(self) -> str:
         """Where the key came from: configured, generated at PATH or loaded from PATH (logged at start)."""
         return self._secret_key_source
+
+    @model_validator(mode="after")
+    def _secure_cookie_in_production(self) -> ControlPlaneSettings:
+        """Production is served over HTTPS (behind a proxy or not): the session cookie never travels in clear."""
+        if self.production:
+            self.cookie_secure = True
+        return self
 
     @property
     def url(self) -> str:

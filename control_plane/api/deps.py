@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
@@ -45,6 +45,7 @@ def _bearer(authorization: str | None) -> str:
 
 
 SESSION_COOKIE = "lineside_session"
+SESSION_TOKEN_NAME = "dashboard"  # the ApiToken row behind a dashboard login
 CSRF_HEADER = "X-Lineside-Request"
 """Dashboard requests that change something carry this header: a page of another site cannot send
 it without a CORS preflight, which the control plane never grants (with SameSite=Strict cookies)."""
@@ -63,7 +64,7 @@ def _token_of(request: Request, authorization: str | None) -> str:
     return cookie
 
 
-def _principal(request: Request, session: SessionDep,
+def _principal(request: Request, session: SessionDep, settings: SettingsDep,
                authorization: Annotated[str | None, Header()] = None) -> Principal:  # fmt: skip
     token = _token_of(request, authorization)
     row = session.exec(
@@ -71,12 +72,15 @@ def _principal(request: Request, session: SessionDep,
     ).first()
     if row is None or row[0].revoked_at is not None:
         raise Unauthenticated("unknown or revoked API token; ask your administrator for a new one")
-    expires = row[0].expires_at
-    if expires is not None and as_utc(expires) < utcnow():
-        raise Unauthenticated("your dashboard session has expired; log in again")
-    user = row[1]
+    api_token, user = row
+    # Tokens from before expiry existed have none stored: they live api_token_ttl_days from creation.
+    expires = api_token.expires_at or api_token.created_at + timedelta(days=settings.api_token_ttl_days)
+    if as_utc(expires) < utcnow():
+        if api_token.name == SESSION_TOKEN_NAME:
+            raise Unauthenticated("your dashboard session has expired; log in again")
+        raise Unauthenticated(f"API token {api_token.prefix}... expired; create a new one (POST /users/me/tokens)")
     assert user.id is not None
-    return Principal(user_id=user.id, role=user.role, tenant_id=user.tenant_id)
+    return Principal(user_id=user.id, role=user.role, tenant_id=user.tenant_id, token_id=api_token.id)
 
 
 def _node(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Node:
@@ -90,7 +94,7 @@ def _node(session: SessionDep, authorization: Annotated[str | None, Header()] = 
 def caller_of(request: Request, session: Session) -> Principal | None:
     """The caller of a page request (session cookie or bearer token), or None when not logged in."""
     try:
-        return _principal(request, session, request.headers.get("authorization"))
+        return _principal(request, session, _settings(request), request.headers.get("authorization"))
     except (Unauthenticated, Forbidden):
         return None
 

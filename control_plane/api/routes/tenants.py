@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import col, delete, select
 
-from control_plane.api.deps import CurrentUser, SessionDep, insert, own_tenant, scoped_get
+from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, insert, own_tenant, scoped_get
 from control_plane.errors import Conflict, ControlPlaneError, Forbidden, NotFound
 from control_plane.models import (
     ApiToken,
@@ -18,6 +18,7 @@ from control_plane.models import (
     TenantPublic,
     TokenCreate,
     TokenIssued,
+    TokenPublic,
     User,
     UserCreate,
     UserPublic,
@@ -53,16 +54,20 @@ def get_tenant(tenant_id: int, session: SessionDep, caller: CurrentUser) -> Tena
     return tenant
 
 
-def issue_token(session: SessionDep, user_id: int, name: str,
-                expires_at: datetime | None = None) -> tuple[ApiToken, str]:  # fmt: skip
+def issue_token(session: SessionDep, user_id: int, name: str, expires_at: datetime) -> tuple[ApiToken, str]:
+    """A new API token (or dashboard session) for the user; only its hash is stored."""
     token = new_token("api")
     row = ApiToken(user_id=user_id, name=name, token_hash=token_hash(token), prefix=token[:8], expires_at=expires_at)
     session.add(row)
     return row, token
 
 
+def _days(days: int) -> datetime:
+    return utcnow() + timedelta(days=days)
+
+
 @router.post("/users", response_model=UserWithToken, status_code=201)
-def create_user(body: UserCreate, session: SessionDep, caller: CurrentUser) -> UserWithToken:
+def create_user(body: UserCreate, session: SessionDep, caller: CurrentUser, settings: SettingsDep) -> UserWithToken:
     """Operators add users to any tenant; plant managers to their own (never operators)."""
     caller.require(*CAN["manage_users"], action="creating users")
     if caller.is_operator:
@@ -85,7 +90,7 @@ def create_user(body: UserCreate, session: SessionDep, caller: CurrentUser) -> U
     except IntegrityError as e:
         raise Conflict(f"a user {body.email!r} already exists") from e
     assert user.id is not None
-    _, token = issue_token(session, user.id, "initial")
+    _, token = issue_token(session, user.id, "initial", _days(settings.api_token_ttl_days))
     session.commit()
     session.refresh(user)
     return UserWithToken(**UserPublic.model_validate(user).model_dump(), token=token)
@@ -104,18 +109,48 @@ def me(session: SessionDep, caller: CurrentUser) -> User:
 
 
 @router.post("/users/me/tokens", response_model=TokenIssued, status_code=201)
-def create_token(body: TokenCreate, session: SessionDep, caller: CurrentUser) -> TokenIssued:
-    """A further API token for the caller (e.g. one per script); shown once."""
-    row, token = issue_token(session, caller.user_id, body.name)
+def create_token(body: TokenCreate, session: SessionDep, caller: CurrentUser, settings: SettingsDep) -> TokenIssued:
+    """A further API token for the caller (e.g. one per script); shown once, valid ``expires_in_days``."""
+    days = body.expires_in_days or settings.api_token_ttl_days
+    row, token = issue_token(session, caller.user_id, body.name, _days(days))
     session.commit()
     assert row.id is not None
     return TokenIssued(id=row.id, name=row.name, token=token)
 
 
+@router.get("/users/me/tokens", response_model=list[TokenPublic])
+def list_tokens(session: SessionDep, caller: CurrentUser) -> list[ApiToken]:
+    """Your API tokens and dashboard sessions, revoked and expired ones included (never the tokens)."""
+    query = select(ApiToken).where(ApiToken.user_id == caller.user_id).order_by(col(ApiToken.id))
+    return list(session.exec(query))
+
+
 @router.delete("/users/me/tokens/{token_id}", status_code=204)
 def revoke_token(token_id: int, session: SessionDep, caller: CurrentUser) -> None:
+    """Revoke one of your tokens (or a dashboard session) at once."""
     row = session.get(ApiToken, token_id)
     if row is None or row.user_id != caller.user_id:
         raise NotFound(f"token {token_id} not found")
     row.revoked_at = row.revoked_at or utcnow()
+    session.commit()
+
+
+@router.delete("/users/{user_id}", status_code=204)
+def delete_user(user_id: int, session: SessionDep, caller: CurrentUser) -> None:
+    """Operators delete any user; plant managers the users of their own tenant. Nobody deletes themselves.
+
+    The user and every API token and dashboard session of theirs are removed at once (no other
+    table refers to users), so the e-mail address can be given to someone else afterwards.
+    """
+    caller.require(*CAN["manage_users"], action="deleting users")
+    user = session.get(User, user_id)
+    visible = user is not None and (
+        caller.is_operator or (user.role is not Role.OPERATOR and caller.sees_tenant(user.tenant_id))
+    )
+    if user is None or not visible:
+        raise NotFound(f"user {user_id} not found")
+    if user.id == caller.user_id:
+        raise Conflict("you cannot delete yourself; ask another operator or plant manager")
+    session.exec(delete(ApiToken).where(col(ApiToken.user_id) == user_id))
+    session.delete(user)
     session.commit()
