@@ -7,9 +7,15 @@ a node leaves, and a node's model profiles speak only for its own site and hardw
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
+
+from control_plane.server import BackgroundServer
+from edge_node.broker import free_port
 from tests.integration.cp_fixtures import ControlPlane, bearer, ok
 from tests.integration.test_cp_broker import Probe
 
@@ -110,3 +116,24 @@ def test_ingress_credentials_read_frames_only_through_the_shared_subscription(co
     assert ingress.received == [robot["topics"]["frames"]]
     for probe in (sender, ingress):
         probe.close()
+
+
+def test_a_join_token_makes_one_node_under_concurrent_joins(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    token = ok(cp.client.post(f"/sites/{cp.site_id}/join-tokens", headers=cp.op), 201)["token"]
+    server = BackgroundServer(cp.client.app, "127.0.0.1", free_port()).start()  # type: ignore[arg-type]
+    start = threading.Barrier(8)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+
+            def join_once(k: int) -> int:
+                start.wait()  # all eight at once
+                body = {"token": token, "hostname": f"edge-{k}", "cpus": 4, "memory_mb": 16000}
+                return client.post("/agent/v1/join", json=body).status_code
+
+            with ThreadPoolExecutor(8) as pool:
+                codes = sorted(pool.map(join_once, range(8)))
+    finally:
+        server.stop()
+    assert codes == [201] + [401] * 7
+    assert len(ok(cp.client.get("/nodes", headers=cp.op))) == 1

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 
 from control_plane import placement, sites
 from control_plane.api.deps import CurrentNode, NowDep, SessionDep, SettingsDep
@@ -64,14 +64,24 @@ class Heartbeat(BaseModel):
 
 @router.post("/join", response_model=NodeJoined, status_code=201)
 def join(body: NodeJoin, session: SessionDep) -> NodeJoined:
-    """Register a node with a one-time join token; answers the node's own token (shown once)."""
-    row = session.exec(select(JoinToken).where(JoinToken.token_hash == token_hash(body.token))).first()
-    if row is None or row.used_at is not None or row.expires_at < utcnow():
+    """Register a node with a one-time join token; answers the node's own token (shown once).
+
+    Checking and spending the token is one conditional UPDATE: of concurrent joins with one token,
+    exactly one changes the row, and only that one makes a node.
+    """
+    now, hashed = utcnow(), token_hash(body.token)
+    spend = (
+        update(JoinToken)
+        .where(col(JoinToken.token_hash) == hashed, col(JoinToken.used_at).is_(None), col(JoinToken.expires_at) > now)
+        .values(used_at=now)
+    )
+    if session.execute(spend).rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
         raise Unauthenticated("join token unknown, used or expired; ask an operator for a new one")
-    row.used_at = utcnow()
+    site_id = session.exec(select(JoinToken.site_id).where(JoinToken.token_hash == hashed)).one()
     node_token = new_token("node")
     node = Node(
-        site_id=row.site_id, hostname=body.hostname, cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
+        site_id=site_id, hostname=body.hostname, cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
         ray_address=body.ray_address, token_hash=token_hash(node_token), last_heartbeat_at=utcnow(),
     )  # fmt: skip
     session.add(node)
