@@ -2,15 +2,30 @@
 
 The configuration is what Lineside needs from a broker: TCP_NODELAY (Nagle's
 algorithm plus delayed ACKs otherwise adds ~40 ms to each small answer), persistence so QoS 1
-frames survive a restart, no per-client queue limit (Mosquitto's default of
-1000 silently drops QoS 1 messages for a slow consumer; robots bound their own
-in-flight frames instead), and a packet limit above the slice's frame limit so
+frames survive a restart, and a packet limit above the slice's frame limit so
 an oversized frame reaches the slice and is answered with ``too_large``.
+
+Queues are bounded in bytes, not in messages. Mosquitto's default of 1000
+messages per client would drop QoS 1 frames of a briefly slow ingress, so the
+message count is unlimited (``max_queued_messages 0``); instead each client's
+queue holds at most ``max_queued_bytes`` (``QUEUED_BYTES_PER_CLIENT``, 64 MiB by
+default). The client whose queue grows is the slice ingress's persistent session
+while the ingress is down: 64 MiB is about 10 s of one robot at 30 frames/s of
+200 kB, longer than a robot waits for an answer before it resends, so the limit
+costs nothing in normal operation and caps what a robot flooding a stopped
+slice can make the broker hold (clients x limit). Mosquitto 2.0.11 handles a
+QoS 1 frame beyond the limit by acknowledging it (PUBACK "Success") and dropping
+it, logging "Outgoing messages are being dropped for client ..." (see
+tests/integration/test_security_broker_limits.py): a PUBACK says the broker took
+the frame, not that it will be judged, so robots count a frame as accepted only
+when its answer arrives and resend the others (``edge_node.sdk``).
 
 With ``admin_password`` the broker requires credentials and loads Mosquitto's
 dynamic-security plugin with one admin client (``lineside-admin``) that may
 only use the plugin's control topic; the control plane creates robot and
-slice clients through it (``control_plane.broker_sync``).
+slice clients through it (``control_plane.broker_sync``). With ``tls`` a second
+listener speaks MQTT over TLS, for robots on a factory network that is not trusted;
+the plain listener stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -42,8 +58,34 @@ DYNSEC_PLUGIN_PATHS = (
 )
 
 
+QUEUED_BYTES_PER_CLIENT = 64 * 1024 * 1024
+"""Default ``max_queued_bytes``: what Mosquitto holds per client beyond its in-flight messages (see above)."""
+
+
 class BrokerError(EdgeNodeError):
     """The broker could not be started."""
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """A listener speaking MQTT over TLS; robots verify the broker with the CA that signed ``certfile``."""
+
+    port: int
+    certfile: Path
+    keyfile: Path
+    host: str = "0.0.0.0"
+    client_cafile: Path | None = None
+    """CA of client certificates: when set, every TLS client must present a certificate it signed."""
+
+    def config(self) -> str:
+        for path in (self.certfile, self.keyfile, self.client_cafile):
+            if path is not None and not path.is_file():
+                raise BrokerError(f"TLS file {path} does not exist")
+        lines = [f"listener {self.port} {self.host}", f"certfile {self.certfile}", f"keyfile {self.keyfile}",
+                 "tls_version tlsv1.2"]  # fmt: skip
+        if self.client_cafile is not None:
+            lines += [f"cafile {self.client_cafile}", "require_certificate true"]
+        return "\n".join(lines) + "\n"
 
 
 def free_port() -> int:
@@ -69,9 +111,18 @@ class MosquittoBroker:
     """A Mosquitto process on 127.0.0.1 with its own config and data folder."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, *, extra_config: str = "", admin_password: str | None = None
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        extra_config: str = "",
+        admin_password: str | None = None,
+        max_queued_bytes: int = QUEUED_BYTES_PER_CLIENT,
+        tls: TlsListener | None = None,
     ) -> None:
         self.workdir = workdir
+        self.max_queued_bytes = max_queued_bytes
+        self.tls = tls
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.extra_config = extra_config
@@ -93,6 +144,7 @@ class MosquittoBroker:
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 5\n"
             "max_queued_messages 0\n"
+            f"max_queued_bytes {self.max_queued_bytes}\n"
             "max_inflight_messages 0\n"
             f"max_packet_size {BROKER_MESSAGE_LIMIT + 4096}\n"
             "persistent_client_expiration 1d\n"
@@ -100,7 +152,9 @@ class MosquittoBroker:
             "set_tcp_nodelay true\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            "connection_messages true\n" + self.extra_config
+            "connection_messages true\n"
+            # Global settings come first: Mosquitto applies them to every listener defined after them too.
+             + (self.tls.config() if self.tls else "") + self.extra_config
         )
 
     def _dynsec_config(self) -> str:

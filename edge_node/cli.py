@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edge_node.broker import QUEUED_BYTES_PER_CLIENT
 from models.manifest import BUNDLED_MANIFEST
 
 app = typer.Typer(
@@ -348,23 +349,74 @@ app.add_typer(broker_app, name="broker")
 
 @broker_app.command("run")
 def broker_run(
-    admin_password: Annotated[
-        str, typer.Option(envvar="LINESIDE_BROKER_ADMIN_PASSWORD", help="From GET /sites/{id}/broker-admin.")
-    ],
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port on 127.0.0.1.")] = 1883,
+    admin_password_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the admin password; else LINESIDE_BROKER_ADMIN_PASSWORD is read."),
+    ] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Plain MQTT port, on 127.0.0.1 only.")] = 1883,
     data_dir: Annotated[Path, typer.Option(help="Config, persistence and dynamic-security state.")] = Path(
         "lineside-broker"
     ),
+    max_queued_mib: Annotated[
+        int, typer.Option(min=1, max=65536, help="Bytes (MiB) queued per client before Mosquitto drops.")
+    ] = QUEUED_BYTES_PER_CLIENT // (1024 * 1024),
+    tls_port: Annotated[int | None, typer.Option(min=1, max=65535, help="TLS listener port (e.g. 8883).")] = None,
+    tls_host: Annotated[str, typer.Option(help="Address the TLS listener binds.")] = "0.0.0.0",
+    tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM, chain included).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="CA of client certificates: clients must then present one (mutual TLS).")
+    ] = None,
+    admin_password: Annotated[str | None, typer.Option(hidden=True, help="Refused: it shows in ps.")] = None,
 ) -> None:
-    """Run Mosquitto with the dynamic-security plugin and the control plane's admin, until Ctrl-C."""
+    """Run Mosquitto with the dynamic-security plugin and the control plane's admin, until Ctrl-C.
+
+    The admin password (GET /sites/{id}/broker-admin) comes from LINESIDE_BROKER_ADMIN_PASSWORD or
+    --admin-password-file, never from the command line, where every user of the host sees it in ps.
+    """
     import signal
     import threading
 
-    from edge_node.broker import MosquittoBroker
+    from edge_node.broker import MosquittoBroker, TlsListener
 
+    if admin_password is not None:
+        raise typer.BadParameter(
+            "a password on the command line shows in ps: set LINESIDE_BROKER_ADMIN_PASSWORD or use "
+            "--admin-password-file",
+            param_hint="--admin-password",
+        )
+    password = _broker_admin_password(admin_password_file)
+    tls = None
+    if tls_port is not None:
+        if tls_cert is None or tls_key is None:
+            raise typer.BadParameter("a TLS listener needs --tls-cert and --tls-key", param_hint="--tls-port")
+        tls = TlsListener(port=tls_port, host=tls_host, certfile=tls_cert.resolve(), keyfile=tls_key.resolve(),
+                          client_cafile=tls_client_ca.resolve() if tls_client_ca else None)  # fmt: skip
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with MosquittoBroker(data_dir.resolve(), port, admin_password=admin_password) as broker:
-        typer.echo(f"broker on {broker.host}:{broker.port}; state in {data_dir} (Ctrl-C stops it)")
+    broker = MosquittoBroker(
+        data_dir.resolve(), port, admin_password=password, tls=tls, max_queued_bytes=max_queued_mib * 1024 * 1024
+    )
+    with broker:
+        tls_note = f", TLS on {tls.host}:{tls.port}" if tls else ""
+        typer.echo(f"broker on {broker.host}:{broker.port}{tls_note}; state in {data_dir} (Ctrl-C stops it)")
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
+
+
+def _broker_admin_password(path: Path | None) -> str:
+    """The dynsec admin's password from ``path`` or the environment (never argv)."""
+    if path is not None:
+        try:
+            password = path.read_text().strip()
+        except OSError as e:
+            raise typer.BadParameter(f"cannot read {path}: {e.strerror}", param_hint="--admin-password-file") from e
+    else:
+        password = os.environ.get("LINESIDE_BROKER_ADMIN_PASSWORD", "").strip()
+    if not password:
+        raise typer.BadParameter(
+            "no admin password: set LINESIDE_BROKER_ADMIN_PASSWORD or pass --admin-password-file "
+            "(the password is GET /sites/{id}/broker-admin)",
+            param_hint="--admin-password-file",
+        )
+    return password

@@ -12,6 +12,15 @@ as long each time (the slice answers a known id from memory and joins a retry
 to the frame still in progress); every frame is reported exactly once, even
 when the broker delivers an answer twice. The robot's retained status topic
 says ``online`` while connected and ``offline`` (its will) after it vanishes.
+
+A frame counts as accepted only when its answer arrives, never on the broker's
+PUBACK: Mosquitto 2.0 acknowledges a frame it then drops because the slice's
+queue is full (``max_queued_bytes``, see ``edge_node.broker``), so an unanswered
+frame is resent and, after the last retry, reported with ``FrameLost``. A PUBACK
+whose MQTT 5 reason code is a failure (quota exceeded, not authorized, ...) is a
+refusal: the frame is resent after a pause while retries last, then reported with
+``FrameRefused``. ``tls=True`` (or ``tls_ca``) connects over TLS, verifying the
+broker with ``tls_ca`` or the system's CAs.
 """
 
 from __future__ import annotations
@@ -41,6 +50,21 @@ class FrameLost(TimeoutError):
     """No answer for a frame after every retry: the slice or broker is unreachable or overloaded."""
 
 
+class FrameRefused(ConnectionError):
+    """The broker refused the frame (a failure reason code on its PUBACK) on every try: nothing will judge it.
+
+    ``reason`` is the broker's MQTT 5 reason, e.g. "Quota exceeded": send less, or later.
+    """
+
+    def __init__(self, frame_id: str, reason: str) -> None:
+        super().__init__(f"frame {frame_id}: the broker refused it ({reason}); send it again later or send less")
+        self.frame_id, self.reason = frame_id, reason
+
+
+REFUSED_PAUSE_S = 0.5
+"""Wait before resending a frame the broker refused."""
+
+
 @dataclass
 class _Pending:
     future: Future[Reply]
@@ -67,6 +91,8 @@ class RobotClient:
         password: str | None = None,
         client_id: str | None = None,
         keepalive_s: int = 30,
+        tls: bool = False,
+        tls_ca: str | None = None,
     ) -> None:
         self.frames_topic = wire.topic(tenant, line, robot, wire.TopicKind.FRAMES)
         self._results_topic = wire.topic(tenant, line, robot, wire.TopicKind.RESULTS)
@@ -82,6 +108,13 @@ class RobotClient:
         self._closing = threading.Event()
         self.duplicates = 0
         self.resent = 0
+        self.refused = 0
+        """PUBACKs with a failure reason code (each try counts)."""
+        self._mids: dict[int, str] = {}
+        """Message id of each frame's latest publish -> frame id, to match PUBACKs."""
+        self._early: dict[int, Any] = {}
+        """Failure PUBACKs that arrived before ``send`` recorded the message id."""
+        self._mids_lock = threading.Lock()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id or f"{tenant}-{line}-{robot}", protocol=mqtt.MQTTv5
         )
@@ -89,11 +122,14 @@ class RobotClient:
         self._client.max_queued_messages_set(0)
         if username:
             self._client.username_pw_set(username, password)
+        if tls or tls_ca:
+            self._client.tls_set(ca_certs=tls_ca)
         self._client.will_set(self._status_topic, "offline", qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
         self._watchdog = threading.Thread(target=self._retry_loop, name=f"{robot}-retry", daemon=True)
 
     # --- connection ----------------------------------------------------------------
@@ -168,7 +204,7 @@ class RobotClient:
             if frame_id in self._pending:
                 raise ValueError(f"frame id {frame_id!r} is already awaiting an answer")
             self._pending[frame_id] = _Pending(future, frame, props, now, now + timeout_s, retries, timeout_s)
-        self._client.publish(self.frames_topic, frame, qos=1, properties=props)
+        self._publish(frame_id, frame, props)
         return future
 
     def inspect(self, frame: bytes, *, frame_id: str | None = None, timeout_s: float = 5.0, retries: int = 2) -> Reply:
@@ -204,7 +240,40 @@ class RobotClient:
         with self._lock:
             self._pending[frame_id] = entry
         self.resent += 1
-        self._client.publish(self.frames_topic, entry.payload, qos=1, properties=entry.properties)
+        self._publish(frame_id, entry.payload, entry.properties)
+
+    def _publish(self, frame_id: str, payload: bytes, props: Properties) -> None:
+        """Publish (never under ``_lock``: paho calls ``_on_publish`` holding its own lock)."""
+        info = self._client.publish(self.frames_topic, payload, qos=1, properties=props)
+        with self._mids_lock:
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._mids[info.mid] = frame_id
+        if early is not None and early.is_failure:
+            self._refused(frame_id, early)
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        with self._mids_lock:
+            frame_id = self._mids.pop(mid, None)
+            if frame_id is None:
+                if reason.is_failure:  # successes need no note; the status publishes' land here too
+                    self._early[mid] = reason
+                return
+        if reason.is_failure:
+            self._refused(frame_id, reason)
+
+    def _refused(self, frame_id: str, reason: Any) -> None:
+        """The broker refused this try: pause and resend while retries last, else report it."""
+        self.refused += 1
+        log.warning("broker refused frame %s of robot %s: %s", frame_id, self.robot, reason)
+        with self._lock:
+            entry = self._pending.get(frame_id)
+            if entry is not None and entry.retries_left > 0:
+                entry.deadline = min(entry.deadline, time.monotonic() + REFUSED_PAUSE_S)  # the retry loop resends
+                return
+            self._pending.pop(frame_id, None)
+        if entry is not None:
+            entry.future.set_exception(FrameRefused(frame_id, str(reason)))
 
     def _retry_loop(self) -> None:
         while not self._closing.wait(0.1):
