@@ -288,12 +288,29 @@ class NodeStatusChange(_Input):
 # --- lines and robots --------------------------------------------------------------------------
 
 
+ROBOT_MAX_FPS_HELP = "Frames per second each robot of the line may send; beyond it frames are answered rate_limited."
+ROBOT_MAX_FRAME_BYTES_HELP = "Largest frame (bytes) a robot of the line may send; larger ones are answered too_large."
+
+
 class LineCreate(_Input):
     slug: str = Field(description="Topic-safe line name, e.g. 'line-1'.")
     name: str = Field(default="", max_length=200)
     site_id: int = Field(description="Site whose slices serve this line.")
     latency_budget_ms: float = Field(default=100.0, gt=0, le=60_000)
+    robot_max_fps: float = Field(default=30.0, gt=0, le=1000, description=ROBOT_MAX_FPS_HELP)
+    robot_max_frame_bytes: int = Field(default=wire.MAX_FRAME_BYTES, ge=1024, le=wire.MAX_FRAME_BYTES,
+                                       description=ROBOT_MAX_FRAME_BYTES_HELP)  # fmt: skip
     _check_slug = field_validator("slug")(_slug)
+
+
+class LineUpdate(_Input):
+    """Fields of a line that may change; omitted ones keep their value."""
+
+    name: str | None = Field(default=None, max_length=200)
+    latency_budget_ms: float | None = Field(default=None, gt=0, le=60_000)
+    robot_max_fps: float | None = Field(default=None, gt=0, le=1000, description=ROBOT_MAX_FPS_HELP)
+    robot_max_frame_bytes: int | None = Field(default=None, ge=1024, le=wire.MAX_FRAME_BYTES,
+                                              description=ROBOT_MAX_FRAME_BYTES_HELP)  # fmt: skip
 
 
 class Line(SQLModel, table=True):
@@ -315,6 +332,8 @@ class LinePublic(SQLModel):
     slug: str
     name: str
     latency_budget_ms: float
+    robot_max_fps: float
+    robot_max_frame_bytes: int
 
 
 class RobotCreate(_Input):

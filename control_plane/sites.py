@@ -181,6 +181,10 @@ def slice_spec(
             "resources": {"cpus_per_replica": item.cpus_per_replica, "gpus_per_replica": item.gpus_per_replica},
             "placement": pins or None,
             "telemetry_period_s": settings.telemetry_period_s,
+            "frame_policy": {
+                line.slug: {"max_fps": line.robot_max_fps, "max_frame_bytes": line.robot_max_frame_bytes}
+                for line in lines
+            },
             "broker": {
                 "host": site.broker_host,
                 "port": site.broker_port,

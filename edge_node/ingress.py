@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_node import wire
+from edge_node.rate_limit import RobotRateLimiter
 from edge_node.slice_spec import SliceSpec
 from edge_node.telemetry import TelemetryWindow
 
@@ -159,6 +160,7 @@ class FrameIngress:
         """The broker confirmed the unsubscribe: no new frames are routed to this replica."""
         self._client.on_unsubscribe = lambda *_args: self._left.set()
         self.telemetry = TelemetryWindow(client_id) if spec.telemetry_period_s else None
+        self._rates = RobotRateLimiter()
         self._reporter = threading.Thread(target=self._report_loop, name=f"{client_id}-telemetry", daemon=True)
 
     def _mqtt_client(self, client_id: str, *, manual_ack: bool) -> mqtt.Client:
@@ -455,10 +457,16 @@ class FrameIngress:
         """Checks that need no decoding: empty, oversized, bad frame id."""
         if not frame.payload:
             return wire.ErrorCode.BAD_IMAGE, "empty payload: publish the JPEG or PNG bytes of the frame"
-        if len(frame.payload) > wire.MAX_FRAME_BYTES:
+        policy = self.spec.policy(frame.robot.line)
+        max_bytes = policy.max_frame_bytes if policy else wire.MAX_FRAME_BYTES
+        if len(frame.payload) > max_bytes:
             return wire.ErrorCode.TOO_LARGE, (
-                f"frame is {len(frame.payload)} bytes; the limit is {wire.MAX_FRAME_BYTES}: "
-                "crop or compress on the robot"
+                f"frame is {len(frame.payload)} bytes; the line's limit is {max_bytes}: crop or compress on the robot"
+            )
+        if policy and not self._rates.allow(frame.robot.sibling(wire.TopicKind.FRAMES), policy.max_fps):
+            return wire.ErrorCode.RATE_LIMITED, (
+                f"robot sends more than the line's {policy.max_fps:g} frames/s: send fewer frames, "
+                "or ask factory IT to raise the line's robot_max_fps"
             )
         if frame.correlation is not None and len(frame.correlation) > wire.MAX_FRAME_ID_BYTES:
             return wire.ErrorCode.BAD_FRAME_ID, f"frame id is {len(frame.correlation)} bytes; the limit is 128"
@@ -527,7 +535,7 @@ class FrameIngress:
         if self._observe:
             self._observe(f"error_{code.value}", (time.monotonic() - frame.received) * 1000)
         payload = reply.model_dump_json().encode()
-        if code is wire.ErrorCode.INTERNAL:  # not final: a retry must be judged afresh
+        if code in (wire.ErrorCode.INTERNAL, wire.ErrorCode.RATE_LIMITED):  # not final: a retry is judged afresh
             return frame.robot.sibling(wire.TopicKind.ERRORS), payload
         return self._remember(frame, frame.robot.sibling(wire.TopicKind.ERRORS), payload)
 

@@ -107,6 +107,15 @@ class ResourceSpec(_Strict):
     providers: list[str] | None = Field(default=None, description="ONNX Runtime providers; default best available.")
 
 
+class FramePolicy(_Strict):
+    """What each robot of a line may send (the line's ``robot_max_fps`` and ``robot_max_frame_bytes``)."""
+
+    max_fps: float = Field(default=30.0, gt=0, le=1000, description="Frames per second per robot (token bucket).")
+    max_frame_bytes: int = Field(
+        default=wire.MAX_FRAME_BYTES, ge=1, le=wire.MAX_FRAME_BYTES, description="Largest frame per robot, bytes."
+    )
+
+
 class SliceSpec(_Strict):
     """One slice: which tenant's lines it serves, with which model and how much capacity."""
 
@@ -140,6 +149,10 @@ class SliceSpec(_Strict):
             "The broker must allow the ingress to publish there (the control plane's broker ACLs do)."
         ),
     )
+    frame_policy: dict[str, FramePolicy] = Field(
+        default_factory=dict,
+        description="Per line: what each robot may send; frames beyond it are answered rate_limited or too_large.",
+    )
     inject_delay_ms: float = Field(
         default=0.0, ge=0, le=60_000, description="Fault injection: extra sleep per model call (tests only)."
     )
@@ -162,6 +175,11 @@ class SliceSpec(_Strict):
             if bad or not value:
                 raise ValueError(f"placement {value} needs >= 1 replica per {NODE_RESOURCE_PREFIX}<id> resource")
         return value
+
+    def policy(self, line: str) -> FramePolicy | None:
+        """The frame policy of ``line``; None (no rate limit, the wire's size limit) where the spec names none,
+        as in slices run from CLI flags: the control plane always sends its lines' policies."""
+        return self.frame_policy.get(line)
 
     @property
     def frame_filters(self) -> list[str]:

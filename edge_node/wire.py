@@ -74,6 +74,9 @@ class ErrorCode(StrEnum):
     """The correlation data is longer than ``MAX_FRAME_ID_BYTES``: use a shorter frame id."""
     INTERNAL = "internal"
     """The slice failed on this frame; it was not judged. Retry it; tell the operator if it persists."""
+    RATE_LIMITED = "rate_limited"
+    """The robot sends more frames per second than its line allows; the frame was not judged.
+    Send fewer frames (the detail says the limit), or ask factory IT to raise the line's ``robot_max_fps``."""
 
 
 @dataclass(frozen=True)

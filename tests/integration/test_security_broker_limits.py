@@ -25,12 +25,16 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sqlmodel import Session
 
+from control_plane import sites
+from control_plane.models import Site, Slice
 from edge_node import wire
 from edge_node.broker import MosquittoBroker
 from edge_node.ingress import FrameIngress
 from edge_node.sdk import FrameLost, Reply, RobotClient
-from edge_node.slice_spec import BrokerSpec, SliceSpec
+from edge_node.slice_spec import BrokerSpec, FramePolicy, SliceSpec
+from tests.integration.cp_fixtures import ControlPlane, ok
 
 TENANT, LINE = "acme", "line-1"
 QUEUE_LIMIT = 1_500_000
@@ -136,3 +140,54 @@ def test_without_retries_every_dropped_frame_is_reported_to_the_robot(small_brok
     reported = [f for f in futures if isinstance(f.exception(), FrameLost)]
     assert len(judged) + len(reported) == FLOOD
     assert judged and reported  # what fit the queue was judged; the robot was told of every other frame
+
+
+# --- per-robot frame policy -----------------------------------------------------------------------
+
+
+def test_robot_beyond_its_lines_policy_is_answered_not_dropped(small_broker: MosquittoBroker) -> None:
+    policy = {LINE: FramePolicy(max_fps=2, max_frame_bytes=2000)}
+    spec = _spec(small_broker).model_copy(update={"frame_policy": policy})
+    ingress = FrameIngress(spec, _judge, client_id="ingress-0", node="test-node", model="stand-in:1")
+    ingress.start()
+    robot = RobotClient(small_broker.host, small_broker.port, tenant=TENANT, line=LINE, robot="cam-7").connect()
+    try:
+        assert ingress.connected.wait(10)
+        big = robot.inspect(b"\xff\xd8" + b"x" * 3000, timeout_s=5)
+        assert isinstance(big, wire.ErrorReply) and big.code is wire.ErrorCode.TOO_LARGE and "2000" in big.detail
+        replies = [f.result(timeout=20) for f in [robot.send(b"\xff\xd8small", timeout_s=5) for _ in range(10)]]
+        limited = [r for r in replies if isinstance(r, wire.ErrorReply) and r.code is wire.ErrorCode.RATE_LIMITED]
+        judged = [r for r in replies if isinstance(r, wire.Result)]
+        assert len(judged) + len(limited) == 10  # every frame answered, none dropped
+        assert 1 <= len(judged) <= 6 and "2 frames/s" in limited[0].detail
+        time.sleep(1.5)  # the bucket refills at the line's rate
+        assert isinstance(robot.inspect(b"\xff\xd8again", timeout_s=5), wire.Result)
+    finally:
+        robot.close()
+        ingress.stop()
+
+
+def test_line_frame_policy_is_bounded_and_reaches_the_slice_spec(control_plane: ControlPlane) -> None:
+    cp, a, b = control_plane, control_plane.a, control_plane.b
+    for bad in ({"robot_max_fps": 0}, {"robot_max_fps": 1e6}, {"robot_max_frame_bytes": 10**9},
+                {"robot_max_frame_bytes": -1}):  # fmt: skip
+        body = {"slug": "line-2", "site_id": cp.site_id, **bad}
+        assert cp.client.post("/lines", json=body, headers=a.it).status_code == 422, bad
+        assert cp.client.patch(f"/lines/{a.line_id}", json=bad, headers=a.it).status_code == 422, bad
+    created = ok(cp.client.post("/lines", json={"slug": "line-2", "site_id": cp.site_id}, headers=a.it), 201)
+    assert (created["robot_max_fps"], created["robot_max_frame_bytes"]) == (30.0, wire.MAX_FRAME_BYTES)
+    assert cp.client.patch(f"/lines/{a.line_id}", json={"robot_max_fps": 5}, headers=b.it).status_code == 404
+    engine = cp.client.app.state.engine  # type: ignore[attr-defined]
+    with Session(engine) as session:
+        generation = session.get(Slice, a.ids["slice"]).generation  # type: ignore[union-attr]
+    line = ok(cp.client.patch(f"/lines/{a.line_id}", json={"robot_max_fps": 5, "robot_max_frame_bytes": 100_000},
+                              headers=a.it))  # fmt: skip
+    assert (line["robot_max_fps"], line["robot_max_frame_bytes"]) == (5.0, 100_000)
+    with Session(engine) as session:
+        item = session.get(Slice, a.ids["slice"])
+        site = session.get(Site, cp.site_id)
+        assert item is not None and site is not None
+        assert item.generation > generation  # the agent applies the new policy
+        desired = sites.slice_spec(session, cp.settings, item, site, secrets=False)
+    spec = SliceSpec.model_validate({**desired["spec"], "broker": {}})
+    assert spec.policy("line-1") == FramePolicy(max_fps=5, max_frame_bytes=100_000)
