@@ -32,6 +32,8 @@ from control_plane.states import SliceStatus, transition
 
 log = logging.getLogger(__name__)
 UNLIMITED = planner.Lease(max_replicas=10**6, price_per_replica_hour=0.0)
+PLANNING_FAILURES = [0]
+"""Slices whose planning pass raised, since the process started (a counter the app exports)."""
 
 
 def to_plan(stored: dict[str, Any]) -> planner.OrderPlan:
@@ -46,12 +48,13 @@ def to_plan(stored: dict[str, Any]) -> planner.OrderPlan:
 
 
 def profile_for(session: Session, item: Slice) -> planner.Profile | None:
-    """The newest profile of the slice's model (any hardware of the site; per-hardware matching comes later)."""
+    """The newest profile of the slice's model measured at the slice's site (any of its hardware classes;
+    per-hardware matching comes later). Another site's nodes never speak for this one."""
     model = session.get(ModelVersion, item.model_version_id)
     assert model is not None
     row = session.exec(
         select(ModelProfile)
-        .where(ModelProfile.model_sha256 == model.sha256)
+        .where(ModelProfile.model_sha256 == model.sha256, ModelProfile.site_id == item.site_id)
         .order_by(col(ModelProfile.measured_at).desc())
     ).first()
     return planner.Profile(row.frames_per_s_per_replica, row.cold_start_s) if row else None
@@ -115,12 +118,20 @@ def record(session: Session, item: Slice, kind: ScaleKind, new_min: int, new_max
 def apply_plans(session: Session, now: datetime) -> list[ScaleEvent]:
     """Set every planned slice's floor for ``now``; returns the scale events this made."""
     events = []
-    for item in session.exec(select(Slice).where(col(Slice.status).in_(LIVE_SLICES))).all():
-        planned = planned_floor(session, item, now)
-        if planned is None or planned[0] == item.min_replicas:
-            continue
-        floor, why = planned
-        events.append(record(session, item, ScaleKind.PLANNED, floor, item.max_replicas, why))
-        log.info("slice %s: planned floor %d (%s)", item.slug, floor, why)
-    session.commit()
+    ids = session.exec(select(Slice.id).where(col(Slice.status).in_(LIVE_SLICES)).order_by(col(Slice.id))).all()
+    for slice_id in ids:
+        try:  # one slice's bad plan or profile must not keep the others at stale floors
+            item = session.get(Slice, slice_id)
+            assert item is not None
+            planned = planned_floor(session, item, now)
+            if planned is None or planned[0] == item.min_replicas:
+                continue
+            floor, why = planned
+            events.append(record(session, item, ScaleKind.PLANNED, floor, item.max_replicas, why))
+            session.commit()
+            log.info("slice %s: planned floor %d (%s)", item.slug, floor, why)
+        except Exception:
+            session.rollback()
+            PLANNING_FAILURES[0] += 1
+            log.exception("planning slice %s failed; the other slices are planned as usual", slice_id)
     return events

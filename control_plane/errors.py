@@ -56,6 +56,12 @@ class InvalidUpload(ControlPlaneError):
     code = "invalid_upload"
 
 
+class InvalidInput(ControlPlaneError):
+    """A well-formed request whose values do not fit what the server knows (e.g. a node's own hardware)."""
+
+    code = "invalid_input"
+
+
 class BrokerUnavailable(ControlPlaneError):
     code = "broker_unavailable"
 
@@ -76,6 +82,7 @@ STATUS: dict[type[ControlPlaneError], int] = {
     Unauthenticated: 401,
     Conflict: 409,
     InvalidUpload: 422,
+    InvalidInput: 422,
     BrokerUnavailable: 503,
     TooManyRequests: 429,
     ControlPlaneError: 400,

@@ -10,14 +10,19 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import httpx
+from sqlmodel import Session, select
 
+from control_plane import capacity
+from control_plane.models import OrderPlan
 from control_plane.server import BackgroundServer
 from edge_node.broker import free_port
 from tests.integration.cp_fixtures import ControlPlane, bearer, ok
 from tests.integration.test_cp_broker import Probe
+from tests.integration.test_cp_capacity import PLAN
 
 
 def join(cp: ControlPlane, hostname: str, *, worker: bool = False) -> tuple[int, dict[str, str]]:
@@ -137,3 +142,63 @@ def test_a_join_token_makes_one_node_under_concurrent_joins(control_plane: Contr
         server.stop()
     assert codes == [201] + [401] * 7
     assert len(ok(cp.client.get("/nodes", headers=cp.op))) == 1
+
+
+def _profile(sha: str, fps: float = 3.0, cold: float = 90.0, hardware: str = "cpu x1") -> dict[str, Any]:
+    return {"model_sha256": sha, "hardware": hardware, "frames_per_s_per_replica": fps, "cold_start_s": cold}
+
+
+def test_nodes_post_profiles_only_for_their_site_and_hardware_within_bounds(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    clock = {"now": datetime(2026, 11, 30, 10, 0)}  # a Monday, in the early shift
+    cp.client.app.state.clock = lambda: clock["now"]  # type: ignore[attr-defined]
+    sha = ok(cp.client.get("/models/1", headers=cp.a.pm))["sha256"]
+    _, head = join(cp, "head-1")
+    ok(cp.client.post("/agent/v1/profiles", json=_profile(sha), headers=head), 204)
+    ok(cp.client.put(f"/lines/{cp.a.line_id}/order-plan", json=PLAN, headers=cp.a.pm))
+    engine = cp.client.app.state.engine  # type: ignore[attr-defined]
+    with Session(engine) as session:
+        capacity.apply_plans(session, clock["now"])
+    floor = ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["min_replicas"]
+
+    # A node at another site, where this model serves nothing: the attack of the issue.
+    south = ok(cp.client.post("/sites", json={"name": "south", "broker_port": 1884}, headers=cp.op), 201)
+    token = ok(cp.client.post(f"/sites/{south['id']}/join-tokens", headers=cp.op), 201)["token"]
+    body = {"token": token, "hostname": "south-1", "cpus": 8, "memory_mb": 32000}
+    stranger = bearer(ok(cp.client.post("/agent/v1/join", json=body), 201)["node_token"])
+    attack = _profile(sha, fps=1e-9, cold=1e12)
+    assert cp.client.post("/agent/v1/profiles", json=_profile(sha), headers=stranger).status_code == 404
+    assert cp.client.post("/agent/v1/profiles", json=attack, headers=stranger).status_code == 422
+    # The site's own node: values out of bounds, or hardware it does not have.
+    assert cp.client.post("/agent/v1/profiles", json=attack, headers=head).status_code == 422
+    for hardware in ("NVIDIA H100", "cpu x999"):
+        sent = cp.client.post("/agent/v1/profiles", json=_profile(sha, hardware=hardware), headers=head)
+        assert sent.status_code == 422, (hardware, sent.text)
+
+    with Session(engine) as session:
+        capacity.apply_plans(session, clock["now"])
+    assert ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["min_replicas"] == floor
+    for path in (f"/slices/{cp.a.ids['slice']}/plan", f"/slices/{cp.a.ids['slice']}/capacity",
+                 f"/lines/{cp.a.line_id}/order-plan"):  # fmt: skip
+        assert cp.client.get(path, headers=cp.a.pm).status_code == 200, path
+
+
+def test_one_slice_failing_to_plan_does_not_stop_the_others(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    now = datetime(2026, 11, 30, 10, 0)
+    sha = ok(cp.client.get("/models/1", headers=cp.a.pm))["sha256"]
+    _, head = join(cp, "head-1")
+    ok(cp.client.post("/agent/v1/profiles", json=_profile(sha), headers=head), 204)
+    for tenancy in (cp.a, cp.b):
+        bounds = {"min_replicas": 0, "max_replicas": 3}
+        ok(cp.client.post(f"/slices/{tenancy.ids['slice']}/scale", json=bounds, headers=tenancy.pm))
+        ok(cp.client.put(f"/lines/{tenancy.line_id}/order-plan", json=PLAN, headers=tenancy.pm))
+    engine = cp.client.app.state.engine  # type: ignore[attr-defined]
+    with Session(engine) as session:  # acme's stored plan is damaged (a bad row, a bug): planning it raises
+        row = session.exec(select(OrderPlan).where(OrderPlan.line_id == cp.a.line_id)).one()
+        row.plan = {"views_per_part": 4}
+        session.commit()
+        planned = [e.slice_id for e in capacity.apply_plans(session, now)]
+    assert planned == [cp.b.ids["slice"]]
+    assert ok(cp.client.get(f"/slices/{cp.b.ids['slice']}", headers=cp.b.pm))["min_replicas"] == 1  # early shift
+    assert ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["min_replicas"] == 0

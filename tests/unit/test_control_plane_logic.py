@@ -73,9 +73,13 @@ def test_robot_acls_name_only_its_own_topics() -> None:
 
 
 def test_ingress_acls_cover_its_lines_only() -> None:
-    client = broker_sync.ingress_client("t1-inspect", "acme", ["line-1"], "pw")
-    assert client.client_id is None  # the ingress opens two connections per replica
-    assert ("subscribeLiteral", "$share/t1-inspect/lineside/acme/line-1/+/frames") in client.acls
-    own = ("lineside/acme/line-1/", "$share/t1-inspect/lineside/acme/line-1/", "lineside-telemetry/acme/line-1/t1-")
-    assert all(topic.startswith(own) for _, topic in client.acls)
-    assert ("publishClientSend", "lineside-telemetry/acme/line-1/t1-inspect") in client.acls
+    clients = broker_sync.ingress_clients("t1-inspect", "acme", ["line-1"], "pw", replicas=1)
+    assert [c.username for c in clients] == ["s.t1-inspect.0", "s.t1-inspect.0-out", "s.t1-inspect.1",
+                                             "s.t1-inspect.1-out"]  # fmt: skip
+    assert all(c.client_id == c.username for c in clients)  # pinned: no robot's session can be taken over
+    frames_in, results_out = clients[0], clients[1]
+    assert frames_in.acls == (("subscribeLiteral", "$share/t1-inspect/lineside/acme/line-1/+/frames"),
+                              ("publishClientReceive", "lineside/acme/line-1/+/frames"))  # fmt: skip
+    own = ("lineside/acme/line-1/", "lineside-telemetry/acme/line-1/t1-")
+    assert all(kind == "publishClientSend" and topic.startswith(own) for kind, topic in results_out.acls)
+    assert ("publishClientSend", "lineside-telemetry/acme/line-1/t1-inspect") in results_out.acls

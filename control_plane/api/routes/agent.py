@@ -12,7 +12,7 @@ from sqlmodel import col, select, update
 from control_plane import placement, sites
 from control_plane.api.deps import CurrentNode, NowDep, SessionDep, SettingsDep
 from control_plane.dashboard import running_models
-from control_plane.errors import NotFound, Unauthenticated
+from control_plane.errors import InvalidInput, NotFound, Unauthenticated
 from control_plane.models import (
     JoinToken,
     ModelProfile,
@@ -148,16 +148,37 @@ def _finish_deletions(session: SessionDep, site_id: int, present: set[str]) -> N
 
 
 class ProfileReport(BaseModel):
+    """Bounds: the planner divides by frames/s and shifts floors by the cold start, so an absurd figure
+    would set a tenant's floor to its whole lease, or overflow the plan's dates."""
+
     model_config = ConfigDict(extra="forbid")
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    hardware: str = Field(min_length=1, max_length=200, description="e.g. 'cpu x2' or 'NVIDIA L4'.")
-    frames_per_s_per_replica: float = Field(gt=0)
-    cold_start_s: float = Field(ge=0)
+    hardware: str = Field(min_length=1, max_length=200, description="'cpu xN' or one of the node's GPU models.")
+    frames_per_s_per_replica: float = Field(ge=0.01, le=100_000, description="Measured frames/s of one replica.")
+    cold_start_s: float = Field(ge=0, le=3600, description="Seconds from starting a replica to its first answer.")
+
+
+def _check_hardware(node: Node, hardware: str) -> None:
+    """The class must be one the node has: 'cpu xN' within its CPUs, or a GPU model of its inventory."""
+    threads = hardware.removeprefix("cpu x")
+    if threads != hardware and threads.isdigit() and 1 <= int(threads) <= node.cpus:
+        return
+    if hardware in {str(gpu.get("model")) for gpu in node.gpus}:
+        return
+    raise InvalidInput(f"hardware {hardware!r} is not this node's: send 'cpu xN' (N up to {node.cpus}) or the "
+                       "model of one of its GPUs as its heartbeat reports them")  # fmt: skip
 
 
 @router.post("/profiles", status_code=204)
 def report_profile(body: ProfileReport, session: SessionDep, node: CurrentNode) -> None:
-    """A profiling run's result for a model on this node's hardware (newest wins)."""
+    """A profiling run's result for a model served at this node's site, on this node's hardware (newest wins)."""
+    versions = select(ModelVersion.id).where(ModelVersion.sha256 == body.model_sha256)
+    served = session.exec(
+        select(Slice.id).where(Slice.site_id == node.site_id, col(Slice.model_version_id).in_(versions))
+    ).first()
+    if served is None:
+        raise NotFound(f"model {body.model_sha256} is not served at this node's site; profile only models it runs")
+    _check_hardware(node, body.hardware)
     same = (ModelProfile.site_id == node.site_id, ModelProfile.model_sha256 == body.model_sha256,
             ModelProfile.hardware == body.hardware)  # fmt: skip
     row = session.exec(select(ModelProfile).where(*same)).first() or ModelProfile(
