@@ -17,14 +17,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from control_plane import capacity, db, errors, placement, registry, sites, ui
+from control_plane import capacity, db, errors, placement, registry, sites, ui, web_headers
 from control_plane.api.routes import agent, auth, dashboard, health, lines, models, robots, slices, tenants
 from control_plane.api.routes import capacity as capacity_routes
 from control_plane.api.routes import sites as site_routes
 from control_plane.login_guard import LoginGuard
 from control_plane.models import ApiToken, ModelVersion, Role, User
 from control_plane.monitor import SiteMonitors
-from control_plane.security import new_token, token_hash
+from control_plane.security import new_token, token_hash, write_secret_file
 from control_plane.settings import ControlPlaneSettings
 from models.manifest import BUNDLED_MANIFEST
 
@@ -82,6 +82,21 @@ def bootstrap(engine: Engine, settings: ControlPlaneSettings) -> str | None:
         return token
 
 
+BOOTSTRAP_TOKEN_FILE = "bootstrap-token"
+
+
+def _announce_bootstrap(settings: ControlPlaneSettings, token: str) -> None:
+    """Say how to get the first operator's token without writing it to the log (logs are copied around)."""
+    if settings.bootstrap_token is not None:
+        log.warning("first start: operator %s created with the API token LINESIDE_BOOTSTRAP_TOKEN gives (%s...)",
+                    BOOTSTRAP_EMAIL, token[:8])  # fmt: skip
+        return
+    path = settings.data_dir / BOOTSTRAP_TOKEN_FILE
+    write_secret_file(path, token)
+    log.warning("first start: operator %s created with API token %s... saved in %s (readable by this user only); "
+                "read it, then delete the file", BOOTSTRAP_EMAIL, token[:8], path)  # fmt: skip
+
+
 def _register_bundled(session: Session, settings: ControlPlaneSettings, manifest_path: Path) -> None:
     manifest = registry.parse_manifest(manifest_path.read_text())
     data = (manifest_path.parent / manifest.file).read_bytes()
@@ -128,7 +143,7 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     db.migrate(engine)
     token = bootstrap(engine, settings)
     if token:
-        log.warning("first start: operator %s created with API token %s (shown once)", BOOTSTRAP_EMAIL, token)
+        _announce_bootstrap(settings, token)
     metrics = Metrics()
     stop = threading.Event()
     monitors = SiteMonitors(engine, settings)
@@ -150,6 +165,8 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Tenants, robots with broker credentials, models and slices of edge GPU capacity.",
+        docs_url=None,  # served by ui.docs_router from local files: no CDN, no inline script
+        redoc_url=None,
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
     app.state.bootstrap_token, app.state.monitors = token, monitors
@@ -158,10 +175,13 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     )
     app.state.clock = datetime.now  # plant-local wall clock; shift times are local
     errors.install(app)
+    web_headers.install(app, settings)
     for module in (health, auth, tenants, site_routes, lines, robots, models, slices, capacity_routes, dashboard,
                    agent, ui):  # fmt: skip
         app.include_router(module.router)
     app.mount("/ui/static", ui.static, name="static")
+    app.include_router(ui.docs_router)
+    app.mount(ui.SWAGGER_URL, ui.swagger_static, name="swagger")
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -22,7 +22,11 @@ from control_plane.states import NodeStatus, RobotStatus, SliceStatus
 from edge_node import wire
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(
+    r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"  # local part: RFC 5322 dot-atoms, no quotes
+    r"@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",  # host names with a dot
+    re.IGNORECASE,
+)  # no <, >, quotes, spaces or backslashes: an e-mail is shown on pages and in logs
 
 
 def _weekdays(value: list[int]) -> list[int]:
@@ -94,7 +98,7 @@ class UserCreate(_Input):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        if not _EMAIL.match(value):
+        if not _EMAIL.fullmatch(value):
             raise ValueError(f"email {value!r} is not an e-mail address (name@domain)")
         return value.lower()
 

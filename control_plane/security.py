@@ -17,8 +17,10 @@ import functools
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -38,6 +40,15 @@ def new_token(kind: str) -> str:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    """Write ``secret`` to ``path``, readable by this user only (0600, folder created 0700), whatever the umask."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
 
 
 def derived_secret(secret_key: str, purpose: str) -> str:

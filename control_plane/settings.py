@@ -6,6 +6,7 @@ import functools
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +69,11 @@ class ControlPlaneSettings(BaseSettings):
         default=False,
         description="Send the session cookie only over HTTPS, and send HSTS; LINESIDE_PRODUCTION=1 forces it on.",
     )
+    trusted_proxies: str = Field(
+        default="127.0.0.1",
+        description="Comma-separated addresses (or CIDRs, or '*') of reverse proxies whose X-Forwarded-For/-Proto "
+        "are believed; empty: none. Rate limits key on the client address these headers give.",
+    )
     failed_parts_kept: int = Field(default=200, ge=1, description="Failed parts (with thumbnails) kept per line.")
     history_days: int = Field(default=90, ge=1, description="Days of per-minute line telemetry kept.")
 
@@ -110,6 +116,11 @@ class ControlPlaneSettings(BaseSettings):
         if self.production:
             self.cookie_secure = True
         return self
+
+    def proxy_options(self) -> dict[str, Any]:
+        """uvicorn's options for believing forwarded headers: only from ``trusted_proxies``, else never."""
+        trusted = ",".join(a.strip() for a in self.trusted_proxies.split(",") if a.strip())
+        return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or "127.0.0.1"}
 
     @property
     def url(self) -> str:

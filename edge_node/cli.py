@@ -245,14 +245,18 @@ def control_plane(
     """Serve the control plane API (OpenAPI docs at /docs, metrics at /metrics).
 
     Settings come from LINESIDE_* variables: LINESIDE_DATA_DIR (SQLite file and model store),
-    LINESIDE_DATABASE_URL (PostgreSQL), LINESIDE_SECRET_KEY, LINESIDE_BOOTSTRAP_TOKEN.
+    LINESIDE_DATABASE_URL (PostgreSQL), LINESIDE_SECRET_KEY, LINESIDE_BOOTSTRAP_TOKEN,
+    LINESIDE_TRUSTED_PROXIES (reverse proxies whose X-Forwarded-For/-Proto are believed),
+    LINESIDE_COOKIE_SECURE (HTTPS-only session cookie and HSTS; on with LINESIDE_PRODUCTION=1).
     """
     import uvicorn
 
     from control_plane.app import create_app
     from control_plane.settings import get_settings
 
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+    settings = get_settings()
+    # Forwarded headers (client address, https) are believed only from LINESIDE_TRUSTED_PROXIES.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **settings.proxy_options())
 
 
 edge_app = typer.Typer(help="Edge servers: join a site and run the agent.", no_args_is_help=True)

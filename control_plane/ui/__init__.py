@@ -4,14 +4,21 @@ Pages are plain HTML with a small script each (``static/``); the data comes
 from the same JSON API, authenticated by the session cookie that
 ``POST /auth/login`` sets. Nothing is loaded from outside the control plane
 (factories are often air-gapped): no CDN, no web fonts, charts drawn as SVG by
-``static/lineside.js``.
+``static/lineside.js``. ``/docs`` is Swagger UI from the files the
+``fastapi-offline`` package ships, started by ``static/docs.js``.
+
+Every page keeps to the Content-Security-Policy of ``web_headers``: scripts are
+files, never inline, and anything a user typed (an e-mail) is HTML-escaped here
+and set as text (never as HTML) by the scripts.
 """
 
 from __future__ import annotations
 
 import functools
+import html
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -33,6 +40,9 @@ HOME = {role: page for page, (_, role) in PAGES.items()}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 static = StaticFiles(directory=STATIC)
+SWAGGER_URL = "/ui/swagger"
+swagger_static = StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static")
+docs_router = APIRouter(include_in_schema=False)
 
 
 @functools.cache
@@ -46,7 +56,7 @@ def render(page: str, title: str, caller: Principal | None, email: str = "") -> 
     if caller is not None:
         home = HOME[caller.role]
         nav = (f'<nav aria-label="Pages"><a href="/ui/{home}" aria-current="page">{PAGES[home][0]}</a>'
-               f'<a href="/docs">API</a></nav><span class="who">{email} · {caller.role.value}</span>'
+               f'<a href="/docs">API</a></nav><span class="who">{html.escape(email)} · {caller.role.value}</span>'
                '<button type="button" id="logout" class="quiet">Log out</button>')  # fmt: skip
     return (_file("layout.html").replace("{{title}}", title).replace("{{nav}}", nav)
             .replace("{{body}}", _file(f"{page}.html")).replace("{{page}}", page))  # fmt: skip
@@ -87,3 +97,9 @@ def page(page: str, request: Request) -> Response:
         body = render("forbidden", "Not your page", caller, email)
         return HTMLResponse(body.replace("{{role}}", role.value), status_code=403)
     return HTMLResponse(render(page, title, caller, email), headers={"Cache-Control": "no-store"})
+
+
+@docs_router.get("/docs", response_class=HTMLResponse)
+def docs() -> str:
+    """The API's Swagger UI, every file from the control plane itself (air-gapped plants included)."""
+    return _file("docs.html")

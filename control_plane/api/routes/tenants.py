@@ -88,7 +88,8 @@ def create_user(body: UserCreate, session: SessionDep, caller: CurrentUser, sett
     try:
         session.flush()
     except IntegrityError as e:
-        raise Conflict(f"a user {body.email!r} already exists") from e
+        # E-mails are unique across tenants (they are login names): name neither the address nor its owner.
+        raise Conflict("this e-mail address cannot be used for a new user; choose another") from e
     assert user.id is not None
     _, token = issue_token(session, user.id, "initial", _days(settings.api_token_ttl_days))
     session.commit()

@@ -49,6 +49,7 @@ const Lineside = (() => {
     for (const [key, value] of Object.entries(attrs)) {
       if (value === null || value === undefined || value === false) continue;
       if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the CSP, unlike style= attributes
       else node.setAttribute(key, value === true ? "" : value);
     }
     for (const child of children.flat()) if (child !== null && child !== undefined) node.append(child);
