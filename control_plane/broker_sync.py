@@ -154,8 +154,15 @@ def ingress_clients(
     return clients
 
 
-def monitor_username(site_name: str) -> str:
-    return f"m.{site_name}"
+def monitor_username(site_name: str, instance: str) -> str:
+    """``m.site.instance``: one login per control plane instance, so each can be pinned to its client id."""
+    return f"m.{site_name}.{instance}"
+
+
+def is_instance_monitor(username: str) -> bool:
+    """A monitor login of some control plane instance (``m.site.instance``), which reconcile leaves alone:
+    each instance ensures its own, and one instance's sync must not cut the others' telemetry."""
+    return username.startswith("m.") and username.count(".") >= 2
 
 
 TELEMETRY_FILTER = f"{wire.TELEMETRY_ROOT}/#"
@@ -168,7 +175,7 @@ that with several control plane instances each report is counted once; robots' s
 (retained messages reach only plain subscriptions, and setting a status twice changes nothing)."""
 
 
-def monitor_client(site_name: str, password: str) -> BrokerClient:
+def monitor_client(site_name: str, instance: str, password: str) -> BrokerClient:
     """The control plane's read-only view of a site: telemetry and robots' online/offline status."""
     shared, status = MONITOR_TOPICS
     acls = (
@@ -177,7 +184,8 @@ def monitor_client(site_name: str, password: str) -> BrokerClient:
         ("publishClientReceive", TELEMETRY_FILTER),
         ("publishClientReceive", status),
     )
-    return BrokerClient(monitor_username(site_name), password, None, acls)
+    username = monitor_username(site_name, instance)
+    return BrokerClient(username, password, username, acls)
 
 
 @dataclass
@@ -295,10 +303,11 @@ class DynsecAdmin:
         self.deny_by_default()
         present = self.managed_usernames()
         wanted = {c.username for c in desired}
-        for username in sorted(present - wanted):
+        stale = {n for n in present - wanted if not is_instance_monitor(n)}
+        for username in sorted(stale):
             self.remove(username)
         for client in desired:
             self.ensure(client)
         log.info("broker %s:%d: %d clients kept or created, %d removed", self.host, self.port,
-                 len(desired), len(present - wanted))  # fmt: skip
-        return {"ensured": len(desired), "removed": len(present - wanted)}
+                 len(desired), len(stale))  # fmt: skip
+        return {"ensured": len(desired), "removed": len(stale)}

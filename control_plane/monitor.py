@@ -1,7 +1,7 @@
 """The control plane's read-only connection to each site broker, feeding the dashboard.
 
-One MQTT client per site, logged in as the site's monitor (``broker_sync.monitor_client``,
-created here through the site's dynsec admin), subscribed to every slice's
+One MQTT client per site, logged in as this instance's monitor (``sites.monitor_broker_client``,
+pinned to its client id, created here through the site's dynsec admin), subscribed to every slice's
 telemetry and every robot's retained status. Messages are queued by paho's
 thread and written in batches by ``flush`` (``telemetry.ingest``), so a slow
 database never blocks the broker connection. Sites added later are picked up
@@ -15,7 +15,6 @@ import os
 import queue
 import socket
 import threading
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -82,10 +81,10 @@ class SiteMonitors:
 
     def _connect(self, site: Site) -> None:
         assert site.id is not None
-        password = sites.monitor_password(self.settings, site)
+        login = sites.monitor_broker_client(self.settings, site)
         try:
             with sites.admin(self.settings, site) as broker:
-                broker.ensure(broker_sync.monitor_client(site.name, password))
+                broker.ensure(login)
         except BrokerUnavailable as e:
             if site.id not in self.unreachable:  # say it once, not every refresh
                 log.warning("site %s: dashboard telemetry unavailable until its broker answers (%s)", site.name, e)
@@ -93,9 +92,9 @@ class SiteMonitors:
             return
         self.unreachable.discard(site.id)
         site_id = site.id
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"lineside-monitor-{uuid.uuid4().hex[:8]}",
-                             protocol=mqtt.MQTTv5)  # fmt: skip
-        client.username_pw_set(broker_sync.monitor_username(site.name), password)
+        # The broker pins this login to its client id (the username), so no login can take over another's.
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=login.username, protocol=mqtt.MQTTv5)
+        client.username_pw_set(login.username, login.password)
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             if reason.is_failure:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MIN_SECRET_LENGTH = 32
 """Every broker password is an HMAC under the key: a short key can be guessed offline from one of them."""
 SECRET_KEY_FILE = "secret_key"
+
+
+def _topic_safe(name: str) -> str:
+    """``name`` as a broker login part: lower-case letters, digits and dashes (no '.', which splits logins)."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63] or "control-plane"
 
 
 class ControlPlaneSettings(BaseSettings):
@@ -51,6 +58,12 @@ class ControlPlaneSettings(BaseSettings):
     )
     monitor_sites: bool = Field(
         default=True, description="Subscribe to each site broker's telemetry and robot status (the dashboard)."
+    )
+    instance: str = Field(
+        default_factory=lambda: _topic_safe(socket.gethostname()),
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="This control plane instance's name (default: the host name); each instance watches a site "
+        "with its own broker login, pinned to its own client id. Give instances on one host distinct names.",
     )
     session_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="How long a dashboard login lasts.")
     api_token_ttl_days: int = Field(

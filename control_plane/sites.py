@@ -46,8 +46,10 @@ def ingress_password(settings: ControlPlaneSettings, item: Slice) -> str:
     return _secret(settings, f"ingress:{item.id}:{item.credential_epoch}")
 
 
-def monitor_password(settings: ControlPlaneSettings, site: Site) -> str:
-    return _secret(settings, f"monitor:{site.id}")
+def monitor_broker_client(settings: ControlPlaneSettings, site: Site) -> broker_sync.BrokerClient:
+    """This control plane instance's login on the site's broker (telemetry and robots' status, read only)."""
+    password = _secret(settings, f"monitor:{site.id}:{settings.instance}")
+    return broker_sync.monitor_client(site.name, settings.instance, password)
 
 
 def watcher_password(settings: ControlPlaneSettings, robot: Robot) -> str:
@@ -130,7 +132,7 @@ def desired_broker_clients(
         select(Robot).join(Line).where(Line.site_id == site.id, Robot.status == RobotStatus.ACTIVE)
     ).all()
     return [
-        broker_sync.monitor_client(site.name, monitor_password(settings, site)),
+        monitor_broker_client(settings, site),
         *(c for r in robots for c in robot_broker_clients(session, settings, r)),
         *(c for s in live_slices(session, site) for c in ingress_broker_clients(session, settings, s)),
     ]

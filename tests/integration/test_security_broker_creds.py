@@ -7,8 +7,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from sqlmodel import Session
 
-from control_plane import broker_sync
+from control_plane import broker_sync, sites
+from control_plane.models import Site
 from control_plane.security import derived_secret
 from control_plane.settings import ControlPlaneSettings
 from tests.integration.cp_fixtures import ControlPlane, ok
@@ -79,3 +81,37 @@ def test_ingress_credentials_cannot_take_over_a_robot(control_plane: ControlPlan
         assert Probe(cp, username, password, username).connect_reason == "Success"
     assert not online.disconnected.wait(1.0), "an ingress credential took over the robot's session"
     online.close()
+
+
+def test_monitor_credentials_cannot_take_over_a_robot(control_plane: ControlPlane) -> None:
+    """The control plane's monitor login is pinned to its own client id (issue 11 item 7)."""
+    cp = control_plane
+    with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
+        site = session.get(Site, cp.site_id)
+        assert site is not None
+        with sites.admin(cp.settings, site) as broker:
+            broker.reconcile(sites.desired_broker_clients(session, cp.settings, site))
+        monitor = sites.monitor_broker_client(cp.settings, site)
+    robot = ok(cp.client.post(f"/robots/{cp.a.ids['robot']}/rotate", headers=cp.a.it))
+    online = Probe(cp, robot["mqtt_username"], robot["mqtt_password"], robot["client_id"])
+    assert online.connect_reason == "Success"
+    assert Probe(cp, monitor.username, monitor.password, robot["client_id"]).connect_reason == "Not authorized"
+    assert Probe(cp, monitor.username, monitor.password, monitor.username).connect_reason == "Success"
+    assert not online.disconnected.wait(1.0), "the monitor's credential took over the robot's session"
+    online.close()
+
+
+def test_reconcile_keeps_other_control_plane_instances_monitor_logins(control_plane: ControlPlane) -> None:
+    """Control planes watch a site with a pinned login each; one's sync keeps the others'."""
+    cp = control_plane
+    other = cp.settings.model_copy(update={"instance": "cp-b"})
+    with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
+        site = session.get(Site, cp.site_id)
+        assert site is not None
+        with sites.admin(cp.settings, site) as broker:
+            broker.ensure(sites.monitor_broker_client(other, site))
+            broker.reconcile(sites.desired_broker_clients(session, cp.settings, site))
+            present = broker.managed_usernames()
+        mine, theirs = sites.monitor_broker_client(cp.settings, site), sites.monitor_broker_client(other, site)
+    assert {mine.username, theirs.username} <= present
+    assert Probe(cp, theirs.username, theirs.password, theirs.username).connect_reason == "Success"
