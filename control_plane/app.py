@@ -99,9 +99,9 @@ def _announce_bootstrap(settings: ControlPlaneSettings, token: str) -> None:
 
 def _register_bundled(session: Session, settings: ControlPlaneSettings, manifest_path: Path) -> None:
     manifest = registry.parse_manifest(manifest_path.read_text())
-    data = (manifest_path.parent / manifest.file).read_bytes()
-    validated = registry.validate(data, manifest, max_bytes=settings.max_model_bytes, max_batch_size=64)
-    registry.store(data, validated.sha256, settings.model_store)
+    path = manifest_path.parent / manifest.file
+    validated = registry.validate_file(path, manifest, limits=registry.CheckLimits.of(settings), max_batch_size=64)
+    registry.store(path, validated.sha256, settings.model_store, move=False)
     session.add(ModelVersion(
         tenant_id=None, name=manifest.name, version=manifest.version, sha256=validated.sha256,
         size_bytes=validated.size_bytes, fixed_batch=validated.fixed_batch, manifest=registry.manifest_json(validated),
@@ -139,6 +139,7 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     # One line, so an operator sees whether broker passwords hang on a configured or a generated key.
     log.log(logging.WARNING if settings.secret_key_source.startswith("generated") else logging.INFO,
             "secret key: %s", settings.secret_key_source)  # fmt: skip
+    db.private_dir(settings.data_dir)  # the database, model store and uploads: 0700 whatever the umask
     engine = db.make_engine(settings.url)
     db.migrate(engine)
     token = bootstrap(engine, settings)

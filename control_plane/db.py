@@ -2,6 +2,8 @@
 
 SQLite (the embedded default) runs in WAL mode with a busy timeout so the API
 and background loops can write concurrently; PostgreSQL is used as is. The
+database file is created 0600 before SQLite opens it (SQLite gives its -wal and
+-shm files the database file's mode), whatever the umask. The
 schema is owned by Alembic (``control_plane/migrations``): ``migrate`` brings
 any database to the latest revision and runs on every start.
 """
@@ -9,6 +11,7 @@ any database to the latest revision and runs on every start.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,11 +33,32 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(Path(path), companions=("-wal", "-shm", "-journal"))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) 0700, and make it 0700 if it exists: it holds only our data."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path, companions: tuple[str, ...] = ()) -> Path:
+    """Create ``path`` empty and 0600 if missing (its new parents 0700); make it and its companions 0600."""
+    missing = [p for p in path.parents if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in companions)):
+        if file.exists():
+            file.chmod(0o600)
+    return path
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -10,6 +10,7 @@ Hierarchy::
     │   └── IllegalTransition  a state machine refused the move
     ├── InvalidUpload          a model file or manifest that cannot be served; 422
     ├── TooManyRequests        too many login attempts; 429 with Retry-After
+    │   └── ValidatorBusy      every model-validation slot is taken
     └── BrokerUnavailable      the site's broker did not confirm a credential change; 503
 
 Every error carries a message that says what to do.
@@ -53,7 +54,13 @@ class IllegalTransition(Conflict):
 
 
 class InvalidUpload(ControlPlaneError):
+    """``reason`` is a stable word a client can act on (``external_data``, ``timeout``, ``too_large``...)."""
+
     code = "invalid_upload"
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidInput(ControlPlaneError):
@@ -74,6 +81,12 @@ class TooManyRequests(ControlPlaneError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ValidatorBusy(TooManyRequests):
+    """Every model-validation slot is taken (LINESIDE_VALIDATOR_CONCURRENCY); retry the upload later."""
+
+    code = "validator_busy"
 
 
 STATUS: dict[type[ControlPlaneError], int] = {
@@ -102,9 +115,10 @@ async def _handle(_request: Request, error: Exception) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthenticated) else None
     if isinstance(error, TooManyRequests):
         headers = {"Retry-After": str(error.retry_after_s)}
-    return JSONResponse(
-        status_code=status_of(error), content={"detail": error.message, "code": error.code}, headers=headers
-    )
+    content = {"detail": error.message, "code": error.code}
+    if isinstance(error, InvalidUpload):
+        content["reason"] = error.reason
+    return JSONResponse(status_code=status_of(error), content=content, headers=headers)
 
 
 async def _handle_integrity(_request: Request, error: Exception) -> JSONResponse:

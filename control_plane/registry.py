@@ -1,28 +1,45 @@
-"""Model registry: validate an uploaded ONNX file against its manifest, store it by sha256.
+"""Model registry: validate an ONNX file against its manifest out of process, store it by sha256.
 
-Validation, in the order a user would want to hear about problems: size,
-manifest schema, sha256 (the manifest's must match the bytes), the ONNX
-checker, the graph's input against the manifest, a fixed batch axis when a
-batch > 1 is asked for, loading in ONNX Runtime and running one batch whose
-output must be probabilities over the manifest's labels. Any failure is an
-``InvalidUpload`` (HTTP 422) naming the problem.
+The parent's checks are the cheap ones on what it already knows: the manifest's schema and that its
+sha256 matches the file's (hashed while the upload streamed in). Everything that parses or runs the
+model happens in ``control_plane.model_check``, a child process with an empty working directory, no
+secrets in its environment, CPU and memory limits and a wall-clock timeout (its docstring says why).
+Any failure is an ``InvalidUpload`` (HTTP 422) with our own message and a stable ``reason``; the
+libraries' text is logged here, never returned.
+
+``VALIDATIONS`` bounds how many children run at once in this process; one more upload answers 429
+with Retry-After (``ValidatorBusy``) rather than queueing hundreds of megabytes on disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 from pydantic import ValidationError
 
-from control_plane.errors import InvalidUpload
+import control_plane
+from control_plane.db import private_dir
+from control_plane.errors import InvalidUpload, ValidatorBusy
+from control_plane.settings import ControlPlaneSettings
 from models.manifest import ModelManifest
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 10
+"""What a refused upload is told to wait: validations usually take seconds."""
 
 
 @dataclass(frozen=True)
@@ -33,75 +50,147 @@ class ValidatedModel:
     fixed_batch: int | None  # None: dynamic batch axis
 
 
+@dataclass(frozen=True)
+class CheckLimits:
+    """What one validation child may use (see ``ControlPlaneSettings.validator_*``)."""
+
+    timeout_s: float
+    cpu_s: int
+    memory_bytes: int
+
+    @classmethod
+    def of(cls, settings: ControlPlaneSettings) -> CheckLimits:
+        return cls(settings.validator_timeout_s, settings.validator_cpu_s, settings.validator_memory_bytes)
+
+
+class ValidationSlots:
+    """A non-blocking counting semaphore, safe across threads and event loops (the limit is read per call)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+
+    @contextmanager
+    def slot(self, limit: int) -> Iterator[None]:
+        with self._lock:
+            if self.running >= limit:
+                raise ValidatorBusy(f"{limit} model uploads are being validated (LINESIDE_VALIDATOR_CONCURRENCY); "
+                                    f"retry in {RETRY_AFTER_S} s", RETRY_AFTER_S)  # fmt: skip
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+VALIDATIONS = ValidationSlots()
+
+
 def parse_manifest(raw: bytes | str) -> ModelManifest:
     try:
         return ModelManifest.model_validate(json.loads(raw))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidUpload(f"manifest is not JSON: {e}") from e
+        raise InvalidUpload(f"manifest is not JSON: {e}", reason="manifest") from e
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise InvalidUpload(f"manifest is invalid: {problems}") from e
+        raise InvalidUpload(f"manifest is invalid: {problems}", reason="manifest") from e
 
 
-def validate(data: bytes, manifest: ModelManifest, *, max_bytes: int, max_batch_size: int = 1) -> ValidatedModel:
-    """Check ``data`` against ``manifest``; raise ``InvalidUpload`` naming the first problem."""
-    if len(data) > max_bytes:
-        raise InvalidUpload(f"model file is {len(data)} bytes; the limit is {max_bytes} (LINESIDE_MAX_MODEL_BYTES)")
-    digest = hashlib.sha256(data).hexdigest()
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def validate_file(path: Path, manifest: ModelManifest, *, limits: CheckLimits, max_batch_size: int = 1,
+                  sha256: str | None = None) -> ValidatedModel:  # fmt: skip
+    """Check the file at ``path`` against ``manifest`` (blocking: run it in a thread from async code).
+
+    ``sha256`` is the file's, when the caller hashed it while receiving it; else it is computed here.
+    """
+    digest = sha256 or sha256_of(path)
     if digest != manifest.sha256:
-        raise InvalidUpload(f"manifest sha256 {manifest.sha256} does not match the file's {digest}")
+        raise InvalidUpload(f"manifest sha256 {manifest.sha256} does not match the file's {digest}",
+                            reason="sha256_mismatch")  # fmt: skip
+    fixed_batch = check_in_subprocess(path, manifest, limits=limits, max_batch_size=max_batch_size)
+    return ValidatedModel(manifest, digest, path.stat().st_size, fixed_batch)
+
+
+def _child_env(cwd: str) -> dict[str, str]:
+    """A fresh environment: the server's (LINESIDE_SECRET_KEY, database URL) is not inherited."""
+    root = str(Path(control_plane.__file__).resolve().parent.parent)
+    single = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": root, "HOME": cwd, "LC_ALL": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1", **single}  # fmt: skip
+
+
+def check_in_subprocess(path: Path, manifest: ModelManifest, *, limits: CheckLimits, max_batch_size: int) -> int | None:
+    """Run ``control_plane.model_check`` on ``path``; its fixed batch size, or ``InvalidUpload``."""
+    request = {"model": str(path.resolve()), "manifest": manifest.model_dump(mode="json"),
+               "max_batch_size": max_batch_size, "cpu_s": limits.cpu_s,
+               "memory_bytes": limits.memory_bytes}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="lineside-model-check-") as cwd:
+        try:
+            done = subprocess.run([sys.executable, "-P", "-m", "control_plane.model_check"],
+                                  input=json.dumps(request).encode(), capture_output=True, cwd=cwd,
+                                  env=_child_env(cwd), timeout=limits.timeout_s, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired as e:
+            log.warning("model check of %s killed after %.0f s", path.name, limits.timeout_s)
+            raise _timeout(limits) from e
+    if done.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        log.warning("model check of %s ended by signal %d (CPU limit)", path.name, -done.returncode)
+        raise _timeout(limits)
+    answer = _answer_of(done)
+    if answer.get("ok") is True:
+        return answer.get("fixed_batch")
+    reason, message = str(answer.get("reason", "runtime_failed")), str(answer.get("message", ""))
+    log.warning("model upload refused (%s): %s; library said: %s", reason, message, answer.get("detail", ""))
+    raise InvalidUpload(message or "the model could not be validated", reason=reason)
+
+
+def _timeout(limits: CheckLimits) -> InvalidUpload:
+    return InvalidUpload(f"validating the model took more than {limits.cpu_s} CPU seconds or "
+                         f"{limits.timeout_s:.0f} s (LINESIDE_VALIDATOR_CPU_S, LINESIDE_VALIDATOR_TIMEOUT_S); a "
+                         "model must answer one batch quickly (look for Loop or Scan nodes with huge trip counts)",
+                         reason="timeout")  # fmt: skip
+
+
+def _answer_of(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
+    """The child's JSON answer; a child that crashed without one is mapped to one, its stderr logged."""
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
     try:
-        graph = onnx.load_from_string(data)
-        onnx.checker.check_model(graph)
-    except Exception as e:  # the checker raises several unrelated types
-        raise InvalidUpload(f"not a valid ONNX model: {str(e).splitlines()[0][:300]}") from e
-    fixed_batch = _check_input(graph, manifest)
-    if fixed_batch is not None and max_batch_size > fixed_batch:
-        raise InvalidUpload(
-            f"input {manifest.input.name!r} has a fixed batch axis of {fixed_batch} but max_batch_size "
-            f"{max_batch_size} was asked for; export with a dynamic batch axis or ask for {fixed_batch}"
-        )
-    _run_once(data, manifest, fixed_batch or 2)
-    return ValidatedModel(manifest, digest, len(data), fixed_batch)
+        answer: dict[str, Any] = json.loads(lines[-1])
+        return answer
+    except (IndexError, json.JSONDecodeError):
+        stderr = done.stderr.decode(errors="replace")[-2000:]
+        log.warning("model check exited with %d and no answer; stderr: %s", done.returncode, stderr)
+        return {"ok": False, "reason": "runtime_failed",
+                "message": "the model crashed the validator while loading or running; check that it runs with "
+                "onnxruntime (CPU) locally"}  # fmt: skip
 
 
-def _check_input(graph: onnx.ModelProto, manifest: ModelManifest) -> int | None:
-    inputs = {i.name: i for i in graph.graph.input}
-    spec = manifest.input
-    if spec.name not in inputs:
-        raise InvalidUpload(f"manifest input {spec.name!r} is not a graph input (graph has {sorted(inputs)})")
-    dims = inputs[spec.name].type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    expected = [3, spec.height, spec.width]
-    if len(shape) != 4 or shape[1:] != expected:
-        raise InvalidUpload(
-            f"graph input {spec.name!r} has shape {shape}; the manifest says [N, {', '.join(map(str, expected))}]"
-        )
-    return shape[0]
+def store(source: Path, sha256: str, folder: Path, *, move: bool) -> Path:
+    """Put the file at ``folder/<sha256>.onnx``, 0600 in a 0700 folder (atomic; the same bytes are stored once).
 
-
-def _run_once(data: bytes, manifest: ModelManifest, batch: int) -> None:
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        x = np.zeros((batch, 3, manifest.input.height, manifest.input.width), dtype=np.float32)
-        (out,) = session.run([manifest.output.name], {manifest.input.name: x})
-    except Exception as e:  # ORT raises its own exception types per failure
-        raise InvalidUpload(f"ONNX Runtime cannot run the model: {str(e).splitlines()[0][:300]}") from e
-    if out.shape != (batch, len(manifest.labels)):
-        raise InvalidUpload(f"output {manifest.output.name!r} has shape {list(out.shape)}; "
-                            f"expected [{batch}, {len(manifest.labels)}] (one score per label)")  # fmt: skip
-
-
-def store(data: bytes, sha256: str, folder: Path) -> Path:
-    """Write the file as ``folder/<sha256>.onnx`` (atomic; the same bytes are stored once)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    ``move``: rename ``source`` (an upload's temporary file in the data dir); else copy it (the bundled model).
+    """
+    private_dir(folder)
     target = folder / f"{sha256}.onnx"
-    if not target.exists():
-        partial = target.with_suffix(f".{os.getpid()}.part")
-        partial.write_bytes(data)
-        partial.replace(target)
+    if target.exists():
+        target.chmod(0o600)  # files stored before permissions were enforced
+        return target
+    if move:
+        source.chmod(0o600)
+        source.replace(target)
+        return target
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{sha256[:12]}-", suffix=".part")  # 0600
+    with os.fdopen(fd, "wb") as out, source.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            out.write(chunk)
+    Path(partial).replace(target)
     return target
 
 

@@ -50,6 +50,21 @@ class ControlPlaneSettings(BaseSettings):
     heartbeat_timeout_s: float = Field(default=30.0, gt=0, description="A node silent this long is marked offline.")
     join_token_ttl_s: float = Field(default=3600.0, gt=0, description="How long a node join token stays valid.")
     max_model_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Largest ONNX upload accepted.")
+    validator_concurrency: int = Field(
+        default=2, ge=1, le=64, description="Model uploads validated at once per process; more answer 429."
+    )
+    validator_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="Wall-clock limit on validating one upload (a subprocess)."
+    )
+    validator_cpu_s: int = Field(
+        default=60, ge=1, le=3600, description="CPU seconds the validation subprocess may use (RLIMIT_CPU)."
+    )
+    validator_memory_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024**3,
+        description="Address space of the validation subprocess (RLIMIT_AS); must hold ONNX Runtime and "
+        "about 3x LINESIDE_MAX_MODEL_BYTES.",
+    )
     replica_hour_price: float = Field(default=0.9, ge=0, description="Price of one replica-hour on new slices.")
     planner_period_s: float = Field(default=30.0, gt=0, description="How often planned floors are applied.")
     broker_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a site broker's answer to a change.")

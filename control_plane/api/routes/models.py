@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, or_, select
+from sqlmodel import Session, col, or_, select
+from starlette.concurrency import run_in_threadpool
 
-from control_plane import registry
+from control_plane import registry, uploads
 from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep
 from control_plane.errors import Conflict, InvalidUpload, NotFound
 from control_plane.models import ModelVersion, ModelVersionPublic
@@ -25,24 +24,61 @@ def _visible(caller: Principal):  # type: ignore[no-untyped-def]
     return or_(col(ModelVersion.tenant_id).is_(None), ModelVersion.tenant_id == caller.tenant_id)
 
 
-@router.post("", response_model=ModelVersionPublic, status_code=201)
+UPLOAD_FORM = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object",
+        "required": ["file", "manifest"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "The ONNX file (LINESIDE_MAX_MODEL_BYTES)."},
+            "manifest": {"type": "string", "description": "The model manifest (JSON), as in models/bundled."},
+            "max_batch_size": {"type": "integer", "minimum": 1, "maximum": 512, "default": 32,
+                               "description": "Largest batch slices will send."},
+        },
+    }}},
+}  # fmt: skip
+
+
+def _max_batch_size(fields: dict[str, str]) -> int:
+    raw = fields.get("max_batch_size", "32").strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= 512:
+        raise InvalidUpload(f"max_batch_size must be an integer from 1 to 512, not {raw[:20]!r}", reason="form")
+    return int(raw)
+
+
+UPLOAD_ANSWERS: dict[int | str, dict[str, str]] = {
+    422: {"description": "The upload cannot be served: `reason` says why."},
+    429: {"description": "All validation slots are taken; retry after Retry-After seconds."},
+}
+
+
+@router.post("", response_model=ModelVersionPublic, status_code=201, openapi_extra={"requestBody": UPLOAD_FORM},
+             responses=UPLOAD_ANSWERS)  # fmt: skip
 async def upload_model(
-    session: SessionDep,
-    settings: SettingsDep,
-    caller: CurrentUser,
-    file: Annotated[UploadFile, File(description="The ONNX file.")],
-    manifest: Annotated[str, Form(description="The model manifest (JSON), as in models/bundled.")],
-    max_batch_size: Annotated[int, Form(ge=1, le=512, description="Largest batch slices will send.")] = 32,
+    request: Request, session: SessionDep, settings: SettingsDep, caller: CurrentUser
 ) -> ModelVersion:
-    """Validate and store a model version for your tenant (operators: a public model). Problems answer 422."""
+    """Validate and store a model version for your tenant (operators: a public model).
+
+    The body streams to disk (refused past LINESIDE_MAX_MODEL_BYTES) and the model is checked in a
+    separate process under CPU, memory and time limits; at most LINESIDE_VALIDATOR_CONCURRENCY run at
+    once (more answer 429 with Retry-After). Problems answer 422 with a stable ``reason``.
+    """
     caller.require(*CAN["upload_models"], action="uploading models")
-    data = await file.read(settings.max_model_bytes + 1)
-    if len(data) > settings.max_model_bytes:
-        raise InvalidUpload(f"model file is over the {settings.max_model_bytes}-byte limit (LINESIDE_MAX_MODEL_BYTES)")
-    validated = registry.validate(
-        data, registry.parse_manifest(manifest), max_bytes=settings.max_model_bytes, max_batch_size=max_batch_size
-    )
-    registry.store(data, validated.sha256, settings.model_store)
+    with registry.VALIDATIONS.slot(settings.validator_concurrency):
+        upload = await uploads.receive(request, settings.data_dir / "uploads", max_file_bytes=settings.max_model_bytes)
+        try:
+            manifest = registry.parse_manifest(upload.fields.get("manifest", ""))
+            validated = await run_in_threadpool(
+                registry.validate_file, upload.path, manifest, limits=registry.CheckLimits.of(settings),
+                max_batch_size=_max_batch_size(upload.fields), sha256=upload.sha256,
+            )  # fmt: skip
+            registry.store(upload.path, validated.sha256, settings.model_store, move=True)
+        finally:
+            upload.path.unlink(missing_ok=True)
+    return await run_in_threadpool(_record, session, caller, validated)
+
+
+def _record(session: Session, caller: Principal, validated: registry.ValidatedModel) -> ModelVersion:
     version = ModelVersion(
         tenant_id=caller.tenant_id, name=validated.manifest.name, version=validated.manifest.version,
         sha256=validated.sha256, size_bytes=validated.size_bytes, fixed_batch=validated.fixed_batch,
