@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,7 +115,11 @@ def slice_run(
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
     manifest: ManifestOption = BUNDLED_MANIFEST,
 ) -> None:
-    """Deploy a slice from flags and serve until Ctrl-C."""
+    """Deploy a slice from flags and serve until Ctrl-C or SIGTERM.
+
+    Stopping shuts down Serve and the Ray this command started, ends any of its processes that outlive
+    that, and exits 0.
+    """
     from edge_node import cluster
     from edge_node.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, SliceSpec
 
@@ -131,8 +134,8 @@ def slice_run(
         batch=BatchSpec(max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                         ingress_batch=min(16, max_batch_size)),
     )  # fmt: skip
-    cluster.start(ray_address)
     try:
+        cluster.start(ray_address)
         cluster.apply_slice(spec)
         typer.echo(f"slice {name} serving {', '.join(spec.frame_filters)}; Ctrl-C to stop")
         while True:
@@ -327,24 +330,20 @@ def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address
         f"{NODE_RESOURCE_PREFIX}{node['id']}": 1000.0,
         f"lineside_site_{node['site_id']}": 1000.0,
     }
-    stop = threading.Event()
+    stop = threading.Event()  # SIGTERM (systemd) ends the agent after its pass; Ctrl-C at once
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if ray_address:  # a worker node: its raylet joins the site's cluster; the head's agent applies slices
-        # Ray 2.60 heads require a cluster token: copy the head's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN).
-        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-        command = ["ray", "start", "--address", ray_address, "--resources", json.dumps(resources)]
-        subprocess.run(command, check=True, env=env)
-        with contextlib.suppress(KeyboardInterrupt):
-            Agent(client, node["node_token"], data_dir, period_s=period, head=False).run(stop)
-        return
-    cluster.start(None, resources=resources)
-    typer.echo(f"Ray head at {cluster.gcs_address()}: other servers join with --ray-address {cluster.gcs_address()}")
     try:
-        Agent(client, node["node_token"], data_dir, period_s=period).run(stop)
+        if ray_address:  # a worker node: its raylet joins the site's cluster; the head's agent applies slices
+            cluster.start_worker(ray_address, resources)
+        else:
+            cluster.start(None, resources=resources)
+            address = cluster.gcs_address()
+            typer.echo(f"Ray head at {address}: other servers join with --ray-address {address}")
+        Agent(client, node["node_token"], data_dir, period_s=period, head=not ray_address).run(stop)
     except KeyboardInterrupt:
         pass
     finally:
-        cluster.stop()
+        cluster.stop()  # Serve, Ray and every process this agent started, head or worker
 
 
 broker_app = typer.Typer(help="The site's MQTT broker (Mosquitto).", no_args_is_help=True)

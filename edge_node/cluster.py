@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import ray
 from ray import serve
 
+from edge_node import processes
 from edge_node.errors import ClusterUnavailable
 from edge_node.serving import deploy
 from edge_node.slice_spec import NODE_RESOURCE_PREFIX, SliceSpec
@@ -16,6 +27,10 @@ log = logging.getLogger(__name__)
 
 AGENT_APPLY_WAIT_S = 30.0
 """How long an agent pass waits for an applied slice to run before it reports it as deploying."""
+
+
+_run_mark: str | None = None
+"""Set once this process started Ray processes (a local Ray, or ``ray start`` daemons): ``stop`` ends them."""
 
 
 def start(
@@ -28,22 +43,74 @@ def start(
     """Connect to the site's Ray cluster (``address``) or start a local one; start Serve without HTTP.
 
     A local Ray exports Prometheus metrics (Lineside's ``ray_lineside_*`` and Serve's own) at
-    ``http://127.0.0.1:{metrics_port}/metrics`` when ``metrics_port`` is given.
+    ``http://127.0.0.1:{metrics_port}/metrics`` when ``metrics_port`` is given. Call ``stop`` when done
+    (in a ``finally``): SIGTERM, like Ctrl-C, raises KeyboardInterrupt afterwards unless the program
+    installed a handler of its own.
     """
     if not ray.is_initialized():
-        ray.init(
-            # "local" always starts a new cluster; plain None would join any Ray already running on this
-            # machine (e.g. one a `ray start` left behind), where num_cpus and resources are refused.
-            address=address or "local",
-            num_cpus=None if address else num_cpus,
-            resources=None if address else resources,
-            _metrics_export_port=None if address else metrics_port,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+        with _signal_handlers_kept(), _marked_children():
+            ray.init(
+                # "local" always starts a new cluster; plain None would join any Ray already running on this
+                # machine (e.g. one a `ray start` left behind), where num_cpus and resources are refused.
+                address=address or "local",
+                num_cpus=None if address else num_cpus,
+                resources=None if address else resources,
+                _metrics_export_port=None if address else metrics_port,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
     serve.start(proxy_location="Disabled")
     log.info("ray ready: %s", ray.cluster_resources())
+
+
+def start_worker(address: str, resources: dict[str, float]) -> None:
+    """Start this machine's raylet in the site's cluster at ``address`` (``ray start``); ``stop`` ends it."""
+    # The `ray` beside this Python: systemd runs the agent from its virtualenv without it on PATH.
+    beside = Path(sys.executable).parent / "ray"
+    ray_cli = str(beside) if beside.exists() else "ray"
+    command = [ray_cli, "start", "--address", address, "--resources", json.dumps(resources)]
+    with _signal_handlers_kept(), _marked_children():
+        # Ray 2.60 heads require a cluster token: copy the head's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN).
+        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+        subprocess.run(command, check=True, env=env)
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Ray must not change how this process reacts to SIGTERM and SIGINT.
+
+    ``ray.init`` replaces SIGTERM's handler with one that aborts the process (exit -6, no ``finally``
+    runs, Ray's agents stay behind). Afterwards the program's own handlers are back; where SIGTERM had
+    none, it raises KeyboardInterrupt as Ctrl-C does, so the caller's ``finally: stop()`` cleans up.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            if not (callable(handler) or handler == signal.SIG_IGN):
+                handler = signal.default_int_handler if signum == signal.SIGINT else _interrupt
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _marked_children() -> Iterator[None]:
+    """Processes started inside carry this run's mark (``processes``); later children of this one do not."""
+    global _run_mark
+    _run_mark = _run_mark or processes.new_mark()
+    os.environ[processes.RUN_MARK_VAR] = _run_mark
+    try:
+        yield
+    finally:
+        os.environ.pop(processes.RUN_MARK_VAR, None)
 
 
 def _connected() -> None:
@@ -126,9 +193,38 @@ def delete_slice(name: str) -> None:
 
 
 def stop() -> None:
-    """Shut down Serve and, when this process started it, the local Ray."""
-    if ray.is_initialized():
+    """Shut down Serve and Ray, then end whatever Ray processes this process started that are still there.
+
+    A second SIGTERM or Ctrl-C meanwhile is ignored (logged): it must not cut the cleanup short.
+    """
+    with _signals_deferred():
+        # Taken before Ray goes down: its agents are known only as the raylet's children (see processes).
+        started = processes.of_run(_run_mark) if _run_mark else set()
         try:
-            serve.shutdown()
+            if ray.is_initialized():
+                try:
+                    serve.shutdown()
+                finally:
+                    ray.shutdown()
         finally:
-            ray.shutdown()
+            if _run_mark is not None:
+                killed = processes.end(started | processes.of_run(_run_mark))
+                if killed:
+                    log.info("ended %d Ray processes that outlived ray.shutdown", len(killed))
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def already_stopping(signum: int, _frame: FrameType | None) -> None:
+        log.warning("%s: already stopping Serve and Ray", signal.Signals(signum).name)
+
+    before = {s: signal.signal(s, already_stopping) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
