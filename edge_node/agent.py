@@ -3,7 +3,7 @@
 Lifecycle (``lineside edge-node join`` then ``lineside edge-node run``)::
 
     join     POST /agent/v1/join with a one-time token and the node's inventory;
-             the node token is kept in <data_dir>/agent.json (mode 600)
+             the node token is kept in <data_dir>/agent.json (0600 in a 0700 folder)
     loop     every period: pull desired slices (If-None-Match: unchanged answers 304),
              cache them on disk, reconcile Ray Serve, heartbeat with the actual state
 
@@ -38,6 +38,7 @@ import httpx
 
 from edge_node import cluster
 from edge_node.errors import EdgeNodeError
+from edge_node.private_files import private_dir, tighten, write_private
 from edge_node.profiling import ProfileResult, profile
 from edge_node.slice_spec import SliceSpec
 from edge_node.utilization import UtilizationMeter
@@ -88,10 +89,9 @@ def join(client: httpx.Client, token: str, data_dir: Path, ray_address: str | No
     if response.status_code != 201:
         raise AgentError(f"join refused ({response.status_code}): {response.json().get('detail', response.text)}")
     node = response.json()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    state = data_dir / "agent.json"
-    state.write_text(json.dumps({"control_plane": str(client.base_url), "node": node}))
-    state.chmod(0o600)
+    write_private(
+        private_dir(data_dir) / "agent.json", json.dumps({"control_plane": str(client.base_url), "node": node})
+    )
     log.info("joined site %s as node %s (%s)", node["site_id"], node["id"], node["hostname"])
     return node
 
@@ -119,8 +119,8 @@ class Agent:
     _meter: UtilizationMeter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "models").mkdir(exist_ok=True)
+        tighten(self.data_dir)  # the node token, broker passwords and tenants' models: 0600 files, 0700 folders
+        private_dir(self.data_dir / "models")
         if self._applied_path.exists():
             self.applied = json.loads(self._applied_path.read_text())
         if self._profiles_path.exists():
@@ -154,10 +154,7 @@ class Agent:
             log.warning("desired state refused (%s): %s; keeping the cache", response.status_code, response.text[:200])
             return self._cached()
         state: dict[str, Any] = response.json()
-        partial = self._cache_path.with_suffix(".part")
-        partial.write_text(json.dumps(state))
-        partial.chmod(0o600)  # holds the slices' broker credentials
-        partial.replace(self._cache_path)
+        write_private(self._cache_path, json.dumps(state))  # holds the slices' broker credentials
         self._etag = response.headers.get("etag")
         return state
 
@@ -175,11 +172,9 @@ class Agent:
             response.raise_for_status()
             if hashlib.sha256(response.content).hexdigest() != sha:
                 raise AgentError(f"model download does not match its sha256 {sha}; refusing it")
-            partial = target.with_suffix(".part")
-            partial.write_bytes(response.content)
-            partial.replace(target)
+            write_private(target, response.content)
         manifest_path = target.with_suffix(".json")
-        manifest_path.write_text(json.dumps({**model["manifest"], "file": target.name}))
+        write_private(manifest_path, json.dumps({**model["manifest"], "file": target.name}))
         return manifest_path
 
     def reconcile(self, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -206,7 +201,7 @@ class Agent:
             log.info("deleting slice %s: no longer desired", name)
             self.delete(name)
             del self.applied[name]
-        self._applied_path.write_text(json.dumps(self.applied))
+        write_private(self._applied_path, json.dumps(self.applied))
         return reports
 
     def _report(self, name: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +263,7 @@ class Agent:
                 continue
             if response.status_code == 204:
                 self._profiled.add(key)
-                self._profiles_path.write_text(json.dumps(sorted(self._profiled)))
+                write_private(self._profiles_path, json.dumps(sorted(self._profiled)))
                 log.info("profiled %s: %.0f frames/s per replica, cold start %.2fs", key,
                          result.frames_per_s_per_replica, result.cold_start_s)  # fmt: skip
 
