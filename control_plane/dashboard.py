@@ -162,8 +162,8 @@ def _summary(item: Slice, points: list[dict[str, Any]], planned: bool) -> str:
     return text + f" Planned demand peaks at {ahead} replicas in the next {len(future) // 4} hours.{short}"
 
 
-def operator_overview(session: Session, now: datetime) -> list[dict[str, Any]]:
-    """Every site with its nodes (status, utilization, the slices placed on each)."""
+def operator_overview(session: Session, now: datetime, sites: list[Site] | None = None) -> list[dict[str, Any]]:
+    """Every site (or those of ``sites``, a page of them) with its nodes (status, utilization, slices placed)."""
     slices = session.exec(select(Slice)).all()
     placed: dict[str, list[dict[str, Any]]] = {}
     for item in slices:
@@ -171,7 +171,7 @@ def operator_overview(session: Session, now: datetime) -> list[dict[str, Any]]:
             placed.setdefault(str(node_id), []).append({"slice": item.app_name, "replicas": count,
                                                         "priority": item.priority.value})  # fmt: skip
     result = []
-    for site in session.exec(select(Site).order_by(col(Site.id))).all():
+    for site in sites if sites is not None else session.exec(select(Site).order_by(col(Site.id))).all():
         nodes = session.exec(select(Node).where(Node.site_id == site.id).order_by(col(Node.id))).all()
         result.append({
             "id": site.id, "name": site.name, "broker": f"{site.broker_host}:{site.broker_port}",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, SQLModel, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from control_plane.errors import Conflict, Forbidden, NotFound, Unauthenticated
@@ -126,6 +127,58 @@ def insert(session: Session, obj: T, *, conflict: str) -> T:
         raise Conflict(conflict) from e
     session.refresh(obj)
     return obj
+
+
+MAX_ID = 2**31 - 1
+"""Ids are 32-bit on every database the control plane runs on; larger ones cannot name anything."""
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description=f"The object's id (1 to {MAX_ID}).")]
+IdFilter = Annotated[int | None, Query(ge=1, le=MAX_ID, description=f"Only objects of this id (1 to {MAX_ID}).")]
+
+PAGE_LIMIT_DEFAULT = 100
+PAGE_LIMIT_MAX = 1000
+
+
+@dataclass
+class Page:
+    """One page of a list: ``limit`` items after the cursor ``after`` (an id), in id order.
+
+    When more items follow, the answer carries ``X-Next-Cursor: <id>`` and ``Link: <url>; rel="next"``
+    (RFC 8288); the body stays a plain JSON list. Lists shown newest first walk towards older ids.
+    """
+
+    limit: int
+    after: int | None
+    request: Request
+    response: Response
+
+    def of(self, session: Session, query: SelectOfScalar[T], model: type[T], *, newest_first: bool = False) -> list[T]:
+        """The page of ``query``'s rows (its own ORDER BY is replaced by id order), setting the next-page headers."""
+        column = col(model.id)  # type: ignore[attr-defined]
+        if self.after is not None:
+            query = query.where(column < self.after if newest_first else column > self.after)
+        query = query.order_by(None).order_by(column.desc() if newest_first else column)
+        rows = list(session.exec(query.limit(self.limit + 1)))
+        if len(rows) > self.limit:
+            rows = rows[: self.limit]
+            cursor = getattr(rows[-1], "id")  # noqa: B009  (every paged model has an id)
+            following = self.request.url.include_query_params(limit=self.limit, after=cursor)
+            self.response.headers["X-Next-Cursor"] = str(cursor)
+            self.response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+        return rows
+
+
+def _page(request: Request, response: Response,
+          limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX, description=(
+              f"Items per page (1 to {PAGE_LIMIT_MAX}, default {PAGE_LIMIT_DEFAULT}).")
+          )] = PAGE_LIMIT_DEFAULT,
+          after: Annotated[int | None, Query(ge=0, le=MAX_ID, description=(
+              "Cursor: the id of the previous page's last item, as its X-Next-Cursor header (or Link rel=next) "
+              "gives it. Lists shown newest first continue with older items.")
+          )] = None) -> Page:  # fmt: skip
+    return Page(limit=limit, after=after, request=request, response=response)
+
+
+PageDep = Annotated[Page, Depends(_page)]
 
 
 def own_tenant(query: SelectOfScalar[T], model: type[T], caller: Principal) -> SelectOfScalar[T]:

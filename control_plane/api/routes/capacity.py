@@ -6,10 +6,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Query
-from sqlmodel import col, select
+from sqlmodel import select
 
 from control_plane import capacity
-from control_plane.api.deps import CurrentUser, NowDep, SessionDep, scoped_get
+from control_plane.api.deps import CurrentUser, IdPath, NowDep, PageDep, SessionDep, scoped_get
 from control_plane.api.routes.models import visible_model
 from control_plane.errors import NotFound
 from control_plane.models import (
@@ -38,7 +38,7 @@ def plan_preview(session: SessionDep, line: Line, now: datetime) -> list[dict[st
 
 
 @router.put("/lines/{line_id}/order-plan")
-def put_order_plan(line_id: int, body: OrderPlanIn, session: SessionDep, caller: CurrentUser,
+def put_order_plan(line_id: IdPath, body: OrderPlanIn, session: SessionDep, caller: CurrentUser,
                    now: NowDep) -> dict[str, Any]:  # fmt: skip
     """Set the line's shifts and order volume; answers the resulting floors and cost for the next 7 days."""
     caller.require(*CAN["manage_slices"], action="entering order plans")
@@ -55,7 +55,7 @@ def put_order_plan(line_id: int, body: OrderPlanIn, session: SessionDep, caller:
 
 
 @router.get("/lines/{line_id}/order-plan")
-def get_order_plan(line_id: int, session: SessionDep, caller: CurrentUser, now: NowDep) -> dict[str, Any]:
+def get_order_plan(line_id: IdPath, session: SessionDep, caller: CurrentUser, now: NowDep) -> dict[str, Any]:
     line = scoped_get(session, Line, line_id, caller)
     row = session.exec(select(OrderPlan).where(OrderPlan.line_id == line_id)).first()
     if row is None:
@@ -64,7 +64,7 @@ def get_order_plan(line_id: int, session: SessionDep, caller: CurrentUser, now: 
 
 
 @router.get("/slices/{slice_id}/plan")
-def get_slice_plan(slice_id: int, session: SessionDep, caller: CurrentUser, now: NowDep,
+def get_slice_plan(slice_id: IdPath, session: SessionDep, caller: CurrentUser, now: NowDep,
                    days: int = Query(default=7, ge=1, le=31)) -> dict[str, Any]:  # fmt: skip
     """Planned floors per shift window for the slice's lines, with the lease cap and what more would cost."""
     caller.require(*CAN["read_slices"], action="reading capacity plans")
@@ -80,16 +80,16 @@ def get_slice_plan(slice_id: int, session: SessionDep, caller: CurrentUser, now:
 
 
 @router.get("/slices/{slice_id}/events", response_model=list[ScaleEventPublic])
-def list_scale_events(slice_id: int, session: SessionDep, caller: CurrentUser) -> list[ScaleEvent]:
-    """Every change of the slice's bounds with its reason, newest first."""
+def list_scale_events(slice_id: IdPath, session: SessionDep, caller: CurrentUser, page: PageDep) -> list[ScaleEvent]:
+    """Every change of the slice's bounds with its reason, newest first; paged (X-Next-Cursor)."""
     caller.require(*CAN["read_slices"], action="reading scale events")
     scoped_get(session, Slice, slice_id, caller)
-    query = select(ScaleEvent).where(ScaleEvent.slice_id == slice_id).order_by(col(ScaleEvent.id).desc())
-    return list(session.exec(query))
+    query = select(ScaleEvent).where(ScaleEvent.slice_id == slice_id)
+    return page.of(session, query, ScaleEvent, newest_first=True)
 
 
 @router.get("/models/{model_id}/profiles", response_model=list[ModelProfilePublic])
-def list_profiles(model_id: int, session: SessionDep, caller: CurrentUser) -> list[ModelProfile]:
-    """Measured frames/s per replica and cold-start time of a model version, per hardware."""
+def list_profiles(model_id: IdPath, session: SessionDep, caller: CurrentUser, page: PageDep) -> list[ModelProfile]:
+    """Measured frames/s per replica and cold-start time of a model version, per hardware; paged (X-Next-Cursor)."""
     model = visible_model(session, model_id, caller)
-    return list(session.exec(select(ModelProfile).where(ModelProfile.model_sha256 == model.sha256)))
+    return page.of(session, select(ModelProfile).where(ModelProfile.model_sha256 == model.sha256), ModelProfile)

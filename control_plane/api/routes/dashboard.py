@@ -10,27 +10,29 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
-from sqlmodel import col, select
+from sqlmodel import select
 
 from control_plane import dashboard
-from control_plane.api.deps import CurrentUser, NowDep, SessionDep, own_tenant, scoped_get
+from control_plane.api.deps import CurrentUser, IdPath, NowDep, PageDep, SessionDep, own_tenant, scoped_get
 from control_plane.api.routes.capacity import plan_preview
-from control_plane.models import FailedPart, FailedPartPublic, Line, OrderPlan, OrderPlanIn, Slice, utcnow
+from control_plane.models import FailedPart, FailedPartPublic, Line, OrderPlan, OrderPlanIn, Site, Slice, utcnow
 from control_plane.security import CAN
 
 router = APIRouter(tags=["dashboard"])
 
 
 @router.get("/dashboard/lines")
-def lines_overview(session: SessionDep, caller: CurrentUser) -> list[dict[str, Any]]:
-    """Each of your lines: robots online, frames/s, latency p50/p99 against its budget, defect rate."""
+def lines_overview(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[dict[str, Any]]:
+    """Each of your lines: robots online, frames/s, latency p50/p99 against its budget, defect rate.
+
+    By line id, a page at a time (X-Next-Cursor)."""
     now = utcnow()
-    lines = session.exec(own_tenant(select(Line).order_by(col(Line.id)), Line, caller)).all()
+    lines = page.of(session, own_tenant(select(Line), Line, caller), Line)
     return [dashboard.line_summary(session, line, now) for line in lines]
 
 
 @router.get("/lines/{line_id}/series")
-def line_series(line_id: int, session: SessionDep, caller: CurrentUser,
+def line_series(line_id: IdPath, session: SessionDep, caller: CurrentUser,
                 hours: int = Query(default=24, ge=1, le=24 * 31)) -> list[dict[str, Any]]:  # fmt: skip
     """The line's frames/s, defect rate and latency over the last ``hours`` (at most 288 points)."""
     line = scoped_get(session, Line, line_id, caller)
@@ -38,23 +40,22 @@ def line_series(line_id: int, session: SessionDep, caller: CurrentUser,
 
 
 @router.get("/lines/{line_id}/failed-parts", response_model=list[FailedPartPublic])
-def failed_parts(line_id: int, session: SessionDep, caller: CurrentUser,
-                 limit: int = Query(default=12, ge=1, le=200)) -> list[FailedPart]:  # fmt: skip
-    """The line's latest failed parts, newest first; thumbnails at ``/failed-parts/{id}/thumbnail``."""
+def failed_parts(line_id: IdPath, session: SessionDep, caller: CurrentUser, page: PageDep) -> list[FailedPart]:
+    """The line's latest failed parts, newest first (paged, X-Next-Cursor); thumbnails at
+    ``/failed-parts/{id}/thumbnail``."""
     scoped_get(session, Line, line_id, caller)
-    query = select(FailedPart).where(FailedPart.line_id == line_id).order_by(col(FailedPart.id).desc()).limit(limit)
-    return list(session.exec(query))
+    return page.of(session, select(FailedPart).where(FailedPart.line_id == line_id), FailedPart, newest_first=True)
 
 
 @router.get("/failed-parts/{part_id}/thumbnail", response_class=Response)
-def thumbnail(part_id: int, session: SessionDep, caller: CurrentUser) -> Response:
+def thumbnail(part_id: IdPath, session: SessionDep, caller: CurrentUser) -> Response:
     """A failed part's thumbnail (JPEG)."""
     part = scoped_get(session, FailedPart, part_id, caller)
     return Response(part.thumbnail, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
 @router.get("/slices/{slice_id}/capacity")
-def capacity_chart(slice_id: int, session: SessionDep, caller: CurrentUser, now: NowDep,
+def capacity_chart(slice_id: IdPath, session: SessionDep, caller: CurrentUser, now: NowDep,
                    hours_back: int = Query(default=24, ge=1, le=24 * 7),
                    hours_ahead: int = Query(default=24, ge=1, le=24 * 7)) -> dict[str, Any]:  # fmt: skip
     """Planned demand, replica floor, running replicas and lease limit over time, with a text summary."""
@@ -64,7 +65,7 @@ def capacity_chart(slice_id: int, session: SessionDep, caller: CurrentUser, now:
 
 
 @router.post("/lines/{line_id}/order-plan/preview")
-def preview_order_plan(line_id: int, body: OrderPlanIn, session: SessionDep, caller: CurrentUser,
+def preview_order_plan(line_id: IdPath, body: OrderPlanIn, session: SessionDep, caller: CurrentUser,
                        now: NowDep) -> dict[str, Any]:  # fmt: skip
     """What an order plan would do, without saving it: floors and cost for 7 days, and the capacity chart."""
     caller.require(*CAN["manage_slices"], action="planning capacity")
@@ -98,7 +99,9 @@ def _cost(entry: dict[str, Any], price: float) -> dict[str, float]:
 
 
 @router.get("/dashboard/sites")
-def sites_overview(session: SessionDep, caller: CurrentUser) -> list[dict[str, Any]]:
-    """Operators: every site with its nodes' status, utilization and the slices placed on them."""
+def sites_overview(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[dict[str, Any]]:
+    """Operators: every site with its nodes' status, utilization and the slices placed on them.
+
+    By site id, a page at a time (X-Next-Cursor)."""
     caller.require(*CAN["manage_nodes"], action="viewing sites and nodes")
-    return dashboard.operator_overview(session, utcnow())
+    return dashboard.operator_overview(session, utcnow(), page.of(session, select(Site), Site))

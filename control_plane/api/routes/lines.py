@@ -7,9 +7,9 @@ changing it gives the slices serving the line a new generation, so their ingress
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlmodel import col, select
+from sqlmodel import select
 
-from control_plane.api.deps import CurrentUser, SessionDep, insert, own_tenant, scoped_get
+from control_plane.api.deps import CurrentUser, IdPath, PageDep, SessionDep, insert, own_tenant, scoped_get
 from control_plane.errors import NotFound
 from control_plane.models import Line, LineCreate, LinePublic, LineUpdate, Site, Slice, utcnow
 from control_plane.security import CAN
@@ -28,17 +28,18 @@ def create_line(body: LineCreate, session: SessionDep, caller: CurrentUser) -> L
 
 
 @router.get("", response_model=list[LinePublic])
-def list_lines(session: SessionDep, caller: CurrentUser) -> list[Line]:
-    return list(session.exec(own_tenant(select(Line).order_by(col(Line.id)), Line, caller)))
+def list_lines(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[Line]:
+    """Your tenant's lines by id (operators: all), a page at a time (X-Next-Cursor)."""
+    return page.of(session, own_tenant(select(Line), Line, caller), Line)
 
 
 @router.get("/{line_id}", response_model=LinePublic)
-def get_line(line_id: int, session: SessionDep, caller: CurrentUser) -> Line:
+def get_line(line_id: IdPath, session: SessionDep, caller: CurrentUser) -> Line:
     return scoped_get(session, Line, line_id, caller)
 
 
 @router.patch("/{line_id}", response_model=LinePublic)
-def update_line(line_id: int, body: LineUpdate, session: SessionDep, caller: CurrentUser) -> Line:
+def update_line(line_id: IdPath, body: LineUpdate, session: SessionDep, caller: CurrentUser) -> Line:
     caller.require(*CAN["manage_lines"], action="changing lines")
     line = scoped_get(session, Line, line_id, caller)
     for key, value in body.model_dump(exclude_unset=True, exclude_none=True).items():

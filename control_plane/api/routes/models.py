@@ -9,7 +9,7 @@ from sqlmodel import Session, col, or_, select
 from starlette.concurrency import run_in_threadpool
 
 from control_plane import registry, uploads
-from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep
+from control_plane.api.deps import CurrentUser, IdPath, PageDep, SessionDep, SettingsDep
 from control_plane.errors import Conflict, InvalidUpload, NotFound
 from control_plane.models import ModelVersion, ModelVersionPublic
 from control_plane.security import CAN, Principal
@@ -94,8 +94,9 @@ def _record(session: Session, caller: Principal, validated: registry.ValidatedMo
 
 
 @router.get("", response_model=list[ModelVersionPublic])
-def list_models(session: SessionDep, caller: CurrentUser) -> list[ModelVersion]:
-    return list(session.exec(select(ModelVersion).where(_visible(caller)).order_by(col(ModelVersion.id))))
+def list_models(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[ModelVersion]:
+    """Public models and your tenant's by id, a page at a time (X-Next-Cursor)."""
+    return page.of(session, select(ModelVersion).where(_visible(caller)), ModelVersion)
 
 
 def visible_model(session: SessionDep, model_id: int, caller: Principal) -> ModelVersion:
@@ -106,12 +107,12 @@ def visible_model(session: SessionDep, model_id: int, caller: Principal) -> Mode
 
 
 @router.get("/{model_id}", response_model=ModelVersionPublic)
-def get_model(model_id: int, session: SessionDep, caller: CurrentUser) -> ModelVersion:
+def get_model(model_id: IdPath, session: SessionDep, caller: CurrentUser) -> ModelVersion:
     return visible_model(session, model_id, caller)
 
 
 @router.get("/{model_id}/file", response_class=FileResponse)
-def download_model(model_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> FileResponse:
+def download_model(model_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> FileResponse:
     version = visible_model(session, model_id, caller)
     return FileResponse(settings.model_store / f"{version.sha256}.onnx", media_type="application/octet-stream",
                         filename=f"{version.name}-{version.version}.onnx")  # fmt: skip

@@ -13,7 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from control_plane import broker_sync, sites
-from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, own_tenant, scoped_get
+from control_plane.api.deps import (
+    CurrentUser,
+    IdFilter,
+    IdPath,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    own_tenant,
+    scoped_get,
+)
 from control_plane.errors import Conflict
 from control_plane.models import Line, Robot, RobotCreate, RobotCredentials, RobotPublic, Site, Tenant
 from control_plane.security import CAN, Principal
@@ -98,22 +107,23 @@ def create_robot(
 
 
 @router.get("", response_model=list[RobotPublic])
-def list_robots(session: SessionDep, caller: CurrentUser, line_id: int | None = None) -> list[Robot]:
+def list_robots(session: SessionDep, caller: CurrentUser, page: PageDep, line_id: IdFilter = None) -> list[Robot]:
+    """Your tenant's robots by id (operators: all), a page at a time (X-Next-Cursor)."""
     caller.require(*CAN["read_robots"], action="listing robots")
     query = own_tenant(select(Robot).order_by(col(Robot.id)), Robot, caller)
     if line_id is not None:
         query = query.where(Robot.line_id == line_id)
-    return list(session.exec(query))
+    return page.of(session, query, Robot)
 
 
 @router.get("/{robot_id}", response_model=RobotPublic)
-def get_robot(robot_id: int, session: SessionDep, caller: CurrentUser) -> Robot:
+def get_robot(robot_id: IdPath, session: SessionDep, caller: CurrentUser) -> Robot:
     caller.require(*CAN["read_robots"], action="reading robots")
     return _robot(session, robot_id, caller)
 
 
 @router.post("/{robot_id}/rotate", response_model=RobotCredentials)
-def rotate_robot(robot_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> RobotCredentials:
+def rotate_robot(robot_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> RobotCredentials:
     """New password (shown once); the old one stops working and its connections are closed."""
     caller.require(*CAN["manage_robots"], action="rotating robot credentials")
     robot = _robot(session, robot_id, caller)
@@ -129,7 +139,7 @@ def rotate_robot(robot_id: int, session: SessionDep, settings: SettingsDep, call
 
 
 @router.post("/{robot_id}/revoke", response_model=RobotPublic)
-def revoke_robot(robot_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Robot:
+def revoke_robot(robot_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Robot:
     """Remove the robot's broker credentials and disconnect it; final."""
     caller.require(*CAN["manage_robots"], action="revoking robots")
     robot = _robot(session, robot_id, caller)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter
-from sqlmodel import col, select
+from sqlmodel import select
 
 from control_plane import broker_sync, placement
-from control_plane.api.deps import CurrentUser, NowDep, SessionDep, SettingsDep, insert
+from control_plane.api.deps import CurrentUser, IdFilter, IdPath, NowDep, PageDep, SessionDep, SettingsDep, insert
 from control_plane.errors import BrokerUnavailable, Conflict, NotFound
 from control_plane.models import (
     BrokerAdmin,
@@ -47,20 +47,20 @@ def create_site(body: SiteCreate, session: SessionDep, caller: CurrentUser) -> S
 
 
 @router.get("/sites", response_model=list[SitePublic])
-def list_sites(session: SessionDep, caller: CurrentUser) -> list[Site]:
-    """Every role sees site names and brokers (lines are placed on a site)."""
+def list_sites(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[Site]:
+    """Every role sees site names and brokers (lines are placed on a site); by id, paged (X-Next-Cursor)."""
     caller.require(*CAN["read_sites"], action="listing sites")
-    return list(session.exec(select(Site).order_by(Site.id)))  # type: ignore[arg-type]
+    return page.of(session, select(Site), Site)
 
 
 @router.get("/sites/{site_id}", response_model=SitePublic)
-def get_site(site_id: int, session: SessionDep, caller: CurrentUser) -> Site:
+def get_site(site_id: IdPath, session: SessionDep, caller: CurrentUser) -> Site:
     caller.require(*CAN["read_sites"], action="reading sites")
     return _site(session, site_id)
 
 
 @router.get("/sites/{site_id}/broker-admin", response_model=BrokerAdmin)
-def get_broker_admin(site_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> BrokerAdmin:
+def get_broker_admin(site_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> BrokerAdmin:
     """The dynamic-security admin the site's Mosquitto must have (``lineside broker run`` sets it up)."""
     caller.require(*CAN["manage_sites"], action="reading broker admin credentials")
     site = _site(session, site_id)
@@ -68,14 +68,16 @@ def get_broker_admin(site_id: int, session: SessionDep, settings: SettingsDep, c
 
 
 @router.post("/sites/{site_id}/broker/sync")
-def sync_site_broker(site_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> dict[str, int]:
+def sync_site_broker(site_id: IdPath, session: SessionDep, settings: SettingsDep,
+                     caller: CurrentUser) -> dict[str, int]:  # fmt: skip
     """Make the site's broker hold exactly the active robots and slices (e.g. after a broker rebuild)."""
     caller.require(*CAN["manage_sites"], action="syncing a broker")
     return sync_broker(session, settings, _site(session, site_id))
 
 
 @router.post("/sites/{site_id}/join-tokens", response_model=JoinTokenIssued, status_code=201)
-def create_join_token(site_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> JoinTokenIssued:
+def create_join_token(site_id: IdPath, session: SessionDep, settings: SettingsDep,
+                      caller: CurrentUser) -> JoinTokenIssued:  # fmt: skip
     """A one-time token for ``lineside edge-node join``; shown once."""
     caller.require(*CAN["manage_nodes"], action="creating join tokens")
     _site(session, site_id)
@@ -87,17 +89,17 @@ def create_join_token(site_id: int, session: SessionDep, settings: SettingsDep, 
 
 
 @router.get("/nodes", response_model=list[NodePublic])
-def list_nodes(session: SessionDep, caller: CurrentUser, site_id: int | None = None) -> list[Node]:
-    """Only operators see nodes: they carry every tenant's slices."""
+def list_nodes(session: SessionDep, caller: CurrentUser, page: PageDep, site_id: IdFilter = None) -> list[Node]:
+    """Only operators see nodes: they carry every tenant's slices. By id, paged (X-Next-Cursor)."""
     caller.require(*CAN["manage_nodes"], action="listing nodes")
-    query = select(Node).order_by(Node.id)  # type: ignore[arg-type]
+    query = select(Node)
     if site_id is not None:
         query = query.where(Node.site_id == site_id)
-    return list(session.exec(query))
+    return page.of(session, query, Node)
 
 
 @router.get("/nodes/{node_id}", response_model=NodePublic)
-def get_node(node_id: int, session: SessionDep, caller: CurrentUser) -> Node:
+def get_node(node_id: IdPath, session: SessionDep, caller: CurrentUser) -> Node:
     caller.require(*CAN["manage_nodes"], action="reading nodes")
     node = session.get(Node, node_id)
     if node is None:
@@ -107,7 +109,7 @@ def get_node(node_id: int, session: SessionDep, caller: CurrentUser) -> Node:
 
 @router.post("/nodes/{node_id}/status", response_model=NodePublic)
 def change_node_status(
-    node_id: int, body: NodeStatusChange, session: SessionDep, settings: SettingsDep, caller: CurrentUser,
+    node_id: IdPath, body: NodeStatusChange, session: SessionDep, settings: SettingsDep, caller: CurrentUser,
     now: NowDep,
 ) -> Node:  # fmt: skip
     """Drain (``draining``), undrain (``online``) or remove a node; illegal moves answer 409.
@@ -139,15 +141,15 @@ def change_node_status(
 
 
 @router.get("/alerts", response_model=list[ScaleEventPublic])
-def list_alerts(session: SessionDep, caller: CurrentUser, limit: int = 100) -> list[ScaleEvent]:
-    """Reserved capacity that no longer fits anywhere, newest first (operators)."""
+def list_alerts(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[ScaleEvent]:
+    """Reserved capacity that no longer fits anywhere, newest first (operators); paged (X-Next-Cursor)."""
     caller.require(*CAN["manage_nodes"], action="reading capacity alerts")
-    query = select(ScaleEvent).where(ScaleEvent.kind == ScaleKind.ALERT).order_by(col(ScaleEvent.id).desc())
-    return list(session.exec(query.limit(min(max(limit, 1), 1000))))
+    query = select(ScaleEvent).where(ScaleEvent.kind == ScaleKind.ALERT)
+    return page.of(session, query, ScaleEvent, newest_first=True)
 
 
 @router.put("/nodes/{node_id}/contribution", response_model=NodePublic)
-def set_contribution(node_id: int, body: NodeContribution, session: SessionDep, caller: CurrentUser,
+def set_contribution(node_id: IdPath, body: NodeContribution, session: SessionDep, caller: CurrentUser,
                      now: NowDep) -> Node:  # fmt: skip
     """Declare a node part of the compute bank and when it is lent (e.g. weekdays 20:00-07:00, holidays)."""
     caller.require(*CAN["manage_nodes"], action="declaring contributed nodes")

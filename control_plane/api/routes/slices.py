@@ -6,10 +6,10 @@ from datetime import datetime
 
 from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from control_plane import capacity, placement, sites
-from control_plane.api.deps import CurrentUser, NowDep, SessionDep, SettingsDep, own_tenant, scoped_get
+from control_plane.api.deps import CurrentUser, IdPath, NowDep, PageDep, SessionDep, SettingsDep, own_tenant, scoped_get
 from control_plane.api.routes.models import visible_model
 from control_plane.errors import Conflict
 from control_plane.models import Line, Role, ScaleKind, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
@@ -66,19 +66,20 @@ def _place(session: Session, item: Slice, now: datetime) -> None:
 
 
 @router.get("", response_model=list[SlicePublic])
-def list_slices(session: SessionDep, caller: CurrentUser) -> list[Slice]:
+def list_slices(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[Slice]:
+    """Your tenant's slices by id (operators: all), a page at a time (X-Next-Cursor)."""
     caller.require(*CAN["read_slices"], action="listing slices")
-    return list(session.exec(own_tenant(select(Slice).order_by(col(Slice.id)), Slice, caller)))
+    return page.of(session, own_tenant(select(Slice), Slice, caller), Slice)
 
 
 @router.get("/{slice_id}", response_model=SlicePublic)
-def get_slice(slice_id: int, session: SessionDep, caller: CurrentUser) -> Slice:
+def get_slice(slice_id: IdPath, session: SessionDep, caller: CurrentUser) -> Slice:
     caller.require(*CAN["read_slices"], action="reading slices")
     return scoped_get(session, Slice, slice_id, caller)
 
 
 @router.post("/{slice_id}/scale", response_model=SlicePublic)
-def scale_slice(slice_id: int, body: SliceScale, session: SessionDep, caller: CurrentUser, now: NowDep) -> Slice:
+def scale_slice(slice_id: IdPath, body: SliceScale, session: SessionDep, caller: CurrentUser, now: NowDep) -> Slice:
     """Move the replica bounds; the agent applies the new generation."""
     caller.require(*CAN["manage_slices"], action="scaling capacity")
     item = scoped_get(session, Slice, slice_id, caller)
@@ -93,7 +94,7 @@ def scale_slice(slice_id: int, body: SliceScale, session: SessionDep, caller: Cu
 
 
 @router.delete("/{slice_id}", response_model=SlicePublic)
-def delete_slice(slice_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Slice:
+def delete_slice(slice_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Slice:
     """Release the capacity: the agent removes the application, then the slice is ``deleted``."""
     caller.require(*CAN["manage_slices"], action="releasing capacity")
     item = scoped_get(session, Slice, slice_id, caller)
@@ -110,7 +111,7 @@ def delete_slice(slice_id: int, session: SessionDep, settings: SettingsDep, call
 
 
 @router.post("/{slice_id}/credentials/rotate", response_model=SlicePublic)
-def rotate_credentials(slice_id: int, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Slice:
+def rotate_credentials(slice_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Slice:
     """New broker passwords for the slice's ingress (e.g. a node was lost or stolen): the old ones stop
     working at once and their sessions are disconnected; the site's agent restarts the ingress with the new."""
     caller.require(Role.OPERATOR, *CAN["manage_slices"], action="rotating a slice's broker credentials")

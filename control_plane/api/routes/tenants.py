@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 
-from control_plane.api.deps import CurrentUser, SessionDep, SettingsDep, insert, own_tenant, scoped_get
+from control_plane.api.deps import CurrentUser, IdPath, PageDep, SessionDep, SettingsDep, insert, own_tenant, scoped_get
 from control_plane.errors import Conflict, ControlPlaneError, Forbidden, NotFound
 from control_plane.models import (
     ApiToken,
@@ -39,15 +39,16 @@ def create_tenant(body: TenantCreate, session: SessionDep, caller: CurrentUser) 
 
 
 @router.get("/tenants", response_model=list[TenantPublic])
-def list_tenants(session: SessionDep, caller: CurrentUser) -> list[Tenant]:
-    query = select(Tenant).order_by(Tenant.id)  # type: ignore[arg-type]
+def list_tenants(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[Tenant]:
+    """Tenants by id (operators: all; others: their own), a page at a time (X-Next-Cursor)."""
+    query = select(Tenant)
     if not caller.is_operator:
         query = query.where(Tenant.id == caller.tenant_id)
-    return list(session.exec(query))
+    return page.of(session, query, Tenant)
 
 
 @router.get("/tenants/{tenant_id}", response_model=TenantPublic)
-def get_tenant(tenant_id: int, session: SessionDep, caller: CurrentUser) -> Tenant:
+def get_tenant(tenant_id: IdPath, session: SessionDep, caller: CurrentUser) -> Tenant:
     tenant = session.get(Tenant, tenant_id)
     if tenant is None or not caller.sees_tenant(tenant.id):
         raise NotFound(f"tenant {tenant_id} not found")
@@ -98,8 +99,9 @@ def create_user(body: UserCreate, session: SessionDep, caller: CurrentUser, sett
 
 
 @router.get("/users", response_model=list[UserPublic])
-def list_users(session: SessionDep, caller: CurrentUser) -> list[User]:
-    return list(session.exec(own_tenant(select(User).order_by(col(User.id)), User, caller)))
+def list_users(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[User]:
+    """Users by id (operators: all; others: their tenant's), a page at a time (X-Next-Cursor)."""
+    return page.of(session, own_tenant(select(User), User, caller), User)
 
 
 @router.get("/users/me", response_model=UserPublic)
@@ -120,14 +122,13 @@ def create_token(body: TokenCreate, session: SessionDep, caller: CurrentUser, se
 
 
 @router.get("/users/me/tokens", response_model=list[TokenPublic])
-def list_tokens(session: SessionDep, caller: CurrentUser) -> list[ApiToken]:
+def list_tokens(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[ApiToken]:
     """Your API tokens and dashboard sessions, revoked and expired ones included (never the tokens)."""
-    query = select(ApiToken).where(ApiToken.user_id == caller.user_id).order_by(col(ApiToken.id))
-    return list(session.exec(query))
+    return page.of(session, select(ApiToken).where(ApiToken.user_id == caller.user_id), ApiToken)
 
 
 @router.delete("/users/me/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: int, session: SessionDep, caller: CurrentUser) -> None:
+def revoke_token(token_id: IdPath, session: SessionDep, caller: CurrentUser) -> None:
     """Revoke one of your tokens (or a dashboard session) at once."""
     row = session.get(ApiToken, token_id)
     if row is None or row.user_id != caller.user_id:
@@ -137,7 +138,7 @@ def revoke_token(token_id: int, session: SessionDep, caller: CurrentUser) -> Non
 
 
 @router.delete("/users/{user_id}", status_code=204)
-def delete_user(user_id: int, session: SessionDep, caller: CurrentUser) -> None:
+def delete_user(user_id: IdPath, session: SessionDep, caller: CurrentUser) -> None:
     """Operators delete any user; plant managers the users of their own tenant. Nobody deletes themselves.
 
     The user and every API token and dashboard session of theirs are removed at once (no other

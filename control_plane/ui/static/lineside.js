@@ -24,6 +24,11 @@ const Lineside = (() => {
       if (Array.isArray(detail)) detail = detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
       throw new ApiError(response.status, detail || response.statusText);
     }
+    // Lists come a page at a time: without an explicit limit, follow Link rel="next" to the end.
+    const next = (response.headers.get("Link") || "").match(/<([^>]+)>;\s*rel="next"/);
+    if (method === "GET" && next && Array.isArray(data) && !/[?&]limit=/.test(path)) {
+      return data.concat(await api("GET", next[1]));
+    }
     return data;
   }
 
