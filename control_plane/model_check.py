@@ -91,7 +91,7 @@ def parse(data: bytes) -> onnx.ModelProto:
         raise Rejected("external_data", f"tensors {external[:5]} use external data; the file must hold all of its "
                        "weights (save with onnx.save(model, path, save_as_external_data=False))")  # fmt: skip
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(data)  # the bytes: a ModelProto would be serialized again (memory)
     except Exception as e:  # the checker raises several unrelated types
         raise Rejected("not_onnx", "not a valid ONNX model: onnx.checker.check_model refuses it; run it locally "
                        "to see why", repr(e)) from e  # fmt: skip

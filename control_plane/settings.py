@@ -62,8 +62,8 @@ class ControlPlaneSettings(BaseSettings):
     validator_memory_bytes: int = Field(
         default=4 * 1024**3,
         ge=1024**3,
-        description="Address space of the validation subprocess (RLIMIT_AS); must hold ONNX Runtime and "
-        "about 3x LINESIDE_MAX_MODEL_BYTES.",
+        description="Address space of the validation subprocess (RLIMIT_AS); must hold ONNX Runtime and two "
+        "copies of the model (a 256 MB model validates within 1 GiB).",
     )
     replica_hour_price: float = Field(default=0.9, ge=0, description="Price of one replica-hour on new slices.")
     planner_period_s: float = Field(default=30.0, gt=0, description="How often planned floors are applied.")

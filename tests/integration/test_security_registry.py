@@ -52,8 +52,8 @@ def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
     cwd.mkdir()
     (cwd / "secret.env").write_bytes(SECRET)
     monkeypatch.chdir(cwd)  # the attacker's relative locations resolve here
-    settings = ControlPlaneSettings(data_dir=tmp_path / "data", bootstrap_token=BOOT, monitor_sites=False,
-                                    validator_cpu_s=3, validator_timeout_s=20)  # fmt: skip
+    settings = ControlPlaneSettings(data_dir=tmp_path / "data", bootstrap_token=BOOT, monitor_sites=False)
+    settings.validator_cpu_s, settings.validator_timeout_s, settings.validator_memory_bytes = 3, 20, 2**30
     app = create_app(settings)
     with TestClient(app) as client:
         op = bearer(BOOT)
@@ -232,7 +232,12 @@ def test_validations_beyond_the_limit_are_told_to_retry(app_client) -> None:
 
 @pytest.mark.parametrize(
     ("case", "reason"),
-    [("not_onnx", "not_onnx"), ("runtime_failure", "runtime_failed"), ("too_large", "too_large")],
+    [
+        ("not_onnx", "not_onnx"),
+        ("runtime_failure", "runtime_failed"),
+        ("memory_hog", "runtime_failed"),
+        ("too_large", "too_large"),
+    ],
 )
 def test_failures_answer_a_stable_reason_without_library_text(app_client, case: str, reason: str) -> None:
     client, it = app_client
@@ -241,6 +246,10 @@ def test_failures_answer_a_stable_reason_without_library_text(app_client, case: 
         bad_shape = helper.make_tensor("bad", TensorProto.INT64, [2], [7, 5])
         reshape = helper.make_node("Reshape", ["image", "shape"], ["probs"])
         data = _model([*_dynamic_zeros("bad", "shape"), reshape], [bad_shape])
+    elif case == "memory_hog":  # a classifier that also fills 3 GiB when run: RLIMIT_AS (1 GiB) refuses it
+        hog = [helper.make_node("ConstantOfShape", ["huge"], ["big"]),
+               helper.make_node("ReduceSum", ["big"], ["bias"], keepdims=0)]  # fmt: skip
+        data = _classifier(hog, [helper.make_tensor("huge", TensorProto.INT64, [1], [3 << 28])])
     elif case == "too_large":
         client.app.state.settings.max_model_bytes = 1000
         data = _serialize(onnx.load(BUNDLED_MANIFEST.parent / "part-inspector.onnx"))
@@ -286,19 +295,24 @@ def test_database_and_model_store_are_private_whatever_the_umask(tmp_path: Path)
 # --- Memory: a real server process, two 100 MB uploads --------------------------------------------------------
 
 
-def _big_model(megabytes: int) -> bytes:
-    """A valid classifier whose one weight makes the file ``megabytes`` MB (unused at run time past a Slice)."""
+def _classifier(extra: list[onnx.NodeProto], inits: list[TensorProto]) -> bytes:
+    """A valid classifier (pool, 6 scores, softmax) whose pooled features get ``bias``, computed by ``extra``."""
     x, y = _io()
-    pad = helper.make_tensor("pad", TensorProto.FLOAT, [megabytes * 262_144], vals=b"\0" * (megabytes << 20), raw=True)
     w = helper.make_tensor("w", TensorProto.FLOAT, [3, 6], [1.0] * 18)
-    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+    nodes = [*extra,
+             helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["flat"]),
-             helper.make_node("ReduceSum", ["pad"], ["padsum"], keepdims=0),
-             helper.make_node("Add", ["flat", "padsum"], ["flat2"]),
+             helper.make_node("Add", ["flat", "bias"], ["flat2"]),
              helper.make_node("MatMul", ["flat2", "w"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]  # fmt: skip
-    graph = helper.make_graph(nodes, "big", [x], [y], [pad, w])
+    graph = helper.make_graph(nodes, "classifier", [x], [y], [*inits, w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _big_model(megabytes: int) -> bytes:
+    """A valid classifier whose one weight makes the file ``megabytes`` MB."""
+    pad = helper.make_tensor("pad", TensorProto.FLOAT, [megabytes * 262_144], vals=b"\0" * (megabytes << 20), raw=True)
+    return _classifier([helper.make_node("ReduceSum", ["pad"], ["bias"], keepdims=0)], [pad])
 
 
 def _peak_rss(pid: int) -> int:
