@@ -122,8 +122,10 @@ def _boundary(request: Request, max_file_bytes: int) -> bytes:
     if length.isdigit() and int(length) > max_file_bytes + FORM_OVERHEAD_BYTES:
         raise too_large(max_file_bytes)
     kind, options = parse_options_header(request.headers.get("content-type", ""))
-    if kind != b"multipart/form-data" or not options.get(b"boundary"):
-        raise _form_error(f"the body is {kind.decode('latin-1') or 'not a form'}")
+    if kind != b"multipart/form-data":
+        raise _form_error(f"the body is {kind.decode('latin-1')[:60] or 'not a form'}")
+    if not options.get(b"boundary"):
+        raise _form_error("the Content-Type has no boundary")
     return options[b"boundary"]
 
 
