@@ -300,7 +300,11 @@ def edge_run(
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to use; default: start a local head.")] = None,
     period: Annotated[float, typer.Option(min=0.5, help="Seconds between agent passes.")] = 5.0,
 ) -> None:
-    """Run the agent of a node that has joined (after a restart, even with the control plane down)."""
+    """Run the agent of a node that has joined (after a restart, even with the control plane down).
+
+    SIGTERM ends it after its current pass, Ctrl-C at once; either way it shuts down Serve and Ray, ends
+    every process it started (a worker's `ray start` daemons too) and exits 0.
+    """
     import httpx
 
     state_file = data_dir / "agent.json"
