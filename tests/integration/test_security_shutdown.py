@@ -5,9 +5,10 @@ way, every process the command started (Ray's GCS, raylet, dashboard and runtime
 controller and replicas) must be gone afterwards, and the command exits 0: a stop that was asked for
 and done is a success.
 
-Each command runs in its own session with an environment variable that only this run carries: every
-process Ray starts inherits it, even after the command that started it is gone and it is re-parented,
-so ``/proc/<pid>/environ`` names exactly this run's processes (never other Rays on the machine).
+Each command runs in its own session with an environment variable that only this run carries: the
+processes Ray starts inherit it and keep it after they are re-parented, so ``/proc/<pid>/environ`` names
+this run's processes (never other Rays on the machine); with their descendants, since a process that
+retitles itself (Ray's agents) may blank its environ, and with every process seen while the run was up.
 """
 
 from __future__ import annotations
@@ -220,3 +221,42 @@ def test_edge_agent_head_and_worker_stop_cleanly_and_leave_no_process(
             wait_for_ray_agents(worker, head=False)
             assert_nothing_left(worker, worker.stop(signum), signum)
         assert_nothing_left(head, head.stop(signum), signum)
+
+
+def ignoring_sigterm(ready: Path) -> str:
+    """Python code that ignores SIGTERM, then says so by creating ``ready``, then sleeps."""
+    return (f"import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            f"pathlib.Path({str(ready)!r}).touch(); time.sleep(300)")  # fmt: skip
+
+
+def test_cleanup_ends_this_runs_processes_and_no_one_elses(tmp_path: Path) -> None:
+    """What ``cluster.stop`` does after Ray's shutdown, on plain processes: ones that ignore SIGTERM are
+    killed, a child whose environment lost the mark (as a retitled Ray agent's does) is found through its
+    parent, and a process of another run with the same variable is left alone."""
+    from edge_node import processes
+
+    mark, other = processes.new_mark(), processes.new_mark()
+    child = ignoring_sigterm(tmp_path / "child")
+    parent = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {child!r}], env={{}}); "
+    parent += ignoring_sigterm(tmp_path / "parent")
+    env = {**os.environ, processes.RUN_MARK_VAR: mark}
+    ours = subprocess.Popen([sys.executable, "-c", parent], env=env)
+    env = {**os.environ, processes.RUN_MARK_VAR: other}
+    theirs = subprocess.Popen([sys.executable, "-c", ignoring_sigterm(tmp_path / "theirs")], env=env)
+    found: set[processes.Proc] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.iterdir())) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        found = processes.of_run(mark)
+        assert ours.pid in {p.pid for p in found} and len(found) == 2, found
+        killed = processes.end(found, grace_s=1.0)
+        assert killed == found, "both ignore SIGTERM: both must have needed SIGKILL"
+        assert ours.wait(timeout=10) == -signal.SIGKILL
+        assert not processes.of_run(mark)
+        assert theirs.poll() is None, "another run's process was ended"
+    finally:
+        processes.end(found, grace_s=0)
+        for process in (ours, theirs):
+            process.kill()
+            process.wait()
