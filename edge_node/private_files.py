@@ -9,8 +9,12 @@ mode (``os.open``), and ``fchmod`` covers an older file that kept a looser one. 
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -19,7 +23,11 @@ DIR_MODE = 0o700
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and missing parents) as 0700, or tighten it to 0700 if it exists; returns it."""
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask, and an existing folder keeps its own
+    try:
+        os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask, and an existing folder keeps its own
+    except PermissionError:  # another user's folder (e.g. made by root): usable, but not ours to tighten
+        log.warning("%s belongs to another user; its mode stays %o: make it 0700 and this user's", path,
+                    stat.S_IMODE(path.stat().st_mode))  # fmt: skip
     return path
 
 
