@@ -13,14 +13,21 @@ Hierarchy::
     │   └── ValidatorBusy      every model-validation slot is taken
     └── BrokerUnavailable      the site's broker did not confirm a credential change; 503
 
+A value that passes validation but that the database cannot hold (an integer past the column's
+range, a NUL character in PostgreSQL text) answers 422 ``invalid_value``; the driver's text is logged.
+
 Every error carries a message that says what to do.
 """
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
+
+log = logging.getLogger(__name__)
 
 
 class ControlPlaneError(Exception):
@@ -127,7 +134,16 @@ async def _handle_integrity(_request: Request, error: Exception) -> JSONResponse
     return JSONResponse(status_code=409, content={"detail": detail, "code": Conflict.code})
 
 
+async def _handle_data_error(_request: Request, error: Exception) -> JSONResponse:
+    # A value the database cannot hold (an id past its integer range, a NUL character in text) that got
+    # past validation. The driver's text names columns and values: log it, answer a stable code.
+    log.warning("database refused a value: %s", str(error).splitlines()[0][:300])
+    detail = "a value is out of range or contains characters that cannot be stored (e.g. NUL); fix it and retry"
+    return JSONResponse(status_code=422, content={"detail": detail, "code": "invalid_value"})
+
+
 def install(app: FastAPI) -> None:
     """Answer every ``ControlPlaneError`` as JSON ``{"detail", "code"}`` with its status."""
     app.add_exception_handler(ControlPlaneError, _handle)
     app.add_exception_handler(IntegrityError, _handle_integrity)
+    app.add_exception_handler(DataError, _handle_data_error)
