@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Ge, Le
 from pydantic import ConfigDict, field_validator
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -48,6 +49,12 @@ def utcnow() -> datetime:
 def as_utc(value: datetime) -> datetime:
     """A stored time, UTC-aware: SQLite hands back naive datetimes of what was stored as UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+MAX_ID = 2**31 - 1
+"""Ids are 32-bit on every database the control plane runs on; larger ones cannot name anything."""
+RowId = Annotated[int, Ge(1), Le(MAX_ID)]
+"""An id a caller sends in a body: bounded like path ids, so it is a 422, not the database's overflow."""
 
 
 class Role(StrEnum):
@@ -90,7 +97,7 @@ class TenantPublic(SQLModel):
 class UserCreate(_Input):
     email: str = Field(max_length=320, description="Login name (an e-mail address).")
     role: Role = Field(description="operator, plant_manager or factory_it.")
-    tenant_id: int | None = Field(default=None, description="Operators only: the tenant of the new user.")
+    tenant_id: RowId | None = Field(default=None, description="Operators only: the tenant of the new user.")
     password: str | None = Field(
         default=None, min_length=10, max_length=200, description="Dashboard password (10+ characters); optional."
     )
@@ -299,7 +306,7 @@ ROBOT_MAX_FRAME_BYTES_HELP = "Largest frame (bytes) a robot of the line may send
 class LineCreate(_Input):
     slug: str = Field(description="Topic-safe line name, e.g. 'line-1'.")
     name: str = Field(default="", max_length=200)
-    site_id: int = Field(description="Site whose slices serve this line.")
+    site_id: RowId = Field(description="Site whose slices serve this line.")
     latency_budget_ms: float = Field(default=100.0, gt=0, le=60_000)
     robot_max_fps: float = Field(default=30.0, gt=0, le=1000, description=ROBOT_MAX_FPS_HELP)
     robot_max_frame_bytes: int = Field(default=wire.MAX_FRAME_BYTES, ge=1024, le=wire.MAX_FRAME_BYTES,
@@ -342,7 +349,7 @@ class LinePublic(SQLModel):
 
 class RobotCreate(_Input):
     slug: str = Field(description="Topic-safe robot name, e.g. 'cam-7'.")
-    line_id: int = Field(description="Line the robot inspects on.")
+    line_id: RowId = Field(description="Line the robot inspects on.")
     _check_slug = field_validator("slug")(_slug)
 
 
@@ -417,8 +424,10 @@ class ModelVersionPublic(SQLModel):
 
 class SliceCreate(_Input):
     slug: str = Field(description="Topic-safe slice name, unique per tenant.")
-    line_ids: list[int] = Field(min_length=1, description="Lines (all on one site) whose frames the slice judges.")
-    model_version_id: int = Field(description="Model version (the tenant's own or a public one).")
+    line_ids: list[RowId] = Field(
+        min_length=1, max_length=100, description="Lines (all on one site) whose frames the slice judges."
+    )
+    model_version_id: RowId = Field(description="Model version (the tenant's own or a public one).")
     min_replicas: int = Field(default=1, ge=0, le=256)
     max_replicas: int = Field(default=1, ge=1, le=256)
     max_batch_size: int = Field(default=32, ge=1, le=512)

@@ -13,7 +13,7 @@ from sqlmodel import Session, SQLModel, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from control_plane.errors import Conflict, Forbidden, NotFound, Unauthenticated
-from control_plane.models import ApiToken, Node, User, as_utc, utcnow
+from control_plane.models import MAX_ID, ApiToken, Node, User, as_utc, utcnow
 from control_plane.security import Principal, token_hash
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import NodeStatus
@@ -129,8 +129,6 @@ def insert(session: Session, obj: T, *, conflict: str) -> T:
     return obj
 
 
-MAX_ID = 2**31 - 1
-"""Ids are 32-bit on every database the control plane runs on; larger ones cannot name anything."""
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description=f"The object's id (1 to {MAX_ID}).")]
 IdFilter = Annotated[int | None, Query(ge=1, le=MAX_ID, description=f"Only objects of this id (1 to {MAX_ID}).")]
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from control_plane.app import create_app
 from control_plane.settings import ControlPlaneSettings
-from tests.integration.cp_fixtures import BOOT, bearer, ok
+from tests.integration.cp_fixtures import BOOT, ControlPlane, bearer, ok
 
 OP = bearer(BOOT)
 BOUNDED_SERIES = {"/lines/{line_id}/series"}  # points over a time range, at most 288 whatever the range
@@ -130,3 +130,23 @@ def test_a_newest_first_list_walks_backwards(client: TestClient) -> None:
     spec: dict[str, Any] = ok(client.get("/openapi.json"))
     after = {p["name"]: p for p in spec["paths"]["/alerts"]["get"]["parameters"]}["after"]
     assert "older" in after["description"] or "newest first" in spec["paths"]["/alerts"]["get"]["description"]
+
+
+def test_ids_in_bodies_out_of_range_are_refused(control_plane: ControlPlane) -> None:
+    """Ids sent in request bodies (and in agents' reports) are bounded like path ids: 422, never 500."""
+    from tests.integration.test_security_nodes import join
+
+    cp = control_plane
+    _, agent = join(cp, "head-1")
+    huge = 10**20
+    calls = [
+        ("/lines", {"slug": "l9", "site_id": huge}, cp.a.it),
+        ("/robots", {"slug": "r9", "line_id": huge}, cp.a.it),
+        ("/slices", {"slug": "s9", "line_ids": [huge], "model_version_id": 1}, cp.a.pm),
+        ("/slices", {"slug": "s9", "line_ids": [cp.a.line_id], "model_version_id": huge}, cp.a.pm),
+        ("/users", {"email": "x@acme.example", "role": "factory_it", "tenant_id": huge}, cp.op),
+        ("/agent/v1/heartbeat", {"slices": [{"slice_id": huge, "generation": 1, "healthy": True}]}, agent),
+    ]
+    for path, body, headers in calls:
+        response = cp.client.post(path, json=body, headers=headers)
+        assert response.status_code == 422, (path, body, response.status_code, response.text[:200])

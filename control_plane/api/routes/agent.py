@@ -21,6 +21,7 @@ from control_plane.models import (
     NodeJoin,
     NodeJoined,
     NodePublic,
+    RowId,
     ScaleEvent,
     ScaleKind,
     Site,
@@ -35,8 +36,8 @@ router = APIRouter(prefix="/agent/v1", tags=["edge agent"])
 
 class SliceReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    slice_id: int
-    generation: int = Field(description="Generation the agent last applied.")
+    slice_id: RowId
+    generation: int = Field(ge=0, le=2**31 - 1, description="Generation the agent last applied.")
     healthy: bool = Field(description="Serve reports the application running with its replicas.")
     failed: bool = Field(default=False, description="The agent could not apply this generation.")
     message: str = Field(default="", max_length=2000)
