@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 BOOTSTRAP_EMAIL = "admin@lineside.local"
 
 
-class _MonitorCollector:
-    """The site monitors' running totals as Prometheus counters."""
+class _LoopCollector:
+    """The background loops' running totals (site monitors, planning) as Prometheus metrics."""
 
     def __init__(self, monitors: SiteMonitors) -> None:
         self.monitors = monitors
@@ -49,6 +49,8 @@ class _MonitorCollector:
         yield family
         yield GaugeMetricFamily("lineside_monitored_sites", "Site brokers the control plane is subscribed to",
                                 value=len(self.monitors.subscribed))  # fmt: skip
+        yield CounterMetricFamily("lineside_planning_failures", "Slices whose order-plan pass raised (logged)",
+                                  value=capacity.PLANNING_FAILURES[0])  # fmt: skip
 
 
 class Metrics:
@@ -148,7 +150,7 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     metrics = Metrics()
     stop = threading.Event()
     monitors = SiteMonitors(engine, settings)
-    metrics.registry.register(_MonitorCollector(monitors))
+    metrics.registry.register(_LoopCollector(monitors))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -202,3 +202,7 @@ def test_one_slice_failing_to_plan_does_not_stop_the_others(control_plane: Contr
     assert planned == [cp.b.ids["slice"]]
     assert ok(cp.client.get(f"/slices/{cp.b.ids['slice']}", headers=cp.b.pm))["min_replicas"] == 1  # early shift
     assert ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))["min_replicas"] == 0
+    # and an operator sees it: the failure is counted on /metrics
+    metrics = cp.client.get("/metrics", headers=cp.op).text
+    failures = next(line for line in metrics.splitlines() if line.startswith("lineside_planning_failures_total"))
+    assert float(failures.split()[-1]) >= 1
