@@ -63,11 +63,11 @@ format: setup
 
 train: setup
 	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),dev,train]"
-	$(PY) -m models.train
-	$(PY) -m models.evaluate --write-card
+	$(PY) -m training.train
+	$(PY) -m training.evaluate --write-card
 
 evaluate: setup
-	$(PY) -m models.evaluate --json
+	$(PY) -m training.evaluate --json
 
 bench: setup broker
 	$(VENV)/bin/lineside bench runtime --json

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from contracts.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
 from edge_node import cluster
 from edge_node.broker import MosquittoBroker
-from edge_node.simulate import Simulation, render_pool
-from edge_node.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
+from robots.simulate import Simulation, render_pool
 
 ROBOTS = 5
 

@@ -32,12 +32,12 @@ import httpx
 from PIL import Image
 from sqlmodel import Session, select
 
+from contracts import wire
 from control_plane import models as m
 from control_plane.app import create_app
 from control_plane.security import hash_password
 from control_plane.server import BackgroundServer
 from control_plane.settings import ControlPlaneSettings
-from edge_node import wire
 from edge_node.broker import free_port
 
 PASSWORD = "bench-password-1"

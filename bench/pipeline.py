@@ -29,10 +29,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench.runtime_throughput import measure as measure_runtime
-from edge_node import cluster, wire
+from contracts import wire
+from contracts.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
+from edge_node import cluster
 from edge_node.broker import MosquittoBroker
-from edge_node.simulate import Simulation, render_pool
-from edge_node.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
+from robots.simulate import Simulation, render_pool
 
 TENANT, LINE = "bench", "line-1"
 

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from contracts.manifest import model_file
 from edge_node.runtime import InspectionModel
 from edge_node.settings import EdgeSettings
-from models import synth
-from models.manifest import BUNDLED_MANIFEST, model_file
+from models import BUNDLED_MANIFEST, synth
 
 
 def _rate(run: Callable[[], object], items: int, min_seconds: float) -> float:

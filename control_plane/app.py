@@ -26,7 +26,7 @@ from control_plane.models import ApiToken, ModelVersion, Role, User
 from control_plane.monitor import SiteMonitors
 from control_plane.security import new_token, token_hash, write_secret_file
 from control_plane.settings import ControlPlaneSettings
-from models.manifest import BUNDLED_MANIFEST
+from models import BUNDLED_MANIFEST
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from contracts import wire
+from contracts.broker_logins import connection_password
 from control_plane.errors import BrokerUnavailable
-from edge_node import wire
-from edge_node.ingress import connection_password
 
 log = logging.getLogger(__name__)
 

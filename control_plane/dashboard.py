@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from contracts import wire
 from control_plane import capacity, planner
 from control_plane.models import Line, LineMinute, Node, Robot, ScaleEvent, Site, Slice, as_utc
 from control_plane.states import RobotStatus
-from edge_node import wire
 
 ONLINE_WITHIN = timedelta(seconds=30)
 """A robot that says nothing of its connection counts as online if a frame of it was answered this recently."""

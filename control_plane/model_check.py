@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from models.manifest import ModelManifest
+from contracts.manifest import ModelManifest
 
 
 class Rejected(Exception):

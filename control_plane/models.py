@@ -18,9 +18,9 @@ from pydantic import ConfigDict, field_validator
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from contracts import wire
 from control_plane.scheduler import Priority
 from control_plane.states import NodeStatus, RobotStatus, SliceStatus
-from edge_node import wire
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _EMAIL = re.compile(

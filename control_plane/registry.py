@@ -31,10 +31,10 @@ from typing import Any
 from pydantic import ValidationError
 
 import control_plane
+from contracts.manifest import ModelManifest
 from control_plane.db import private_dir
 from control_plane.errors import InvalidUpload, ValidatorBusy
 from control_plane.settings import ControlPlaneSettings
-from models.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from contracts.slice_spec import NODE_RESOURCE_PREFIX
 from control_plane import broker_sync
 from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, Tenant, utcnow
 from control_plane.security import derived_secret
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import NodeStatus, RobotStatus, SliceStatus, transition
-from edge_node.slice_spec import NODE_RESOURCE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def sync_broker(session: Session, settings: ControlPlaneSettings, site: Site) ->
 def slice_spec(
     session: Session, settings: ControlPlaneSettings, item: Slice, site: Site, *, secrets: bool
 ) -> dict[str, Any]:
-    """The desired slice as the agent applies it: ``edge_node.slice_spec.SliceSpec`` fields plus the model.
+    """The desired slice as the agent applies it: ``contracts.slice_spec.SliceSpec`` fields plus the model.
 
     Without ``secrets`` (any node but the ingress's) the broker password is left out.
     """

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 from sqlmodel import Session, col, delete, select
 
+from contracts import wire
 from control_plane.models import FailedPart, Line, LineMinute, Robot, Tenant, as_utc, utcnow
-from edge_node import wire
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,11 @@ from typing import Any
 
 import httpx
 
+from contracts.slice_spec import SliceSpec
 from edge_node import cluster
 from edge_node.errors import EdgeNodeError
 from edge_node.private_files import private_dir, tighten, write_private
 from edge_node.profiling import ProfileResult, profile
-from edge_node.slice_spec import SliceSpec
 from edge_node.utilization import UtilizationMeter
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ QoS 1 frame beyond the limit by acknowledging it (PUBACK "Success") and dropping
 it, logging "Outgoing messages are being dropped for client ..." (see
 tests/integration/test_security_broker_limits.py): a PUBACK says the broker took
 the frame, not that it will be judged, so robots count a frame as accepted only
-when its answer arrives and resend the others (``edge_node.sdk``).
+when its answer arrives and resend the others (``robots.sdk``).
 
 With ``admin_password`` the broker requires credentials and loads Mosquitto's
 dynamic-security plugin with one admin client (``lineside-admin``) that may
@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from contracts.wire import BROKER_MESSAGE_LIMIT
 from edge_node.errors import EdgeNodeError
-from edge_node.wire import BROKER_MESSAGE_LIMIT
 
 log = logging.getLogger(__name__)
 

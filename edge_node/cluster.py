@@ -18,10 +18,10 @@ from typing import Any
 import ray
 from ray import serve
 
+from contracts.slice_spec import NODE_RESOURCE_PREFIX, SliceSpec
 from edge_node import processes
 from edge_node.errors import ClusterUnavailable
 from edge_node.serving import deploy
-from edge_node.slice_spec import NODE_RESOURCE_PREFIX, SliceSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ a ``ModelError`` is the operator's problem and stops the replica from starting.
 
 from __future__ import annotations
 
-from edge_node.wire import ErrorCode
+from contracts.wire import ErrorCode
 
 
 class EdgeNodeError(Exception):

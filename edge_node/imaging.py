@@ -14,9 +14,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from contracts.manifest import ModelManifest
 from edge_node.errors import BadImage, TooLarge, UnsupportedFormat
 from edge_node.settings import EdgeSettings
-from models.manifest import ModelManifest
 
 _SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 

@@ -20,11 +20,8 @@ Delivery guarantees:
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
-import hashlib
-import hmac
 import logging
 import queue
 import select
@@ -43,9 +40,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_node import wire
+from contracts import wire
+from contracts.broker_logins import connection_password
+from contracts.slice_spec import SliceSpec
 from edge_node.rate_limit import RobotRateLimiter
-from edge_node.slice_spec import SliceSpec
 from edge_node.telemetry import TelemetryWindow
 
 log = logging.getLogger(__name__)
@@ -91,13 +89,6 @@ def frame_id_of(correlation: bytes | None) -> str | None:
         return correlation.decode("utf-8")
     except UnicodeDecodeError:
         return correlation.hex()
-
-
-def connection_password(base: str, client_id: str) -> str:
-    """The password of one ingress connection under ``BrokerSpec.connection_logins`` (the control plane
-    derives the same): a credential pinned to one client id cannot take over a robot's session."""
-    digest = hmac.new(base.encode(), f"connection:{client_id}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 class FrameIngress:

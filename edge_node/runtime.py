@@ -17,10 +17,10 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
+from contracts.manifest import ModelManifest, load_manifest, model_file, sha256_of
 from edge_node.errors import FrameError, ModelIntegrityError, ProviderUnavailable
 from edge_node.imaging import FrameLimits, Preprocessor
 from edge_node.settings import EdgeSettings, get_settings
-from models.manifest import ModelManifest, load_manifest, model_file, sha256_of
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,14 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
+from contracts.manifest import load_manifest
+from contracts.slice_spec import REVEAL_SECRETS, SliceSpec
 from edge_node.autoscaling import POLICY as LINE_POLICY
 from edge_node.errors import SliceDeployFailed
 from edge_node.ingress import FrameIngress
 from edge_node.runtime import InspectionModel, as_reply
 from edge_node.settings import EdgeSettings
-from edge_node.slice_spec import REVEAL_SECRETS, SliceSpec
-from models.manifest import load_manifest
+from models import BUNDLED_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ def _frames_in(calls: list[list[bytes]]) -> int:
     return sum(len(call) for call in calls)
 
 
+def manifest_of(spec: SliceSpec) -> Path:
+    """The slice's model manifest on this node; a spec that names none serves the bundled model."""
+    return spec.manifest or BUNDLED_MANIFEST
+
+
 @serve.deployment
 class ModelServer:
     """Judges batches of encoded frames with the slice's ONNX model."""
@@ -65,7 +71,7 @@ class ModelServer:
         settings = EdgeSettings(
             intra_op_threads=threads, inter_op_threads=1, providers=spec.resources.providers, ort_spinning=False
         )
-        self.model = InspectionModel(spec.manifest, settings, warmup_batch=spec.batch.max_batch_size)
+        self.model = InspectionModel(manifest_of(spec), settings, warmup_batch=spec.batch.max_batch_size)
         self.delay_s = spec.inject_delay_ms / 1000
         self.inspect.set_max_batch_size(spec.batch.max_batch_size)  # type: ignore[attr-defined]
         self.inspect.set_batch_wait_timeout_s(spec.batch.batch_wait_ms / 1000)  # type: ignore[attr-defined]
@@ -126,7 +132,7 @@ class Ingress:
             boundaries=[5, 10, 20, 50, 100, 200, 500, 1000, 5000],
             tag_keys=("slice", "tenant"),  # type: ignore[arg-type]
         )  # fmt: skip
-        manifest = load_manifest(spec.manifest)
+        manifest = load_manifest(manifest_of(spec))
         self.ingress = FrameIngress(
             spec,
             self._infer,

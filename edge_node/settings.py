@@ -7,7 +7,7 @@ import functools
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edge_node import wire
+from contracts import wire
 
 
 class EdgeSettings(BaseSettings):

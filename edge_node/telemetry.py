@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from edge_node import wire
+from contracts import wire
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from edge_node.broker import MosquittoBroker
 from edge_node.runtime import InspectionModel
 from edge_node.settings import EdgeSettings
-from models.manifest import BUNDLED_MANIFEST
+from models import BUNDLED_MANIFEST
 
 
 @pytest.fixture

@@ -23,11 +23,11 @@ from ray import serve
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
+from contracts.slice_spec import NODE_RESOURCE_PREFIX, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
 from control_plane.scheduler import NodeSpec, Priority, SliceDemand, place
 from edge_node import cluster as lineside_cluster
 from edge_node.broker import MosquittoBroker
-from edge_node.simulate import Simulation, render_pool
-from edge_node.slice_spec import NODE_RESOURCE_PREFIX, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
+from robots.simulate import Simulation, render_pool
 
 NOW = datetime(2026, 11, 30, 12, 0)
 

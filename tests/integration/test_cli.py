@@ -22,7 +22,7 @@ def _commands() -> list[list[str]]:
     """Every command and group of the ``lineside`` CLI, found by walking it (new ones are covered too)."""
     import typer
 
-    from edge_node.cli import app
+    from lineside.cli import app
 
     found: list[list[str]] = []
 
@@ -42,7 +42,7 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "--help" in result.stdout
 
 
-MODULES = ["models.train", "models.evaluate", "bench.runtime_throughput", "bench.pipeline", "bench.scheduler",
+MODULES = ["training.train", "training.evaluate", "bench.runtime_throughput", "bench.pipeline", "bench.scheduler",
            "bench.autoscale", "bench.dashboard", "docs.screenshots"]  # fmt: skip
 
 
@@ -84,7 +84,7 @@ def test_demo_streams_robots_through_a_slice_and_cleans_up() -> None:
 
 
 def test_evaluate_prints_one_json_object() -> None:
-    result = run(sys.executable, "-m", "models.evaluate", "--json", "-n", "64")
+    result = run(sys.executable, "-m", "training.evaluate", "--json", "-n", "64")
     metrics = json.loads(result.stdout)
     assert metrics["n"] == 64
     assert {"accuracy", "fail_recall", "false_reject_rate", "per_class"} <= metrics.keys()

@@ -8,12 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contracts.slice_spec import SliceSpec
+from contracts.wire import Result
 from edge_node import cluster
 from edge_node.agent import Agent, join
 from edge_node.profiling import ProfileResult
-from edge_node.sdk import RobotClient
-from edge_node.slice_spec import SliceSpec
-from edge_node.wire import Result
+from robots.sdk import RobotClient
 from tests.integration.cp_fixtures import ControlPlane, ok
 
 

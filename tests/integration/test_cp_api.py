@@ -67,7 +67,7 @@ def test_other_tenants_objects_cannot_be_changed_or_used(control_plane: ControlP
 
 
 def test_tenant_models_are_private(control_plane: ControlPlane) -> None:
-    from models.manifest import BUNDLED_MANIFEST
+    from models import BUNDLED_MANIFEST
 
     c, a, b = control_plane.client, control_plane.a, control_plane.b
     manifest = BUNDLED_MANIFEST.read_text().replace('"version": "1.0.0"', '"version": "1.0.1"')

@@ -13,7 +13,7 @@ from control_plane import capacity
 from edge_node import cluster
 from edge_node.agent import Agent, join
 from edge_node.profiling import ProfileResult, profile
-from models.manifest import BUNDLED_MANIFEST
+from models import BUNDLED_MANIFEST
 from tests.integration.cp_fixtures import ControlPlane, ok
 
 PLAN = {

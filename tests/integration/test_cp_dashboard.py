@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 from sqlmodel import Session, select
 
+from contracts import wire
 from control_plane import broker_sync
 from control_plane.models import ApiToken
 from control_plane.security import derived_secret
-from edge_node import wire
 from tests.integration.cp_fixtures import ControlPlane, Tenancy, ok
 from tests.integration.test_cp_broker import Probe
 

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from models.manifest import BUNDLED_MANIFEST
+from models import BUNDLED_MANIFEST
 from tests.integration.cp_fixtures import ControlPlane, bearer, ok
 
 BUNDLED = (BUNDLED_MANIFEST.parent / "part-inspector.onnx").read_bytes()

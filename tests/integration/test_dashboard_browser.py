@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from edge_node import wire
-from edge_node.sdk import RobotClient
+from contracts import wire
 from models import synth
+from robots.sdk import RobotClient
 from tests.integration.browser import RunningDemo, chromium_path, login
 
 playwright_api = pytest.importorskip("playwright.sync_api")

@@ -18,14 +18,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_node import wire
+from contracts import wire
+from contracts.slice_spec import BrokerSpec, SliceSpec
 from edge_node.broker import MosquittoBroker
 from edge_node.ingress import FrameIngress, InferFn
 from edge_node.runtime import InspectionModel, as_reply
-from edge_node.sdk import RobotClient
-from edge_node.simulate import Simulation
-from edge_node.slice_spec import BrokerSpec, SliceSpec
 from models import synth
+from robots.sdk import RobotClient
+from robots.simulate import Simulation
 from tests.unit.test_imaging import _png_header_only
 
 TENANT, LINE = "acme", "line-1"

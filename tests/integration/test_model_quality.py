@@ -1,7 +1,7 @@
 """The model card's numbers hold on a fresh evaluation with ONNX Runtime."""
 
-from models.evaluate import card_metrics, evaluate
-from models.manifest import BUNDLED_MANIFEST
+from models import BUNDLED_MANIFEST
+from training.evaluate import card_metrics, evaluate
 
 CARD = BUNDLED_MANIFEST.parent / "MODEL_CARD.md"
 SAMPLE = 480

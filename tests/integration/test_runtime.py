@@ -7,11 +7,11 @@ import numpy as np
 import onnx
 import pytest
 
+from contracts.manifest import load_manifest, model_file, sha256_of
 from edge_node.errors import ModelIntegrityError, TooLarge, UnsupportedFormat
 from edge_node.runtime import InspectionModel, Verdict
 from edge_node.settings import EdgeSettings
-from models import synth
-from models.manifest import BUNDLED_MANIFEST, load_manifest, model_file, sha256_of
+from models import BUNDLED_MANIFEST, synth
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from contracts.slice_spec import SliceSpec
 from edge_node.agent import Agent, join
 from edge_node.profiling import ProfileResult
-from edge_node.slice_spec import SliceSpec
 from tests.integration.cp_fixtures import ControlPlane, ok
 
 

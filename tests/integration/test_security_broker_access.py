@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_node.broker import DYNSEC_ADMIN, MosquittoBroker, TlsListener, free_port, wait_for_port
-from edge_node.sdk import RobotClient
+from robots.sdk import RobotClient
 from tests.integration.test_readme import readme_block
 
 PASSWORD = "s3cret-admin-password-for-the-test"

@@ -27,13 +27,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlmodel import Session
 
+from contracts import wire
+from contracts.slice_spec import BrokerSpec, FramePolicy, SliceSpec
 from control_plane import sites
 from control_plane.models import Site, Slice
-from edge_node import wire
 from edge_node.broker import MosquittoBroker
 from edge_node.ingress import FrameIngress
-from edge_node.sdk import FrameLost, Reply, RobotClient
-from edge_node.slice_spec import BrokerSpec, FramePolicy, SliceSpec
+from robots.sdk import FrameLost, Reply, RobotClient
 from tests.integration.cp_fixtures import ControlPlane, ok
 
 TENANT, LINE = "acme", "line-1"

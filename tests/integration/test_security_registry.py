@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 from control_plane.app import create_app
 from control_plane.settings import ControlPlaneSettings
 from edge_node.broker import free_port
-from models.manifest import BUNDLED_MANIFEST
+from models import BUNDLED_MANIFEST
 from tests.integration.cp_fixtures import BOOT, bearer, ok
 
 SECRET = b"LINESIDE_SECRET_KEY=hunter2-do-not-leak\n"

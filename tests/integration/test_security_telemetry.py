@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
+from contracts import wire
 from control_plane.models import LineMinute
 from control_plane.telemetry import IngestCounts
-from edge_node import wire
 from tests.integration.cp_fixtures import ControlPlane, ok
 from tests.integration.test_cp_dashboard import _publish, _report, _until
 

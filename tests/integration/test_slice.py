@@ -12,11 +12,12 @@ from collections.abc import Iterator
 import pytest
 from ray import serve
 
-from edge_node import cluster, wire
+from contracts import wire
+from contracts.slice_spec import BrokerSpec, ReplicaSpec, SliceSpec
+from edge_node import cluster
 from edge_node.broker import MosquittoBroker
-from edge_node.simulate import Simulation
-from edge_node.slice_spec import BrokerSpec, ReplicaSpec, SliceSpec
 from models import synth
+from robots.simulate import Simulation
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -70,7 +71,7 @@ def test_slice_exports_prometheus_metrics(broker: MosquittoBroker, deployed: Sli
 
 
 def test_bad_frames_through_the_slice_get_coded_errors(broker: MosquittoBroker, deployed: SliceSpec) -> None:
-    from edge_node.sdk import RobotClient
+    from robots.sdk import RobotClient
     from tests.unit.test_imaging import _png_header_only
 
     robot = RobotClient(broker.host, broker.port, tenant="acme", line="line-1", robot="cam-1").connect()

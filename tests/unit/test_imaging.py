@@ -5,10 +5,11 @@ import zlib
 import numpy as np
 import pytest
 
+from contracts.manifest import load_manifest
+from contracts.wire import ErrorCode
 from edge_node.errors import BadImage, TooLarge, UnsupportedFormat
 from edge_node.imaging import FrameLimits, Preprocessor, decode_rgb, sniff_format
-from edge_node.wire import ErrorCode
-from models.manifest import BUNDLED_MANIFEST, load_manifest
+from models import BUNDLED_MANIFEST
 from tests.conftest import encode
 
 LIMITS = FrameLimits(max_bytes=4 << 20, max_pixels=16_000_000, max_side=8192)

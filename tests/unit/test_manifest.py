@@ -3,7 +3,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from models.manifest import BUNDLED_MANIFEST, ModelManifest, load_manifest
+from contracts.manifest import ModelManifest, load_manifest
+from models import BUNDLED_MANIFEST
 
 
 def _bundled_dict() -> dict:

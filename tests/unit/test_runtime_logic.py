@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
+from contracts.manifest import load_manifest
 from edge_node.errors import ProviderUnavailable
 from edge_node.runtime import choose_providers, decide
 from edge_node.settings import EdgeSettings
-from models.manifest import BUNDLED_MANIFEST, load_manifest
+from models import BUNDLED_MANIFEST
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 

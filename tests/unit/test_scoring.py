@@ -1,6 +1,6 @@
 import pytest
 
-from models.evaluate import score
+from training.evaluate import score
 
 FAIL = ("scratch", "dent", "crack", "stain", "missing_feature")
 

@@ -1,7 +1,7 @@
 import pytest
 
 from edge_node.ingress import frame_id_of
-from edge_node.simulate import SimulationReport
+from robots.simulate import SimulationReport
 
 
 def test_frame_ids_from_correlation_data() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from contracts.slice_spec import SliceSpec
 from edge_node.serving import _interleave, _pins
-from edge_node.slice_spec import SliceSpec
 
 
 def test_pins_have_one_order_whatever_the_node_ids() -> None:

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from edge_node import wire
+from contracts import wire
 from edge_node.telemetry import TelemetryWindow, thumbnail
 from tests.conftest import encode
 

@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from edge_node import wire
-from edge_node.slice_spec import BatchSpec, ReplicaSpec, SliceSpec
+from contracts import wire
+from contracts.slice_spec import BatchSpec, ReplicaSpec, SliceSpec
 
 
 def test_topics_round_trip() -> None:

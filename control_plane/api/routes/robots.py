@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from contracts import wire
 from control_plane import broker_sync, sites
 from control_plane.api.deps import (
     CurrentUser,
@@ -28,7 +29,6 @@ from control_plane.models import Line, Robot, RobotCreate, RobotCredentials, Rob
 from control_plane.security import CAN, Principal
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import RobotStatus, transition
-from edge_node import wire
 
 router = APIRouter(prefix="/robots", tags=["robots"])
 
@@ -52,7 +52,7 @@ def _credentials(session: Session, settings: ControlPlaneSettings, robot: Robot)
         "mosquitto_pub": f"mosquitto_pub {server} -u {robot.mqtt_username} -P {shlex.quote(password)} "
         f"-i {robot.mqtt_username} -q 1 -t {topics['frames']} -f part.jpg",
         "python": (
-            "from edge_node.sdk import RobotClient\n"
+            "from robots.sdk import RobotClient\n"
             f"robot = RobotClient({site.broker_host!r}, {site.broker_port}, tenant={tenant.slug!r}, "
             f"line={line.slug!r}, robot={robot.slug!r}, username={robot.mqtt_username!r}, "
             f"password={password!r}, client_id={robot.mqtt_username!r}).connect()\n"

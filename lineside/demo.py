@@ -28,7 +28,7 @@ import httpx
 from edge_node import cluster
 from edge_node.agent import Agent, join
 from edge_node.broker import MosquittoBroker, free_port
-from edge_node.simulate import Simulation, SimulationReport, render_pool
+from robots.simulate import Simulation, SimulationReport, render_pool
 
 log = logging.getLogger(__name__)
 

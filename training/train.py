@@ -3,7 +3,7 @@
 Needs the ``train`` extra (PyTorch, CPU build; ``make train`` installs it); nothing
 at runtime does.
 
-    python -m models.train --help
+    python -m training.train --help
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from models.manifest import BUNDLED_MANIFEST
+from models import BUNDLED_MANIFEST
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.train", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--train-size", type=int, default=16000, help="generated training frames")
     parser.add_argument("--val-size", type=int, default=2000, help="generated validation frames")
     parser.add_argument("--epochs", type=int, default=22, help="passes over the training set")
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        from models._training import train
+        from training._training import train
     except ImportError as e:
         sys.exit(f"training needs PyTorch: pip install -e '.[train]' (or run make train): {e}")
     train(args)

@@ -4,7 +4,7 @@ Frames go through the same path a slice uses (``edge_node.runtime``): encoded
 bytes, preprocessing from the manifest, batched inference, the manifest's
 pass/fail rule.
 
-    python -m models.evaluate --json
+    python -m training.evaluate --json
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_node.runtime import InspectionModel, Verdict
-from models import synth
-from models.dataset import HELDOUT_SEED
-from models.manifest import BUNDLED_MANIFEST
+from models import BUNDLED_MANIFEST, synth
+from training.dataset import HELDOUT_SEED
 
 CARD_BEGIN = "<!-- evaluation:begin -->"
 CARD_END = "<!-- evaluation:end -->"
@@ -123,12 +122,12 @@ def card_metrics(card: Path) -> dict[str, Any]:
     """The metrics JSON recorded in a model card."""
     match = re.search(re.escape(CARD_BEGIN) + r".*?```json\n(.*?)```", card.read_text(), re.S)
     if not match:
-        raise ValueError(f"{card} has no evaluation section; run python -m models.evaluate --write-card")
+        raise ValueError(f"{card} has no evaluation section; run python -m training.evaluate --write-card")
     return dict(json.loads(match.group(1)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, default=BUNDLED_MANIFEST, help="manifest of the model to evaluate")
     parser.add_argument("-n", "--n", type=int, default=2400, help="held-out frames to generate")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED, help="seed of the held-out set")

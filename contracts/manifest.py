@@ -15,12 +15,6 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-BUNDLED_DIR = Path(__file__).parent / "bundled"
-"""Where the model that ships with Lineside lives."""
-
-BUNDLED_MANIFEST = BUNDLED_DIR / "part-inspector.manifest.json"
-"""Manifest of the bundled quality-inspection model."""
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -38,8 +38,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_node import wire
-from edge_node.wire import ErrorReply, Result
+from contracts import wire
+from contracts.wire import ErrorReply, Result
 
 log = logging.getLogger(__name__)
 

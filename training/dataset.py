@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.wire import MAX_FRAME_BYTES, MAX_FRAME_PIXELS, MAX_FRAME_SIDE
 from edge_node.imaging import FrameLimits, decode_rgb
-from edge_node.wire import MAX_FRAME_BYTES, MAX_FRAME_PIXELS, MAX_FRAME_SIDE
 from models import synth
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from edge_node.broker import QUEUED_BYTES_PER_CLIENT
-from models.manifest import BUNDLED_MANIFEST
+from models import BUNDLED_MANIFEST
 
 app = typer.Typer(
     name="lineside",
@@ -62,7 +62,7 @@ def demo(
 
     Exits non-zero if any frame was sent and never answered.
     """
-    from edge_node.demo import run_demo
+    from lineside.demo import run_demo
 
     raise typer.Exit(run_demo(duration_s=duration, robots=robots, fps=fps, echo=typer.echo, port=port))
 
@@ -84,8 +84,8 @@ def robots_simulate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Stream generated parts with known ground truth; print throughput, latency, accuracy, lost frames."""
-    from edge_node.demo import progress_line
-    from edge_node.simulate import Simulation, render_pool
+    from lineside.demo import progress_line
+    from robots.simulate import Simulation, render_pool
 
     pool = render_pool(96)
     sim = Simulation(host, port, tenant=tenant, line=line, robots=robots, fps=fps, pool=pool, timeout_s=timeout)
@@ -120,8 +120,8 @@ def slice_run(
     Stopping shuts down Serve and the Ray this command started, ends any of its processes that outlive
     that, and exits 0.
     """
+    from contracts.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, SliceSpec
     from edge_node import cluster
-    from edge_node.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, SliceSpec
 
     spec = SliceSpec(
         name=name,
@@ -236,10 +236,6 @@ def model_info(manifest: ManifestOption = BUNDLED_MANIFEST) -> None:
     typer.echo(json.dumps({"manifest": model.manifest.model_dump(mode="json"), "providers": model.providers}, indent=2))
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command("control-plane")
 def control_plane(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -326,7 +322,7 @@ def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address
     from edge_node.agent import Agent
 
     assert isinstance(client, httpx.Client)
-    from edge_node.slice_spec import NODE_RESOURCE_PREFIX
+    from contracts.slice_spec import NODE_RESOURCE_PREFIX
 
     # The node's own resource lets the control plane's scheduler pin replicas here; the site's marks the
     # cluster it belongs to (Ray itself adds accelerator_type:<GPU> on GPU nodes).
@@ -427,3 +423,7 @@ def _broker_admin_password(path: Path | None) -> str:
             param_hint="--admin-password-file",
         )
     return password
+
+
+if __name__ == "__main__":  # after every command is registered
+    app()

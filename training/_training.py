@@ -1,6 +1,6 @@
 """Training internals (PyTorch): the CNN, the training loop and ONNX export.
 
-Imported only by ``models.train`` after its arguments are parsed, so that
+Imported only by ``training.train`` after its arguments are parsed, so that
 ``--help`` works without PyTorch installed.
 """
 
@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import dataset, synth
-from models.calibration import calibrate_threshold
-from models.manifest import BUNDLED_MANIFEST, DecisionRule, InputSpec, ModelManifest, OutputSpec, Preprocess, sha256_of
+from contracts.manifest import DecisionRule, InputSpec, ModelManifest, OutputSpec, Preprocess, sha256_of
+from models import BUNDLED_MANIFEST, synth
+from training import dataset
+from training.calibration import calibrate_threshold
 
-log = logging.getLogger("models.train")
+log = logging.getLogger("training.train")
 
 INPUT_SIZE = 128
 OPSET = 17

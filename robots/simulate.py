@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_node.sdk import FrameLost, Reply, RobotClient
-from edge_node.wire import ErrorReply
+from contracts.wire import ErrorReply
 from models import synth
+from robots.sdk import FrameLost, Reply, RobotClient
 
 ProgressFn = Callable[["SimulationReport"], None]
 

@@ -1,6 +1,6 @@
 """Pass/fail threshold calibration, shared by training (PyTorch) and recalibration (ONNX Runtime).
 
-python -m models.calibration          # recalibrate the bundled manifest on the validation set
+python -m training.calibration          # recalibrate the bundled manifest on the validation set
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def calibrate_threshold(fail_scores: np.ndarray, is_good: np.ndarray) -> tuple[f
 def recalibrate(manifest_path: Path, n: int, cache_dir: Path) -> tuple[float, float, float]:
     """Re-derive a model's threshold with ONNX Runtime on the validation set and rewrite its manifest."""
     from edge_node.runtime import InspectionModel
-    from models import dataset
+    from training import dataset
 
     model = InspectionModel(manifest_path)
     manifest = model.manifest
@@ -57,9 +57,9 @@ def recalibrate(manifest_path: Path, n: int, cache_dir: Path) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.manifest import BUNDLED_MANIFEST
+    from models import BUNDLED_MANIFEST
 
-    parser = argparse.ArgumentParser(prog="python -m models.calibration", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.calibration", description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, default=BUNDLED_MANIFEST, help="manifest to recalibrate")
     parser.add_argument("--n", type=int, default=2000, help="validation frames")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/datasets"), help="rendered data cache")

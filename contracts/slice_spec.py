@@ -20,8 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge_node import wire
-from models.manifest import BUNDLED_MANIFEST
+from contracts import wire
 
 NODE_RESOURCE_PREFIX = "lineside_node_"
 """Each node's raylet carries the custom resource ``lineside_node_<id>``; placed replicas ask for a sliver of it."""
@@ -122,7 +121,9 @@ class SliceSpec(_Strict):
     name: str = Field(description="Slice name: Serve application name and shared-subscription group.")
     tenant: str = Field(description="Tenant (factory) whose frames this slice judges.")
     lines: list[str] = Field(min_length=1, description="Production lines whose robots this slice serves.")
-    manifest: Path = Field(default=BUNDLED_MANIFEST, description="Model manifest (JSON) on this node.")
+    manifest: Path | None = Field(
+        default=None, description="Model manifest (JSON) on this node; default: the bundled model."
+    )
     latency_budget_ms: float = Field(default=100.0, gt=0, description="Line's latency budget for one verdict.")
     ingress_replicas: int = Field(default=1, ge=1, le=64, description="MQTT ingress replicas sharing the lines.")
     max_inflight_frames: int = Field(
