@@ -28,8 +28,6 @@ How the generator is made hard, on purpose:
 
 from __future__ import annotations
 
-import functools
-import io
 import itertools
 import multiprocessing
 import os
@@ -38,10 +36,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageFilter
 
-IMAGE_SIZE: Final = 256
-"""Side of every generated frame, in pixels."""
+from models.camera import IMAGE_SIZE, encode, grid, photograph, smooth_noise
 
 CLASSES: Final = ("good", "scratch", "dent", "crack", "stain", "missing_feature")
 """Ground-truth classes; ``good`` is the only one that passes."""
@@ -80,7 +76,7 @@ def generate(seed: int, index: int, label: str | None = None) -> PartSample:
     rng = np.random.default_rng([seed, index, 2])
     family = str(FAMILIES[int(rng.integers(len(FAMILIES)))])
     rgb = render(rng, family, label)
-    encoding, data = _encode(rng, rgb)
+    encoding, data = encode(rng, rgb)
     return PartSample(index=index, label=label, family=family, encoding=encoding, data=data)
 
 
@@ -114,25 +110,14 @@ def render(rng: np.random.Generator, family: str, label: str) -> Array:
     rgb = luma[..., None] * colour
     if label == "stain":
         _stain(rng, rgb, mask, features)
-    return _photograph(rng, rgb, mask)
+    return photograph(rng, rgb, mask)
 
 
 # --- surfaces -------------------------------------------------------------
 
 
-@functools.cache
-def _grid() -> tuple[Array, Array]:
-    """Pixel-centre coordinates relative to the frame centre (read-only, shared)."""
-    half = IMAGE_SIZE / 2
-    y, x = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
-    x, y = x - half + 0.5, y - half + 0.5
-    x.flags.writeable = False
-    y.flags.writeable = False
-    return x, y
-
-
 def _part_mask(family: str) -> Array:
-    x, y = _grid()
+    x, y = grid()
     if family == "machined":
         return (np.hypot(x, y) < 108).astype(np.float32)
     half_w, half_h, radius = {
@@ -146,15 +131,6 @@ def _part_mask(family: str) -> Array:
     return (np.hypot(dx, dy) < radius).astype(np.float32)
 
 
-def smooth_noise(rng: np.random.Generator, scale: int, shape: tuple[int, int] | None = None) -> Array:
-    """Zero-mean, unit-ish noise with features about ``scale`` pixels across."""
-    h, w = shape or (IMAGE_SIZE, IMAGE_SIZE)
-    coarse = rng.standard_normal((h // scale + 2, w // scale + 2)).astype(np.float32)
-    img = Image.fromarray(coarse, mode="F").resize((w + 2 * scale, h + 2 * scale), Image.Resampling.BICUBIC)
-    out = np.asarray(img)[scale : scale + h, scale : scale + w]
-    return out / (out.std() + 1e-6)
-
-
 def _streaks(rng: np.random.Generator, length: int) -> Array:
     """Noise smeared along x: the look of brushed or ground metal."""
     n = IMAGE_SIZE
@@ -166,7 +142,7 @@ def _streaks(rng: np.random.Generator, length: int) -> Array:
 
 def _surface(rng: np.random.Generator, family: str) -> tuple[Array, Array]:
     """Grey-level texture of the part and its colour tint."""
-    x, y = _grid()
+    x, y = grid()
     level = float(rng.uniform(0.55, 0.75))
     if family == "brushed":
         tex = 0.035 * _streaks(rng, int(rng.integers(30, 80))) + 0.02 * smooth_noise(rng, 40)
@@ -233,7 +209,7 @@ def _draw_feature(luma_full: Array, colour_full: Array, feature: Feature) -> Non
     x0, y0 = max(int(feature.cx) + half - reach, 0), max(int(feature.cy) + half - reach, 0)
     window = np.s_[y0 : y0 + 2 * reach, x0 : x0 + 2 * reach]
     luma, colour = luma_full[window], colour_full[window]
-    x, y = _grid()
+    x, y = grid()
     dx, dy = x[window] - feature.cx, y[window] - feature.cy
     if feature.kind == "hole":
         r = np.hypot(dx, dy)
@@ -254,7 +230,7 @@ def _draw_feature(luma_full: Array, colour_full: Array, feature: Feature) -> Non
 
 def _harmless_marks(rng: np.random.Generator, luma: Array, family: str) -> None:
     """Things good parts have too: tool marks, dust specks, tonal blotches, serials."""
-    x, y = _grid()
+    x, y = grid()
     n = IMAGE_SIZE
     for _ in range(int(rng.integers(0, 3))):  # long tool mark along the texture direction
         if family == "machined":
@@ -296,7 +272,7 @@ def _free_spot(rng: np.random.Generator, mask: Array, features: list[Feature], m
 
 def _polyline_distance(points: Array) -> Array:
     """Distance of every pixel to the polyline through ``points`` (k, 2)."""
-    x, y = _grid()
+    x, y = grid()
     best = np.full(x.shape, np.inf, np.float32)
     for (ax, ay), (bx, by) in itertools.pairwise(points):
         vx, vy = bx - ax, by - ay
@@ -319,7 +295,7 @@ def _scratch(rng: np.random.Generator, luma: Array, mask: Array, features: list[
 
 
 def _dent(rng: np.random.Generator, luma: Array, mask: Array, features: list[Feature]) -> None:
-    x, y = _grid()
+    x, y = grid()
     light = rng.uniform(0, 2 * np.pi)
     cx0, cy0 = _free_spot(rng, mask, features, 16)
     for k in range(int(rng.integers(1, 4))):
@@ -351,7 +327,7 @@ def _crack(rng: np.random.Generator, luma: Array, mask: Array, features: list[Fe
 
 
 def _stain(rng: np.random.Generator, rgb: Array, mask: Array, features: list[Feature]) -> None:
-    x, y = _grid()
+    x, y = grid()
     radius = rng.uniform(14, 35)
     cx, cy = _free_spot(rng, mask, features, radius * 0.6)
     envelope = np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / radius**2))
@@ -367,41 +343,6 @@ def _stain(rng: np.random.Generator, rgb: Array, mask: Array, features: list[Fea
         cover = cover * (0.5 + np.clip((blob - 0.5) * 4, 0, 1) * (1 - np.clip((blob - 0.7) * 6, 0, 1)))
     alpha = rng.uniform(0.35, 0.55) * cover[..., None]
     rgb[:] = rgb * (1 - alpha) + alpha * colour * rgb.mean(axis=(0, 1)) / 0.6
-
-
-# --- camera ------------------------------------------------------------------
-
-
-def _photograph(rng: np.random.Generator, rgb: Array, mask: Array) -> Array:
-    """Place the part on the conveyor, light it, and add the camera's imperfections."""
-    part = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
-    alpha = Image.fromarray((mask * 255).astype(np.uint8))
-    angle = rng.uniform(-10, 10)
-    shift = (int(rng.integers(-8, 9)), int(rng.integers(-8, 9)))
-    part = part.rotate(angle, Image.Resampling.BILINEAR, translate=shift)
-    alpha = alpha.rotate(angle, Image.Resampling.BILINEAR, translate=shift)
-    belt = 0.12 + 0.03 * smooth_noise(rng, 4) + 0.01 * smooth_noise(rng, 40)
-    background = Image.fromarray((np.clip(np.repeat(belt[..., None], 3, 2), 0, 1) * 255).astype(np.uint8))
-    frame = Image.composite(part, background, alpha)
-    if rng.random() < 0.7:
-        frame = frame.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.8)))
-    img = np.asarray(frame).astype(np.float32) / 255
-    x, y = _grid()
-    gx, gy = rng.uniform(-0.0015, 0.0015, 2)
-    hx, hy = rng.uniform(-80, 80, 2)
-    light = rng.uniform(0.85, 1.15) * (1 + gx * x + gy * y)
-    light += rng.uniform(0, 0.15) * np.exp(-((x - hx) ** 2 + (y - hy) ** 2) / (2 * 60**2))
-    img = img * light[..., None] + rng.normal(0, rng.uniform(0.005, 0.02), img.shape)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _encode(rng: np.random.Generator, rgb: Array) -> tuple[str, bytes]:
-    out = io.BytesIO()
-    if rng.random() < 0.15:
-        Image.fromarray(rgb).save(out, format="PNG", compress_level=1)
-        return "png", out.getvalue()
-    Image.fromarray(rgb).save(out, format="JPEG", quality=int(rng.integers(60, 96)))
-    return "jpeg", out.getvalue()
 
 
 _DEFECTS = {"scratch": _scratch, "dent": _dent, "crack": _crack}

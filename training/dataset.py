@@ -19,7 +19,7 @@ import numpy as np
 
 from contracts.wire import MAX_FRAME_BYTES, MAX_FRAME_PIXELS, MAX_FRAME_SIDE
 from edge_node.imaging import FrameLimits, decode_rgb
-from models import synth
+from models import camera, synth
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def build(
 
 def _generator_digest() -> str:
     """Changes whenever the generator's source does, so stale caches are not reused."""
-    return hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:12]
+    sources = b"".join(Path(module.__file__ or "").read_bytes() for module in (synth, camera))
+    return hashlib.sha256(sources).hexdigest()[:12]
 
 
 def cached(seed: int, n: int, size: tuple[int, int], cache_dir: Path) -> ArraySet:
