@@ -156,7 +156,7 @@ class Ingress:
 
     def stats(self) -> dict[str, int]:
         """Counters of this replica: frames received, acknowledged, verdicts and errors by code."""
-        return dict(self.ingress.counts)
+        return self.ingress.counts.snapshot()
 
     def process(self) -> dict[str, Any]:
         """PID and resident memory of this replica."""
