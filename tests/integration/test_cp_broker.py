@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.cp_fixtures import ControlPlane, ok
+from tests.waiting import wait_until
 
 
 class Probe:
@@ -17,6 +17,7 @@ class Probe:
 
     def __init__(self, cp: ControlPlane, username: str, password: str, client_id: str) -> None:
         self.received: list[str] = []
+        self.payloads: list[bytes] = []
         self.connect_reason: str | None = None
         self.disconnected = threading.Event()
         self.granted: list[Any] = []
@@ -26,24 +27,29 @@ class Probe:
         self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_a: self.disconnected.set()
-        self.client.on_message = lambda _c, _u, m: self.received.append(m.topic)
+        self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.connect(cp.broker.host, cp.broker.port)
         self.client.loop_start()
-        self._connected.wait(5)
+        assert self._connected.wait(5), f"{username}: no CONNACK within 5 s"
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connect_reason = str(reason)
         self._connected.set()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self.received.append(message.topic)
+        self.payloads.append(bytes(message.payload))
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
         self.granted = [str(r) for r in reasons]
         self._subscribed.set()
 
     def subscribe(self, topic: str) -> list[Any]:
+        """The broker's reason codes for subscribing to ``topic``; no SUBACK within 5 s fails the test."""
         self._subscribed.clear()
         self.client.subscribe(topic, qos=1)
-        self._subscribed.wait(5)
+        assert self._subscribed.wait(5), f"no SUBACK for {topic} within 5 s"
         return self.granted
 
     def publish(self, topic: str, payload: bytes = b"x") -> None:
@@ -76,9 +82,30 @@ def test_robot_is_confined_to_its_own_topics(control_plane: ControlPlane) -> Non
         forger.client.publish(target, b"forged", qos=1)
         assert forger.disconnected.wait(5), f"publishing to {target} was not refused"
         forger.client.loop_stop()
-    time.sleep(0.3)
-    assert robot_b.received == [], "robot B received a forged message"
+    # A real answer from B's slice, sent after every forgery was refused: once it is in, a forgery
+    # that got through would be in too, so the test waits on it instead of a clock.
+    answer = _ingress_answer(cp, b["topics"]["results"])
+    wait_until(lambda: robot_b.payloads, 5, "robot B to receive its slice's answer")
+    assert robot_b.payloads == [answer], "robot B received a forged message"
     robot_b.close()
+
+
+def _ingress_answer(cp: ControlPlane, topic: str) -> bytes:
+    """Publish an answer to ``topic`` as globex's slice does (its rank-0 results-out login)."""
+    from sqlmodel import Session
+
+    from control_plane import sites
+    from control_plane.models import Slice
+
+    with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
+        slice_b = session.get(Slice, cp.b.ids["slice"])
+        assert slice_b is not None
+        results_out = sites.ingress_broker_clients(session, cp.settings, slice_b)[1]  # rank 0, results out
+    sender = Probe(cp, results_out.username, results_out.password, results_out.username)
+    answer = b'{"verdict": "pass"}'
+    sender.publish(topic, answer)
+    sender.close()
+    return answer
 
 
 def test_frames_reach_only_the_own_slices_ingress(control_plane: ControlPlane) -> None:
@@ -98,13 +125,11 @@ def test_frames_reach_only_the_own_slices_ingress(control_plane: ControlPlane) -
     reader_a = Probe(cp, ingress_a.username, ingress_a.password, ingress_a.username)
     reader_b = Probe(cp, ingress_b.username, ingress_b.password, ingress_b.username)
     assert reader_a.subscribe(f"$share/{slice_a.app_name}/lineside/acme/line-1/+/frames") == ["Granted QoS 1"]
-    assert reader_b.subscribe(f"$share/{slice_b.app_name}/lineside/acme/line-1/+/frames") != ["Granted QoS 1"]
+    assert reader_b.subscribe(f"$share/{slice_b.app_name}/lineside/acme/line-1/+/frames") == ["Not authorized"]
     assert reader_b.subscribe(f"$share/{slice_b.app_name}/lineside/globex/line-1/+/frames") == ["Granted QoS 1"]
     robot_a = Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"])
     robot_a.publish(a["topics"]["frames"], b"\xff\xd8 not really a jpeg")
-    deadline = time.monotonic() + 5
-    while not reader_a.received and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: reader_a.received, 5, "acme's ingress to receive acme's frame")
     assert reader_a.received == [a["topics"]["frames"]]
     assert reader_b.received == []
     for probe in (robot_a, reader_a, reader_b):
