@@ -14,13 +14,11 @@ slice's settings (upscale after 3 s, downscale after 60 s; Ray's defaults are
 The baseline, measured in the same run, is one replica's capacity at
 saturation (``one_replica_fps``); the step's loads are fractions of it.
 
-    python -m bench.autoscale --json
+    lineside bench autoscale --json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -126,19 +124,3 @@ def measure(delay_ms: float, step_seconds: float, steady_seconds: float) -> dict
             }
         finally:
             cluster.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-delay-ms", type=float, default=40.0, help="Sleep per model call (one frame).")
-    parser.add_argument("--step-seconds", type=float, default=30.0)
-    parser.add_argument("--steady-seconds", type=float, default=120.0)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    result = measure(args.model_delay_ms, args.step_seconds, args.steady_seconds)
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,19 +9,16 @@ events drawn. Baseline in the same run: the same page for a tenant with one
 line and no history (same assets, same server), so the difference is what the
 history costs. Target: under 1 s.
 
-    python -m bench.dashboard --json
+    lineside bench dashboard --json
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
 import platform
 import random
 import statistics
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -223,19 +220,3 @@ def measure(robots: int = 100, loads: int = 10, database_url: str | None = None,
         "cpu_count": os.cpu_count(), "python": platform.python_version(),
     }  # fmt: skip
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--robots", type=int, default=100)
-    parser.add_argument("--loads", type=int, default=10, help="Page loads per tenant.")
-    parser.add_argument("--database-url", default=None, help="e.g. postgresql+psycopg://postgres@127.0.0.1/test")
-    parser.add_argument("--json", action="store_true", help="One JSON object on stdout.")
-    args = parser.parse_args(argv)
-    result = measure(args.robots, args.loads, args.database_url)
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

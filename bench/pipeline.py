@@ -16,8 +16,6 @@ PNG frames decode ~15x slower and are measured in ``bench.runtime_throughput``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -139,20 +137,3 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_co
         "cpu_count": raw["cpu_count"],
         "raw_ort_table": raw["results"],
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lineside bench pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per measured phase")
-    parser.add_argument("--robots", type=int, default=16, help="simulated robots")
-    parser.add_argument("--batch", type=int, default=32, help="model max batch size")
-    parser.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime threads in the model replica")
-    parser.add_argument("--ingress-concurrency", type=int, default=3, help="model calls in flight per ingress")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (default: indented JSON)")
-    args = parser.parse_args(argv)
-    result = run(args.duration, args.robots, args.batch, args.ort_threads, args.ingress_concurrency)
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -5,13 +5,11 @@ measured in the same run as ``InspectionModel.inspect`` on encoded JPEG/PNG
 frames (decode, resize, normalise, infer, verdict). Their ratio is the cost of
 preprocessing, which a slice pays per frame.
 
-    python -m bench.runtime_throughput --json
+    lineside bench runtime --json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import sys
@@ -75,18 +73,3 @@ def measure(batches: list[int], threads: list[int], min_seconds: float) -> dict[
         "onnxruntime": ort.__version__,
         "results": rows,
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.runtime_throughput", description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="batch sizes to measure")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts to measure")
-    parser.add_argument("--seconds", type=float, default=3.0, help="minimum seconds per measurement")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (default: also JSON, indented)")
-    args = parser.parse_args(argv)
-    result = measure(args.batches, args.threads, args.seconds)
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -5,17 +5,14 @@ list until one fits), the textbook placement loop, on a sample of the same
 replicas. kube-scheduler places about 333 pods/s at 500 nodes; the target for
 Lineside's scheduler is >= 3,300 placements/s at 5,000 nodes.
 
-    python -m bench.scheduler --nodes 5000 --replicas 150000 --json
+    lineside bench scheduler --nodes 5000 --replicas 150000 --json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import random
-import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -104,19 +101,3 @@ def measure(nodes: int, replicas: int, baseline_s: float = 10.0) -> dict[str, An
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=5000)
-    parser.add_argument("--replicas", type=int, default=150_000)
-    parser.add_argument("--baseline-seconds", type=float, default=10.0, help="Time budget of the first-fit sample.")
-    parser.add_argument("--json", action="store_true", help="One JSON object on stdout.")
-    args = parser.parse_args(argv)
-    result = measure(args.nodes, args.replicas, args.baseline_seconds)
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

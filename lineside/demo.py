@@ -6,7 +6,7 @@ site's broker; the demo creates a tenant, users for each role, a line,
 robots with their own broker credentials and a slice through the REST API;
 an edge agent joins with a one-time token and starts the slice on a local
 Ray; then simulated robots stream generated parts with their credentials.
-It prints live progress and a summary, then shuts everything down.
+It shows live progress (``lineside.console``) and a summary, then shuts everything down.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from __future__ import annotations
 import logging
 import secrets
 import signal
-import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -28,23 +26,15 @@ import httpx
 from edge_node import cluster
 from edge_node.agent import Agent, join
 from edge_node.broker import MosquittoBroker, free_port
+from lineside.console import PlainConsole, replicas_text
+from robots.cli import progress_line
 from robots.simulate import Simulation, SimulationReport, render_pool
 
 log = logging.getLogger(__name__)
 
-Echo = Callable[[str], None]
 TENANT, LINE = "acme", "line-1"
-
-
-def progress_line(report: SimulationReport) -> str:
-    """One line of live progress."""
-    s = report.summary()
-    accuracy = f"{s['accuracy']:.1%}" if s["accuracy"] is not None else "-"
-    return (
-        f"t={report.elapsed_s:5.1f}s sent={s['sent']:<6} answered={s['results'] + s['errors']:<6} "
-        f"fps={s['throughput_fps']:6.1f} p50={s['p50_ms']:6.1f}ms p99={s['p99_ms']:6.1f}ms "
-        f"verdicts-correct={accuracy} lost={s['lost']}"
-    )
+LATENCY_BUDGET_MS = 100.0
+"""The demo line's latency budget for one verdict, which the live view colours latency against."""
 
 
 @dataclass
@@ -83,7 +73,8 @@ def provision(
             setup.tokens[role] = _call(client, "POST", "/users", operator, json=body)["token"]
             setup.logins[role] = (email, password)
         it, pm = setup.tokens["factory_it"], setup.tokens["plant_manager"]
-        line = _call(client, "POST", "/lines", it, json={"slug": LINE, "site_id": site["id"], "latency_budget_ms": 100})
+        body = {"slug": LINE, "site_id": site["id"], "latency_budget_ms": LATENCY_BUDGET_MS}
+        line = _call(client, "POST", "/lines", it, json=body)
         for k in range(robots):
             robot = _call(client, "POST", "/robots", it, json={"slug": f"robot-{k:03d}", "line_id": line["id"]})
             setup.robots[robot["slug"]] = (robot["mqtt_username"], robot["mqtt_password"])
@@ -112,18 +103,17 @@ DEMO_ORDER_PLAN = {
 """Two shifts a day; between them one replica stays warm (the demo's robots stream around the clock)."""
 
 
-def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, workdir: Path | None = None,
+def run_demo(*, duration_s: float | None, robots: int, fps: float, console: PlainConsole, workdir: Path,
              port: int = 0) -> int:  # fmt: skip
-    """Run the demo; returns the exit code (1 if any frame was lost)."""
+    """Run the demo in ``workdir``; returns the exit code (1 if any frame was lost)."""
     from control_plane.app import create_app
     from control_plane.server import BackgroundServer
     from control_plane.settings import ControlPlaneSettings
 
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="lineside-demo-"))
     stop, agent_stop = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        echo(f"\n{signal.Signals(signum).name}: stopping robots, draining answers, shutting down")
+        console.note(f"\n{signal.Signals(signum).name}: stopping robots, draining answers, shutting down")
         stop.set()
 
     previous = signal.signal(signal.SIGINT, on_signal), signal.signal(signal.SIGTERM, on_signal)
@@ -131,44 +121,36 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, w
     settings = ControlPlaneSettings(
         data_dir=workdir / "control-plane", bootstrap_token=operator, secret_key=secrets.token_urlsafe(32)
     )
-    server = BackgroundServer(create_app(settings), "127.0.0.1", port or free_port()).start()
+    with console.step("starting the control plane (SQLite, migrations)..."):
+        server = BackgroundServer(create_app(settings), "127.0.0.1", port or free_port()).start()
     client = httpx.Client(base_url=server.url, timeout=30.0)
     broker: MosquittoBroker | None = None
     agent_thread: threading.Thread | None = None
     try:
-        echo(f"control plane: {server.url} (API docs {server.url}/docs, metrics {server.url}/metrics)")
+        console.note(f"control plane: {server.url} (API docs {server.url}/docs, metrics {server.url}/metrics)")
         setup, broker = provision(client, operator, workdir / "broker", robots)
-        echo(f"broker: mosquitto with dynamic security on {broker.host}:{broker.port} (config {broker.config_path}); "
-             f"{robots} robots registered")  # fmt: skip
-        echo(f"dashboard: {server.url}/ui/  (log in as one of these)")
-        for role, (email, password) in setup.logins.items():
-            echo(f"  {role:<14} login: {email} / {password}   API token: {setup.tokens[role]}")
-        echo(f"  try: curl -H 'Authorization: Bearer {setup.tokens['plant_manager']}' {server.url}/slices")
-        echo("starting local Ray; the edge agent joins the site and starts the slice...")
-        metrics_port = free_port()
-        cluster.start(metrics_port=metrics_port)
-        echo(f"Prometheus metrics of the slice: http://127.0.0.1:{metrics_port}/metrics (ray_lineside_answers, ...)")
-        join_token = _call(client, "POST", "/sites/1/join-tokens", operator)["token"]
-        node = join(client, join_token, workdir / "agent")
-        agent = Agent(client, node["node_token"], workdir / "agent", period_s=2.0)
-        agent_thread = threading.Thread(target=agent.run, args=(agent_stop,), name="agent", daemon=True)
-        agent_thread.start()
-        status = _wait_running(client, setup, stop)
-        echo(f"slice inspect: {status['status']} (generation {status['observed_generation']}, {status['actual']})")
-        echo("rendering part images for the robots...")
-        pool = render_pool(96)
-        echo(f"{robots} robots x {fps:g} fps on {TENANT}/{LINE} "
-             + (f"for {duration_s:g}s" if duration_s else "(Ctrl-C to stop)"))  # fmt: skip
-        simulation = Simulation(
-            broker.host, broker.port, tenant=TENANT, line=LINE, robots=robots, fps=fps, pool=pool,
-            credentials=lambda name: setup.robots[name],
-        )  # fmt: skip
-        report = simulation.run(duration_s, progress=lambda r: echo(progress_line(r)), stop=stop)
-        echo("summary: " + progress_line(report))
+        _print_setup(console, server.url, broker, setup, robots)
+        with console.step("starting local Ray; the edge agent joins the site and starts the slice..."):
+            metrics_port = free_port()
+            cluster.start(metrics_port=metrics_port)
+            join_token = _call(client, "POST", "/sites/1/join-tokens", operator)["token"]
+            node = join(client, join_token, workdir / "agent")
+            agent = Agent(client, node["node_token"], workdir / "agent", period_s=2.0)
+            agent_thread = threading.Thread(target=agent.run, args=(agent_stop,), name="agent", daemon=True)
+            agent_thread.start()
+            status = _wait_running(client, setup, stop)
+        console.note(f"Prometheus metrics of the slice: http://127.0.0.1:{metrics_port}/metrics "
+                     "(ray_lineside_answers, ...)")  # fmt: skip
+        console.note(f"slice inspect: {status['status']} (generation {status['observed_generation']}, "
+                     f"{replicas_text(status['actual'])})")  # fmt: skip
+        with console.step("rendering part images for the robots..."):
+            pool = render_pool(96)
+        report = _stream(console, client, setup, broker, pool, duration_s, robots, fps, stop)
+        console.note("summary: " + progress_line(report))
         if report.lost:
-            echo(f"FAILED: {report.lost} frames were sent and never answered")
+            console.note(f"FAILED: {report.lost} frames were sent and never answered")
             return 1
-        echo(f"ok: every one of {report.sent} frames was answered")
+        console.note(f"ok: every one of {report.sent} frames was answered")
         return 0
     finally:
         agent_stop.set()
@@ -181,7 +163,51 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, echo: Echo, w
         server.stop()
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
-        echo("stopped the agent, Ray, the broker and the control plane")
+        console.note("stopped the agent, Ray, the broker and the control plane")
+
+
+def _print_setup(console: PlainConsole, url: str, broker: MosquittoBroker, setup: DemoSetup, robots: int) -> None:
+    """What a newcomer needs to look around: the broker, the dashboard, each role's login and token."""
+    console.note(f"broker: mosquitto with dynamic security on {broker.host}:{broker.port} "
+                 f"(config {broker.config_path}); {robots} robots registered")  # fmt: skip
+    console.note(f"dashboard: {url}/ui/  (log in as one of these)")
+    for role, (email, password) in setup.logins.items():
+        console.note(f"  {role:<14} login: {email} / {password}   API token: {setup.tokens[role]}")
+    console.note(f"  try: curl -H 'Authorization: Bearer {setup.tokens['plant_manager']}' {url}/slices")
+
+
+def _stream(console: PlainConsole, client: httpx.Client, setup: DemoSetup, broker: MosquittoBroker,
+            pool: list[tuple[str, bytes]], duration_s: float | None, robots: int, fps: float,
+            stop: threading.Event) -> SimulationReport:  # fmt: skip
+    """The robots stream; each second the console shows their figures and the slice's replicas."""
+    simulation = Simulation(
+        broker.host, broker.port, tenant=TENANT, line=LINE, robots=robots, fps=fps, pool=pool,
+        credentials=lambda name: setup.robots[name],
+    )  # fmt: skip
+    replicas = _ReplicaWatch(client, setup)
+    title = f"{robots} robots x {fps:g} fps on {TENANT}/{LINE} " + (
+        f"for {duration_s:g}s" if duration_s else "(Ctrl-C to stop)"
+    )
+    with console.streaming(title):
+        return simulation.run(duration_s, progress=lambda r: console.update(r, replicas.text()), stop=stop)
+
+
+class _ReplicaWatch:
+    """The slice's replicas as the agent last reported them, asked of the API at most every 2 s."""
+
+    def __init__(self, client: httpx.Client, setup: DemoSetup) -> None:
+        self.client, self.setup = client, setup
+        self._text, self._at = "", 0.0
+
+    def text(self) -> str:
+        if time.monotonic() - self._at >= 2.0:
+            self._at = time.monotonic()
+            try:
+                status = _call(self.client, "GET", f"/slices/{self.setup.slice_id}", self.setup.tokens["plant_manager"])
+                self._text = f"{replicas_text(status['actual'])} (max {status['max_replicas']})"
+            except (httpx.HTTPError, RuntimeError) as e:  # the view goes on; the log has why
+                log.warning("slice status unavailable: %s", e)
+        return self._text
 
 
 def _wait_running(client: httpx.Client, setup: DemoSetup, stop: threading.Event, timeout_s: float = 180) -> Any:

@@ -1,5 +1,6 @@
 """The installed ``lineside`` command and the module entry points, run as a user runs them."""
 
+import importlib
 import json
 import re
 import subprocess
@@ -18,11 +19,9 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=300, check=check)
 
 
-def _commands() -> list[list[str]]:
-    """Every command and group of the ``lineside`` CLI, found by walking it (new ones are covered too)."""
+def _walk(app: Any) -> list[list[str]]:
+    """Every command and group of a Typer app, found by walking it (new ones are covered too)."""
     import typer
-
-    from lineside.cli import app
 
     found: list[list[str]] = []
 
@@ -31,8 +30,14 @@ def _commands() -> list[list[str]]:
         for name, sub in getattr(command, "commands", {}).items():
             walk(sub, [*path, name])
 
-    walk(typer.main.get_command(app), [])
+    walk(typer.main.get_group(app), [])  # a group even with one command, as lineside mounts it
     return found
+
+
+def _commands() -> list[list[str]]:
+    from lineside.cli import app
+
+    return _walk(app)
 
 
 @pytest.mark.parametrize("command", _commands(), ids=lambda c: " ".join(c) or "lineside")
@@ -42,13 +47,35 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "--help" in result.stdout
 
 
-MODULES = ["training.train", "training.evaluate", "bench.runtime_throughput", "bench.pipeline", "bench.scheduler",
-           "bench.autoscale", "bench.dashboard", "docs.screenshots"]  # fmt: skip
+MODULES = ["training.train", "training.evaluate", "docs.screenshots"]
+PACKAGE_CLIS = ["control_plane.cli", "edge_node.cli", "robots.cli", "training.cli", "bench.cli", "lineside.cli"]
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_entry_points_have_help(module: str) -> None:
     assert "usage" in run(sys.executable, "-m", module, "--help").stdout
+
+
+def _module_commands() -> list[tuple[str, list[str]]]:
+    """(module, command) for every command of every package's sub-app, and of ``python -m lineside``."""
+    found = [(module, path) for module in PACKAGE_CLIS for path in _walk(importlib.import_module(module).app)]
+    return found + [("lineside", path) for path in _commands()]
+
+
+@pytest.mark.parametrize(
+    ("module", "command"), _module_commands(), ids=lambda c: " ".join(c) if isinstance(c, list) else c
+)
+def test_python_m_runs_every_command(module: str, command: list[str]) -> None:
+    """``python -m <package>.cli ARGS`` runs what ``lineside ARGS`` runs: every command is registered first."""
+    result = run(sys.executable, "-m", module, *command, "--help")
+    assert "Usage" in result.stdout
+    assert "--help" in result.stdout
+
+
+def test_package_clis_together_are_the_lineside_cli() -> None:
+    """lineside.cli only assembles: each command it has comes from one package's sub-app (or is the demo)."""
+    from_packages = [p for m in PACKAGE_CLIS[:-1] for p in _walk(importlib.import_module(m).app) if p]
+    assert sorted([*map(tuple, from_packages), ("demo",)]) == sorted(tuple(p) for p in _commands() if p)
 
 
 def test_inspect_prints_a_verdict_per_file(tmp_path: Path) -> None:
@@ -77,6 +104,11 @@ def test_demo_streams_robots_through_a_slice_and_cleans_up() -> None:
     assert "summary:" in result.stdout
     assert "ok: every one of" in result.stdout
     assert "stopped the agent, Ray, the broker and the control plane" in result.stdout
+    # Logs go to the file it names, not between the progress lines (-v brings them back).
+    logs = re.search(r"^logs: (\S+)", result.stdout, re.MULTILINE)
+    assert logs, result.stdout
+    assert "alembic.runtime.migration" in Path(logs.group(1)).read_text()
+    assert " INFO " not in result.stdout + result.stderr
     config = re.search(r"\(config (\S+)\)", result.stdout)
     assert config, result.stdout
     leftovers = subprocess.run(["pgrep", "-f", config.group(1)], capture_output=True, text=True)
@@ -91,7 +123,7 @@ def test_evaluate_prints_one_json_object() -> None:
 
 
 def test_runtime_benchmark_prints_json() -> None:
-    result = run(sys.executable, "-m", "bench.runtime_throughput", "--json", "--batches", "1", "8",
+    result = run(LINESIDE, "bench", "runtime", "--json", "--batches", "1", "--batches", "8",
                  "--threads", "1", "--seconds", "0.2")  # fmt: skip
     report = json.loads(result.stdout)
     assert [r["batch"] for r in report["results"]] == [1, 8]

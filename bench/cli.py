@@ -1,0 +1,107 @@
+"""``lineside bench``: the benchmarks, one command each, each printing JSON (see BENCHMARKS.md).
+
+This is every benchmark's only entry point (``lineside bench X`` or ``python -m bench.cli bench X``);
+the modules beside it hold the measurements and no command line of their own, so a default is written
+once, here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print JSON (see BENCHMARKS.md).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on one line.")]
+
+
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    """A benchmark's result: one JSON line with --json, indented JSON otherwise."""
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    duration: Annotated[float, typer.Option(min=1, help="Seconds per measured phase.")] = 20.0,
+    robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 16,
+    batch: Annotated[int, typer.Option(min=1, help="Model max batch size.")] = 32,
+    ort_threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads in the model replica.")] = 2,
+    ingress_concurrency: Annotated[int, typer.Option(min=1, help="Model calls in flight per ingress.")] = 3,
+    as_json: JsonOption = False,
+) -> None:
+    """Raw ONNX Runtime vs. end to end over MQTT and Ray, an MQTT echo baseline, latency at half load."""
+    from bench.pipeline import run
+
+    _emit(run(duration, robots, batch, ort_threads, ingress_concurrency), as_json)
+
+
+@bench_app.command("runtime")
+def bench_runtime(
+    seconds: Annotated[float, typer.Option(min=0.1, help="Minimum seconds per measurement.")] = 3.0,
+    batches: Annotated[
+        list[int], typer.Option("--batches", min=1, help="Batch size to measure (repeat the option).")
+    ] = [1, 8, 32],  # noqa: B006
+    threads: Annotated[
+        list[int], typer.Option("--threads", min=1, help="Intra-op threads to measure (repeat the option).")
+    ] = [1, 2],  # noqa: B006
+    as_json: JsonOption = False,
+) -> None:
+    """Raw ONNX Runtime vs. Lineside's runtime throughput by batch size and intra-op threads."""
+    from bench.runtime_throughput import measure
+
+    _emit(measure(batches, threads, seconds), as_json)
+
+
+@bench_app.command("scheduler")
+def bench_scheduler(
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes on the site.")] = 5000,
+    replicas: Annotated[int, typer.Option(min=10, help="Replicas to place (slices of 10).")] = 150_000,
+    baseline_seconds: Annotated[float, typer.Option(min=0.1, help="Time budget of the first-fit sample.")] = 10.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Placements per second and re-placement after 10% of nodes fail, vs. a first-fit baseline."""
+    from bench.scheduler import measure
+
+    _emit(measure(nodes, replicas, baseline_seconds), as_json)
+
+
+@bench_app.command("autoscale")
+def bench_autoscale(
+    model_delay_ms: Annotated[
+        float, typer.Option(min=1, help="Sleep per model call: sets one replica's capacity.")
+    ] = 40.0,
+    step_seconds: Annotated[float, typer.Option(min=5, help="Seconds of the step phase.")] = 30.0,
+    steady_seconds: Annotated[
+        float,
+        typer.Option(min=10, help="Seconds of steady 150% load afterwards (10 minutes: the figure is per 10 min)."),
+    ] = 600.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Load step from 20% to 150% of one replica: reaction time, p99 during the step, scale flips when steady."""
+    from bench.autoscale import measure
+
+    _emit(measure(model_delay_ms, step_seconds, steady_seconds), as_json)
+
+
+@bench_app.command("dashboard")
+def bench_dashboard(
+    robots: Annotated[int, typer.Option(min=4, help="Robots (on 4 lines) with a week of history.")] = 100,
+    loads: Annotated[int, typer.Option(min=1, help="Page loads timed per tenant.")] = 10,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Database, e.g. postgresql+psycopg://postgres@127.0.0.1/test; default a fresh SQLite file."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Plant manager page load in headless Chromium with a week of history, vs. the same page without any."""
+    from bench.dashboard import measure
+
+    _emit(measure(robots, loads, database_url), as_json)
+
+
+if __name__ == "__main__":  # python -m bench.cli bench ...; after every command is registered
+    app()

@@ -1,0 +1,5 @@
+"""``python -m lineside ARGS`` runs what ``lineside ARGS`` runs."""
+
+from lineside.cli import app
+
+app(prog_name="lineside")
