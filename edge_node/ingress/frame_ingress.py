@@ -159,7 +159,7 @@ class FrameIngress:
         try:
             published = [
                 (frame, self._publisher.publish(topic, payload, qos=1, properties=replies.reply_properties(frame)))
-                for frame, topic, payload in self._replies(batch)
+                for frame, topic, payload in self._answers(batch)
             ]
             for frame, info in published:
                 self._settle(frame, info)
@@ -180,7 +180,7 @@ class FrameIngress:
             for answered in (frame, *followers):
                 self._session.ack(answered)
 
-    def _replies(self, batch: list[Frame]) -> list[Reply]:
+    def _answers(self, batch: list[Frame]) -> list[Reply]:
         """Topic and payload of the answer to every frame in ``batch``: from memory, a refusal, or the model."""
         answers: list[Reply] = []
         to_judge: list[Frame] = []
@@ -218,7 +218,7 @@ class FrameIngress:
             )  # fmt: skip
         if self._observe:
             self._observe(f"verdict_{result.verdict}", total_ms)
-        return self._final(frame, result)
+        return self._reply(frame, result)
 
     def _error(self, frame: Frame, code: wire.ErrorCode, detail: str) -> Reply:
         self.counts.add(f"error_{code.value}")
@@ -226,13 +226,12 @@ class FrameIngress:
             self.telemetry.observe_error(frame.robot)
         if self._observe:
             self._observe(f"error_{code.value}", (time.monotonic() - frame.received) * 1000)
-        reply = self._replier.error(frame, code, detail)
-        if not replies.is_final(code):  # a retry is judged afresh
-            return frame, replies.answer_topic(frame, reply), reply.model_dump_json().encode()
-        return self._final(frame, reply)
+        return self._reply(frame, self._replier.error(frame, code, detail), final=replies.is_final(code))
 
-    def _final(self, frame: Frame, answer: wire.Result | wire.ErrorReply) -> Reply:
-        """The reply to ``frame``, remembered so that a retry of it gets the same one."""
+    def _reply(self, frame: Frame, answer: wire.Result | wire.ErrorReply, *, final: bool = True) -> Reply:
+        """The reply to ``frame``; a final one is remembered so that a retry of the frame gets it again
+        (an error that is not final, such as ``internal``, leaves the retry to be judged afresh)."""
         topic, payload = replies.answer_topic(frame, answer), answer.model_dump_json().encode()
-        self._memory.remember(frame, topic, payload)
+        if final:
+            self._memory.remember(frame, topic, payload)
         return frame, topic, payload
