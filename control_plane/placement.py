@@ -55,13 +55,12 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
         placed = {str(n): k for n, k in sorted(Counter(result.assignments.get(item.id, [])).items())}
         if placed == item.placement:
             continue
-        reasons = [e.reason + (f" (node {e.node_id})" if e.node_id is not None else "")
-                   for e in result.events if e.slice_id == item.id and e.kind != "placed"]  # fmt: skip
-        kind = ScaleKind.DRAIN if any("no longer eligible" in r for r in reasons) else ScaleKind.PREEMPTION
+        changes = [e for e in result.events if e.slice_id == item.id and e.kind is not scheduler.EventKind.PLACED]
+        reasons = [e.reason + (f" (node {e.node_id})" if e.node_id is not None else "") for e in changes]
         before, after = sum(item.placement.values()), sum(placed.values())
-        if reasons:  # new replicas merely placed are explained by the event that asked for them
+        if changes:  # new replicas merely placed are explained by the event that asked for them
             session.add(ScaleEvent(
-                tenant_id=item.tenant_id, slice_id=item.id, kind=kind, min_before=item.min_replicas,
+                tenant_id=item.tenant_id, slice_id=item.id, kind=scale_kind(changes), min_before=item.min_replicas,
                 min_after=item.min_replicas, max_before=before, max_after=after,
                 reason=f"placement {item.placement or '{}'} -> {placed}: " + "; ".join(reasons),
             ))  # fmt: skip
@@ -78,6 +77,13 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
     _finish_drains(nodes, result)
     session.commit()
     return result
+
+
+def scale_kind(changes: Sequence[scheduler.Event]) -> ScaleKind:
+    """How a slice's placement change is recorded: a drain when any replica lost its node (offline,
+    draining, outside its window), else a preemption (its room went to a higher-priority slice, or
+    replicas fit nowhere)."""
+    return ScaleKind.DRAIN if any(e.kind is scheduler.EventKind.MOVED for e in changes) else ScaleKind.PREEMPTION
 
 
 def _finish_drains(nodes: Sequence[Node], result: scheduler.Placement) -> None:

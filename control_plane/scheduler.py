@@ -15,8 +15,9 @@ on the nodes they already run on when those are still eligible and the
 capacity is still theirs; the rest go, one at a time in (slice id) order, to
 the eligible node with the most free room (so a slice's replicas spread), ties
 broken by node id. Anything that cannot be placed is reported, and every
-change comes with an event that says why; a reserved replica that cannot be
-placed raises an alert for operators.
+change comes with an event: its ``EventKind`` for code to decide on, its reason
+for people to read. A reserved replica that cannot be placed raises an alert for
+operators.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ class Priority(StrEnum):
 
 
 PRIORITY_ORDER = (Priority.RESERVED, Priority.BURST, Priority.BANK)
+
+
+class EventKind(StrEnum):
+    """What happened to a slice's replicas. Callers decide on the kind, never on the reason's wording."""
+
+    PLACED = "placed"  # new replicas went to a node
+    MOVED = "moved"  # the node can no longer hold them (offline, draining, outside its window, or closed to the class)
+    PREEMPTED = "preempted"  # a higher-priority slice took their room on a node that is still eligible
+    UNPLACED = "unplaced"  # burst or bank replicas that fit nowhere (best effort: no alert)
+    ALERT = "alert"  # reserved replicas that fit nowhere: operators must add capacity
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ class SliceDemand:
 class Event:
     """One change with its reason, for the dashboard and for operators."""
 
-    kind: str  # placed, kept, moved, preempted, unplaced, alert
+    kind: EventKind
     slice_id: int
     node_id: int | None
     reason: str
@@ -115,7 +126,7 @@ class Placement:
 
     @property
     def alerts(self) -> list[Event]:
-        return [e for e in self.events if e.kind == "alert"]
+        return [e for e in self.events if e.kind is EventKind.ALERT]
 
 
 class _Room:
@@ -195,16 +206,14 @@ def _keep(demand: SliceDemand, previous: Sequence[int], rooms: dict[int, _Room],
     kept: list[int] = []
     for node_id in sorted(previous)[: demand.replicas]:
         room = rooms.get(node_id)
-        if room is not None and _allowed(room.node, demand.priority) and room.take(demand):
+        if room is None or not _allowed(room.node, demand.priority):
+            reason = "node is no longer eligible (offline, draining or outside its window)"
+            result.events.append(Event(EventKind.MOVED, demand.slice_id, node_id, reason))
+        elif room.take(demand):
             kept.append(node_id)
-            continue
-        reason = (
-            "node is no longer eligible (offline, draining or outside its window)"
-            if room is None or not _allowed(room.node, demand.priority)
-            else "its room went to a higher-priority slice"
-        )
-        kind = "preempted" if room is not None else "moved"
-        result.events.append(Event(kind, demand.slice_id, node_id, reason))
+        else:
+            reason = "its room went to a higher-priority slice"
+            result.events.append(Event(EventKind.PREEMPTED, demand.slice_id, node_id, reason))
     return kept
 
 
@@ -230,10 +239,10 @@ def _fill(pending: list[tuple[SliceDemand, int]], rooms: list[_Room], result: Pl
         for entry in too_small:
             heapq.heappush(heap, entry)
         for node_id, on_node in sorted(placed.items()):
-            result.events.append(Event("placed", demand.slice_id, node_id, f"{on_node} replica(s) placed"))
+            result.events.append(Event(EventKind.PLACED, demand.slice_id, node_id, f"{on_node} replica(s) placed"))
         short = missing - count
         if short:
             result.unplaced[demand.slice_id] = short
-            kind = "alert" if demand.priority is Priority.RESERVED else "unplaced"
+            kind = EventKind.ALERT if demand.priority is Priority.RESERVED else EventKind.UNPLACED
             reason = f"{short} {demand.priority.value} replica(s) do not fit on this site's eligible nodes"
             result.events.append(Event(kind, demand.slice_id, None, reason))

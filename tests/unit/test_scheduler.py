@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from control_plane.scheduler import GpuSpec, NodeSpec, Placement, Priority, SliceDemand, Window, place
+from control_plane.models import ScaleKind
+from control_plane.placement import scale_kind
+from control_plane.scheduler import Event, EventKind, GpuSpec, NodeSpec, Placement, Priority, SliceDemand, Window, place
 
 MONDAY_NOON = datetime(2026, 11, 30, 12, 0)
 NIGHTS = Window(frozenset(range(5)), time(20, 0), time(7, 0))  # weekdays 20:00-07:00
@@ -141,6 +143,28 @@ def test_reserved_preempts_burst_and_bank_goes_at_window_end() -> None:
     morning = place([own, lab], [burst, bank, reserved], second.assignments, now=night + timedelta(hours=10))
     assert morning.assignments[20] == [] and morning.unplaced[20] == 2  # the lab wants its GPUs back
     assert all(node == 1 for node in morning.assignments[10])
+
+
+def test_a_lost_node_is_a_drain_and_lost_room_a_preemption_whatever_the_reasons_say() -> None:
+    own, other = NodeSpec(1, cpus=4, memory_mb=8000), NodeSpec(2, cpus=4, memory_mb=8000)
+    burst = SliceDemand(10, Priority.BURST, replicas=2)
+    first = place([own, other], [burst], now=MONDAY_NOON)
+    offline = NodeSpec(2, cpus=4, memory_mb=8000, online=False)
+    lost_node = place([own, offline], [burst], first.assignments, now=MONDAY_NOON)
+    assert [e.kind for e in lost_node.events if e.kind is not EventKind.PLACED] == [EventKind.MOVED]
+    lent = NodeSpec(2, cpus=4, memory_mb=8000, contributed=True)  # reserved replicas may not stay on it
+    reserved = SliceDemand(10, Priority.RESERVED, replicas=2)
+    closed = place([own, lent], [reserved], first.assignments, now=MONDAY_NOON)
+    assert [e.kind for e in closed.events if e.slice_id == 10 and e.node_id == 2] == [EventKind.MOVED]
+    small = [NodeSpec(1, cpus=1, memory_mb=1024)]
+    crowded = place(small, [SliceDemand(5, Priority.RESERVED, replicas=1), burst], {10: [1]}, now=MONDAY_NOON)
+    assert [e.kind for e in crowded.events if e.slice_id == 10] == [EventKind.PREEMPTED, EventKind.UNPLACED]
+    for result, expected in ((lost_node, ScaleKind.DRAIN), (closed, ScaleKind.DRAIN), (crowded, ScaleKind.PREEMPTION)):
+        assert scale_kind([e for e in result.events if e.slice_id == 10 and e.kind is not EventKind.PLACED]) is expected
+    # The decision reads the kind, never the reason written for people.
+    assert scale_kind([Event(EventKind.MOVED, 10, 2, "anything at all")]) is ScaleKind.DRAIN
+    worded_like_a_drain = Event(EventKind.PREEMPTED, 10, 2, "node is no longer eligible (offline, draining)")
+    assert scale_kind([worded_like_a_drain]) is ScaleKind.PREEMPTION
 
 
 def test_reserved_that_cannot_fit_raises_an_alert() -> None:
