@@ -36,15 +36,12 @@ def test_no_or_bad_token_is_401(control_plane: ControlPlane) -> None:
 def test_other_tenants_objects_are_404_and_unlisted(control_plane: ControlPlane, kind: str) -> None:
     c, a, b = control_plane.client, control_plane.a, control_plane.b
     get_path, list_path = OBJECTS[kind]
-    for caller in (b.pm, b.it):
+    for caller in (b.pm, b.it):  # 404, not 403: another tenant's ids are not even confirmed to exist
         response = c.get(get_path.format(id=a.ids[kind]), headers=caller)
-        assert response.status_code in (404, 403), response.text
-        if response.status_code == 404:
-            assert response.json()["code"] == "not_found"
-        listed = c.get(list_path, headers=caller)
-        if listed.status_code == 200:
-            assert all(item["id"] != a.ids[kind] for item in listed.json()), f"{kind} of acme listed to globex"
-            assert any(item["id"] == b.ids[kind] for item in listed.json()), f"globex cannot see its own {kind}"
+        assert (response.status_code, response.json()["code"]) == (404, "not_found"), response.text
+        listed = ok(c.get(list_path, headers=caller))
+        assert all(item["id"] != a.ids[kind] for item in listed), f"{kind} of acme listed to globex"
+        assert any(item["id"] == b.ids[kind] for item in listed), f"globex cannot see its own {kind}"
     # Operators see both.
     assert ok(c.get(get_path.format(id=a.ids[kind]), headers=control_plane.op))["id"] == a.ids[kind]
 
@@ -82,30 +79,36 @@ def test_tenant_models_are_private(control_plane: ControlPlane) -> None:
     assert c.post("/slices", json=body, headers=b.pm).status_code == 404
 
 
-# (method, path, body, roles allowed) for every route that needs a role; {a_*} are acme's ids.
+ALL = ("operator", "plant_manager", "factory_it")
+EVERYONE_200 = dict.fromkeys(ALL, 200)
+
+# (method, path, body, {allowed role: the status it must get}) for every route that needs a role; every
+# other role must get 403. Callers go in the order of ALL, so a later one may meet what an earlier made.
+# {a_*} are acme's ids.
 ROUTES = [
-    ("POST", "/tenants", {"slug": "new-co", "name": "New"}, {"operator"}),
-    ("POST", "/sites", {"name": "south"}, {"operator"}),
-    ("GET", "/sites/{site}/broker-admin", None, {"operator"}),
-    ("POST", "/sites/{site}/join-tokens", None, {"operator"}),
-    ("POST", "/sites/{site}/broker/sync", None, {"operator"}),
-    ("GET", "/nodes", None, {"operator"}),
-    ("GET", "/nodes/999", None, {"operator"}),
-    ("POST", "/nodes/999/status", {"status": "draining"}, {"operator"}),
-    ("GET", "/sites/{site}", None, {"operator", "plant_manager", "factory_it"}),
-    ("GET", "/robots/{a_robot}", None, {"operator", "plant_manager", "factory_it"}),
-    ("GET", "/slices/{a_slice}", None, {"operator", "plant_manager", "factory_it"}),
-    ("GET", "/sites", None, {"operator", "plant_manager", "factory_it"}),
-    ("POST", "/users", {"email": "n@acme.example", "role": "factory_it"}, {"operator", "plant_manager"}),
-    ("POST", "/lines", {"slug": "line-2", "site_id": "{site}"}, {"plant_manager", "factory_it"}),
-    ("POST", "/robots", {"slug": "cam-9", "line_id": "{a_line}"}, {"factory_it"}),
-    ("POST", "/robots/{a_robot}/rotate", None, {"factory_it"}),
-    ("GET", "/robots", None, {"operator", "plant_manager", "factory_it"}),
-    ("POST", "/slices", {"slug": "more", "line_ids": ["{a_line}"], "model_version_id": 1}, {"plant_manager"}),
-    ("POST", "/slices/{a_slice}/scale", {"min_replicas": 1, "max_replicas": 2}, {"plant_manager"}),
-    ("GET", "/slices", None, {"operator", "plant_manager", "factory_it"}),
-    ("DELETE", "/slices/{a_slice}", None, {"plant_manager"}),
-    ("POST", "/robots/{a_robot}/revoke", None, {"factory_it"}),
+    ("POST", "/tenants", {"slug": "new-co", "name": "New"}, {"operator": 201}),
+    ("POST", "/sites", {"name": "south"}, {"operator": 201}),
+    ("GET", "/sites/{site}/broker-admin", None, {"operator": 200}),
+    ("POST", "/sites/{site}/join-tokens", None, {"operator": 201}),
+    ("POST", "/sites/{site}/broker/sync", None, {"operator": 200}),
+    ("GET", "/nodes", None, {"operator": 200}),
+    ("GET", "/nodes/999", None, {"operator": 404}),  # allowed, and there is no such node
+    ("POST", "/nodes/999/status", {"status": "draining"}, {"operator": 404}),
+    ("GET", "/sites/{site}", None, EVERYONE_200),
+    ("GET", "/robots/{a_robot}", None, EVERYONE_200),
+    ("GET", "/slices/{a_slice}", None, EVERYONE_200),
+    ("GET", "/sites", None, EVERYONE_200),
+    # An operator must say which tenant the user joins (400); a plant manager adds to their own.
+    ("POST", "/users", {"email": "n@acme.example", "role": "factory_it"}, {"operator": 400, "plant_manager": 201}),
+    ("POST", "/lines", {"slug": "line-2", "site_id": "{site}"}, {"plant_manager": 201, "factory_it": 409}),
+    ("POST", "/robots", {"slug": "cam-9", "line_id": "{a_line}"}, {"factory_it": 201}),
+    ("POST", "/robots/{a_robot}/rotate", None, {"factory_it": 200}),
+    ("GET", "/robots", None, EVERYONE_200),
+    ("POST", "/slices", {"slug": "more", "line_ids": ["{a_line}"], "model_version_id": 1}, {"plant_manager": 201}),
+    ("POST", "/slices/{a_slice}/scale", {"min_replicas": 1, "max_replicas": 2}, {"plant_manager": 200}),
+    ("GET", "/slices", None, EVERYONE_200),
+    ("DELETE", "/slices/{a_slice}", None, {"plant_manager": 200}),
+    ("POST", "/robots/{a_robot}/revoke", None, {"factory_it": 200}),
 ]
 
 
@@ -121,7 +124,7 @@ def _fill(value, ids: dict[str, int]):
 
 @pytest.mark.parametrize(("method", "path", "body", "allowed"), ROUTES, ids=[f"{m} {p}" for m, p, *_ in ROUTES])
 def test_every_route_checks_the_role(control_plane: ControlPlane, method: str, path: str, body: object,
-                                     allowed: set[str]) -> None:  # fmt: skip
+                                     allowed: dict[str, int]) -> None:  # fmt: skip
     cp = control_plane
     ids = {"site": cp.site_id, **{f"a_{k}": v for k, v in cp.a.ids.items() if isinstance(v, int)}}
     if "{a_" in path and "operator" not in allowed:
@@ -131,7 +134,7 @@ def test_every_route_checks_the_role(control_plane: ControlPlane, method: str, p
     for role, headers in callers.items():
         response = cp.client.request(method, path.format(**ids), json=_fill(body, ids), headers=headers)
         if role in allowed:
-            assert response.status_code != 403, f"{role}: {response.text}"
+            assert response.status_code == allowed[role], f"{role}: {response.status_code} {response.text}"
         else:
             assert response.status_code == 403, f"{role} was let through: {response.status_code} {response.text}"
             assert role in response.json()["detail"]
