@@ -79,16 +79,17 @@ def test_package_clis_together_are_the_lineside_cli() -> None:
 
 
 def test_inspect_prints_a_verdict_per_file(tmp_path: Path) -> None:
-    good = tmp_path / "good.jpg"
+    good, cracked = tmp_path / "good.jpg", tmp_path / "cracked.jpg"
     good.write_bytes(synth.generate(31, 0, "good").data)
+    cracked.write_bytes(synth.generate(4242, 3, "crack").data)  # an obvious crack: the model is sure of it
     junk = tmp_path / "notes.txt"
     junk.write_text("not a frame")
-    result = run(LINESIDE, "inspect", str(good), str(junk), check=False)
+    result = run(LINESIDE, "inspect", str(good), str(cracked), str(junk), check=False)
     assert result.returncode == 1
-    first, second = (json.loads(line) for line in result.stdout.splitlines())
-    assert first["file"] == str(good)
-    assert first["verdict"] in ("pass", "fail")
-    assert second["code"] == "unsupported_format"
+    first, second, third = (json.loads(line) for line in result.stdout.splitlines())
+    assert (first["file"], first["verdict"]) == (str(good), "pass")
+    assert (second["file"], second["verdict"], second["defect_class"]) == (str(cracked), "fail", "crack")
+    assert third["code"] == "unsupported_format"
 
 
 def test_demo_streams_robots_through_a_slice_and_cleans_up() -> None:

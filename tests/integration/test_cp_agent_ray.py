@@ -34,6 +34,7 @@ def test_agent_serves_desired_slices_idempotently_and_offline(
     ray_cluster: int, control_plane: ControlPlane, tmp_path: Path, part_frames: list
 ) -> None:
     cp = control_plane
+    frames = {sample.label: sample.data for sample in part_frames}
     ok(cp.client.delete(f"/slices/{cp.b.ids['slice']}", headers=cp.b.pm))  # one slice fits 2 test CPUs
     token = ok(cp.client.post(f"/sites/{cp.site_id}/join-tokens", headers=cp.op), 201)["token"]
     node = join(cp.client, token, tmp_path / "agent")
@@ -64,8 +65,8 @@ def test_agent_serves_desired_slices_idempotently_and_offline(
 
         creds = ok(cp.client.post(f"/robots/{cp.a.ids['robot']}/rotate", headers=cp.a.it))
         robot = _robot(cp, creds)
-        reply = robot.inspect(part_frames[0].data, timeout_s=20)
-        assert isinstance(reply, Result) and reply.verdict in ("pass", "fail"), reply
+        reply = robot.inspect(frames["good"], timeout_s=20)
+        assert isinstance(reply, Result) and reply.verdict == "pass", reply
         robot.close()
 
         agent.step()
@@ -78,7 +79,8 @@ def test_agent_serves_desired_slices_idempotently_and_offline(
         offline.step()
         assert applied == [app_name, app_name] and app_name in cluster.applications()
         robot = _robot(cp, creds)
-        assert isinstance(robot.inspect(part_frames[1].data, timeout_s=20), Result)
+        reply = robot.inspect(frames["crack"], timeout_s=20)  # served from the cached desired state
+        assert isinstance(reply, Result) and (reply.verdict, reply.defect_class) == ("fail", "crack"), reply
         robot.close()
 
         # Released capacity: the agent deletes the application and the slice ends deleted.
