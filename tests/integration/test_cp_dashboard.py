@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +24,7 @@ from control_plane.models import ApiToken
 from control_plane.security import derived_secret
 from tests.integration.cp_fixtures import ControlPlane, Tenancy, ok
 from tests.integration.test_cp_broker import Probe
+from tests.waiting import wait_until
 
 PASSWORD = "correct horse battery"
 
@@ -125,22 +125,12 @@ def _publish(cp: ControlPlane, t: Tenancy, topic: str, payload: bytes) -> Probe:
     return probe
 
 
-def _until(check: Callable[[], Any], what: str, timeout_s: float = 20) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def acme_line(control_plane: ControlPlane) -> dict[str, Any]:
     """acme's line after its slice reported 40 verdicts (4 fails) at ~40 ms and its robot said online."""
     cp, a = control_plane, control_plane.a
     monitors = cp.client.app.state.monitors  # type: ignore[attr-defined]
-    _until(lambda: cp.site_id in monitors.subscribed, "the control plane to subscribe to the site's telemetry")
+    wait_until(lambda: cp.site_id in monitors.subscribed, 20, "the control plane to subscribe to the site's telemetry")
     robot = ok(cp.client.post(f"/robots/{a.ids['robot']}/rotate", headers=a.it))
     status = Probe(cp, robot["mqtt_username"], robot["mqtt_password"], robot["client_id"])
     status.client.publish(robot["topics"]["status"], b"online", qos=1, retain=True).wait_for_publish(5)
@@ -151,7 +141,7 @@ def acme_line(control_plane: ControlPlane) -> dict[str, Any]:
         tiles = ok(cp.client.get("/dashboard/lines", headers=a.pm))
         return tiles[0] if tiles[0]["frames_5min"] == 40 and tiles[0]["robots_online"] == 1 else None
 
-    return _until(arrived, "the monitor to store acme's telemetry")
+    return wait_until(arrived, 20, "the monitor to store acme's telemetry")
 
 
 def test_telemetry_reaches_the_line_tiles(control_plane: ControlPlane, acme_line: dict[str, Any]) -> None:
@@ -205,7 +195,8 @@ def test_a_slice_cannot_write_another_tenants_telemetry(control_plane: ControlPl
     forger.client.loop_stop()
     # globex's own telemetry still arrives, and acme's numbers are unchanged.
     _publish(cp, b, wire.telemetry_topic("globex", "line-1", f"t{b.tenant_id}-inspect"), _report(7, 0, latency_ms=3))
-    _until(lambda: ok(cp.client.get("/dashboard/lines", headers=b.pm))[0]["frames_5min"] == 7, "globex's telemetry")
+    globex_frames = lambda: ok(cp.client.get("/dashboard/lines", headers=b.pm))[0]["frames_5min"]  # noqa: E731
+    wait_until(lambda: globex_frames() == 7, 20, "globex's telemetry")
     assert ok(cp.client.get("/dashboard/lines", headers=a.pm))[0]["frames_5min"] == 40
 
 
