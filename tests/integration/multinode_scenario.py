@@ -101,7 +101,7 @@ def main() -> dict[str, Any]:
                                 timeout_s=5, retries=4)  # fmt: skip
         streaming = threading.Thread(target=simulation.run, args=(45,))
         streaming.start()
-        time.sleep(8)
+        time.sleep(8)  # the scenario: robots stream on the first placement before the node drains
         drained = first.assignments[1][0]
         after = [replace(n, online=False) if n.node_id == drained else n for n in nodes]
         second = place(after, [demand], first.assignments, now=NOW)

@@ -101,7 +101,7 @@ def test_killed_ingress_loses_no_acknowledged_frame(broker: MosquittoBroker, dep
     killed_at: list[float] = []
 
     def kill_soon() -> None:
-        time.sleep(4)
+        time.sleep(4)  # the scenario: robots stream for a while before the ingress dies
         os.kill(cluster.slice_processes(deployed)["ingress"]["pid"], signal.SIGKILL)
         killed_at.append(time.monotonic())
 
