@@ -7,7 +7,9 @@ from flags. Unknown fields are errors that name the field.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -59,24 +61,37 @@ class BrokerSpec(_Strict):
         return value.get_secret_value() if context.get(REVEAL_SECRETS) else "**********"
 
 
-class ReplicaSpec(_Strict):
-    """Model replicas: Ray Serve autoscales between the bounds."""
+def check_replica_bounds(min_replicas: int, max_replicas: int) -> None:
+    """Refuse a ceiling below the floor, quoting both: the one check of it, here and in the control plane."""
+    if max_replicas < min_replicas:
+        raise ValueError(f"max_replicas ({max_replicas}) must be >= min_replicas ({min_replicas})")
 
-    min_replicas: int = Field(default=1, ge=0, le=256, description="Replica floor (set by the control plane).")
+
+class ReplicaSpec(_Strict):
+    """Model replicas: Ray Serve autoscales between the bounds.
+
+    Reactive autoscaling inside the bounds: Ray's defaults (30 s up, 600 s down) are for web traffic;
+    a production line wants new capacity within seconds and few flips while output is steady.
+    """
+
+    min_replicas: int = Field(default=1, ge=0, le=256, description="Replica floor: replicas kept however idle.")
     max_replicas: int = Field(default=1, ge=1, le=256, description="Replica ceiling (the lease limit).")
     target_ongoing_requests: float = Field(
-        default=2.0, gt=0, description="Model calls in flight per replica that autoscaling aims for."
+        default=2.0, gt=0, le=1000, description="Model calls in flight per replica that autoscaling aims for."
     )
-    upscale_delay_s: float = Field(default=3.0, ge=0, description="Sustained load needed before adding replicas.")
-    downscale_delay_s: float = Field(default=60.0, ge=0, description="Sustained idleness before removing replicas.")
+    upscale_delay_s: float = Field(
+        default=3.0, ge=0, le=600, description="Sustained load needed before adding replicas."
+    )
+    downscale_delay_s: float = Field(
+        default=60.0, ge=0, le=3600, description="Sustained idleness before removing replicas."
+    )
     downscale_utilization: float = Field(
         default=0.7, gt=0, le=1, description="Remove a replica only if the rest would run at or below this share."
     )
 
     @model_validator(mode="after")
     def _bounds(self) -> ReplicaSpec:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        check_replica_bounds(self.min_replicas, self.max_replicas)
         return self
 
 
@@ -104,6 +119,22 @@ class ResourceSpec(_Strict):
     ingress_cpus: float = Field(default=0.25, gt=0, le=8, description="CPUs reserved per ingress replica.")
     ort_threads: int = Field(default=0, ge=0, le=64, description="ONNX Runtime intra-op threads; 0 = per CPUs.")
     providers: list[str] | None = Field(default=None, description="ONNX Runtime providers; default best available.")
+
+
+KNOB_SECTIONS: dict[str, type[BaseModel]] = {"replicas": ReplicaSpec, "batch": BatchSpec, "resources": ResourceSpec}
+"""The spec's sections that hold a slice's knobs (the control plane and the CLI keep them flat)."""
+
+
+def knob_sections(knobs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat knob values (a stored slice, CLI flags) sorted into the sections whose fields they name.
+
+    ``{"min_replicas": 2, "max_batch_size": 8}`` -> ``{"replicas": {"min_replicas": 2}, "batch":
+    {"max_batch_size": 8}, "resources": {}}``; names no section has are left out.
+    """
+    return {
+        section: {name: knobs[name] for name in model.model_fields if name in knobs}
+        for section, model in KNOB_SECTIONS.items()
+    }
 
 
 class FramePolicy(_Strict):

@@ -14,11 +14,12 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from annotated_types import Ge, Le
-from pydantic import ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from contracts import wire
+from contracts.slice_spec import BatchSpec, ReplicaSpec, ResourceSpec, check_replica_bounds
 from control_plane.scheduler import Priority
 from control_plane.states import NodeStatus, RobotStatus, SliceStatus
 
@@ -292,8 +293,19 @@ class NodeContribution(_Input):
     holidays: list[date] = Field(default_factory=list, max_length=400, description="Whole days available.")
 
 
+OPERATOR_NODE_STATUSES = (NodeStatus.DRAINING, NodeStatus.ONLINE, NodeStatus.REMOVED)
+"""The node statuses an operator may set; the agent's heartbeats and the monitor set the others."""
+
+
 class NodeStatusChange(_Input):
     status: NodeStatus = Field(description="draining, online (undrain) or removed.")
+
+    @field_validator("status")
+    @classmethod
+    def _operators_may_set(cls, value: NodeStatus) -> NodeStatus:
+        if value not in OPERATOR_NODE_STATUSES:
+            raise ValueError(f"operators may set draining, online or removed; {value.value} is set by the agent")
+        return value
 
 
 # --- lines and robots --------------------------------------------------------------------------
@@ -422,33 +434,58 @@ class ModelVersionPublic(SQLModel):
 # --- slices ------------------------------------------------------------------------------------
 
 
-class SliceCreate(_Input):
+def _knob(spec: type[BaseModel], name: str, *, required: bool = False) -> Any:
+    """A slice knob as the edge's ``contracts.slice_spec`` defines it: its default, bounds and description.
+
+    The control plane sells what an edge node runs, so it takes each knob from the spec instead of
+    writing it again: a default or bound changed there changes here, and what the API accepts an
+    edge node accepts.
+    """
+    info = spec.model_fields[name]
+    bounds = {key: getattr(m, key) for m in info.metadata for key in ("gt", "ge", "lt", "le") if hasattr(m, key)}
+    return Field(default=... if required else info.default, description=info.description, **bounds)
+
+
+def _replica_bounds(model: Any) -> Any:
+    """``model_validator(mode="after")`` of the bodies that set both replica bounds: a 422 quoting them."""
+    check_replica_bounds(model.min_replicas, model.max_replicas)
+    return model
+
+
+class SliceKnobs(SQLModel):
+    """Every knob of a slice, written once: what callers set (``SliceCreate``), what is stored
+    (``Slice``), what is shown (``SlicePublic``). ``sites.slice_spec`` hands them to the agent in the
+    spec's sections (``contracts.slice_spec.knob_sections``)."""
+
+    min_replicas: int = _knob(ReplicaSpec, "min_replicas")
+    max_replicas: int = _knob(ReplicaSpec, "max_replicas")
+    max_batch_size: int = _knob(BatchSpec, "max_batch_size")
+    batch_wait_ms: float = _knob(BatchSpec, "batch_wait_ms")
+    cpus_per_replica: float = _knob(ResourceSpec, "cpus_per_replica")
+    gpus_per_replica: float = _knob(ResourceSpec, "gpus_per_replica")
+    target_ongoing_requests: float = _knob(ReplicaSpec, "target_ongoing_requests")
+    upscale_delay_s: float = _knob(ReplicaSpec, "upscale_delay_s")
+    downscale_delay_s: float = _knob(ReplicaSpec, "downscale_delay_s")
+    priority: Priority = Field(default=Priority.RESERVED, description="reserved, burst or bank (compute bank).")
+
+
+class SliceCreate(SliceKnobs, _Input):
     slug: str = Field(description="Topic-safe slice name, unique per tenant.")
     line_ids: list[RowId] = Field(
         min_length=1, max_length=100, description="Lines (all on one site) whose frames the slice judges."
     )
     model_version_id: RowId = Field(description="Model version (the tenant's own or a public one).")
-    min_replicas: int = Field(default=1, ge=0, le=256)
-    max_replicas: int = Field(default=1, ge=1, le=256)
-    max_batch_size: int = Field(default=32, ge=1, le=512)
-    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
-    cpus_per_replica: float = Field(default=1.0, gt=0, le=64)
-    gpus_per_replica: float = Field(default=0.0, ge=0, le=1)
-    # Reactive autoscaling inside the bounds. Ray's defaults (30 s up, 600 s down) are for web traffic;
-    # a production line wants new capacity within seconds and few flips while output is steady.
-    target_ongoing_requests: float = Field(default=2.0, gt=0, le=1000, description="Model calls per replica aimed for.")
-    upscale_delay_s: float = Field(default=3.0, ge=0, le=600, description="Sustained load before adding replicas.")
-    downscale_delay_s: float = Field(default=60.0, ge=0, le=3600, description="Sustained idleness before removing.")
-    priority: Priority = Field(default=Priority.RESERVED, description="reserved, burst or bank (compute bank).")
     _check_slug = field_validator("slug")(_slug)
+    _bounds = model_validator(mode="after")(_replica_bounds)
 
 
 class SliceScale(_Input):
-    min_replicas: int = Field(ge=0, le=256)
-    max_replicas: int = Field(ge=1, le=256)
+    min_replicas: int = _knob(ReplicaSpec, "min_replicas", required=True)
+    max_replicas: int = _knob(ReplicaSpec, "max_replicas", required=True)
+    _bounds = model_validator(mode="after")(_replica_bounds)
 
 
-class Slice(SQLModel, table=True):
+class Slice(SliceKnobs, table=True):
     __table_args__ = (UniqueConstraint("tenant_id", "slug"),)
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: int = Field(foreign_key="tenant.id", index=True)
@@ -456,16 +493,6 @@ class Slice(SQLModel, table=True):
     slug: str = Field(max_length=63)
     line_ids: list[int] = Field(sa_column=Column(JSON, nullable=False))
     model_version_id: int = Field(foreign_key="modelversion.id")
-    min_replicas: int = 1
-    max_replicas: int = 1
-    max_batch_size: int = 32
-    batch_wait_ms: float = 5.0
-    cpus_per_replica: float = 1.0
-    gpus_per_replica: float = 0.0
-    target_ongoing_requests: float = 2.0
-    upscale_delay_s: float = 3.0
-    downscale_delay_s: float = 60.0
-    priority: Priority = Priority.RESERVED
     placement: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # node id -> n
     price_per_replica_hour: float = 0.0  # set by the control plane from the catalogue, never by callers
     credential_epoch: int = 1  # part of the ingress's derived broker password; bumped to rotate it
@@ -483,23 +510,13 @@ class Slice(SQLModel, table=True):
         return f"t{self.tenant_id}-{self.slug}"
 
 
-class SlicePublic(SQLModel):
+class SlicePublic(SliceKnobs):
     id: int
     tenant_id: int
     site_id: int
     slug: str
     line_ids: list[int]
     model_version_id: int
-    min_replicas: int
-    max_replicas: int
-    max_batch_size: int
-    batch_wait_ms: float
-    cpus_per_replica: float
-    gpus_per_replica: float
-    target_ongoing_requests: float
-    upscale_delay_s: float
-    downscale_delay_s: float
-    priority: Priority
     placement: dict[str, int]
     price_per_replica_hour: float
     credential_epoch: int = Field(description="Bumped each time the ingress's broker credentials rotate.")

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from contracts.slice_spec import NODE_RESOURCE_PREFIX
+from contracts.slice_spec import NODE_RESOURCE_PREFIX, BatchSpec, knob_sections
 from control_plane import broker_sync
 from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, Tenant, utcnow
 from control_plane.security import derived_secret
@@ -158,6 +158,9 @@ def slice_spec(
     lines = slice_lines(session, item)
     pins = pinned_placement(session, item)
     replicas_max = min(item.max_replicas, sum(pins.values())) if pins else item.max_replicas
+    knobs = knob_sections(item.model_dump())  # the slice's knobs, in the spec's sections
+    bounds = {"min_replicas": min(item.min_replicas, replicas_max), "max_replicas": replicas_max}
+    ingress_batch = min(BatchSpec.model_fields["ingress_batch"].default, item.max_batch_size)
     return {
         "slice_id": item.id,
         "generation": item.generation,
@@ -168,19 +171,9 @@ def slice_spec(
             "lines": [line.slug for line in lines],
             "ingress_replicas": INGRESS_REPLICAS,
             "latency_budget_ms": min(line.latency_budget_ms for line in lines),
-            "replicas": {
-                "min_replicas": min(item.min_replicas, replicas_max),
-                "max_replicas": replicas_max,
-                "target_ongoing_requests": item.target_ongoing_requests,
-                "upscale_delay_s": item.upscale_delay_s,
-                "downscale_delay_s": item.downscale_delay_s,
-            },
-            "batch": {
-                "max_batch_size": item.max_batch_size,
-                "batch_wait_ms": item.batch_wait_ms,
-                "ingress_batch": min(16, item.max_batch_size),
-            },
-            "resources": {"cpus_per_replica": item.cpus_per_replica, "gpus_per_replica": item.gpus_per_replica},
+            "replicas": knobs["replicas"] | bounds,
+            "batch": knobs["batch"] | {"ingress_batch": ingress_batch},
+            "resources": knobs["resources"],
             "placement": pins or None,
             "telemetry_period_s": settings.telemetry_period_s,
             "frame_policy": {

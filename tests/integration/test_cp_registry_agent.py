@@ -176,8 +176,11 @@ def test_silent_node_goes_offline_and_only_operators_see_nodes(control_plane: Co
     assert cp.client.get("/nodes", headers=cp.a.pm).status_code == 403
     drained = ok(cp.client.post(f"/nodes/{node['id']}/status", json={"status": "draining"}, headers=cp.op))
     assert drained["status"] == "drained"  # nothing was placed on it, so draining finishes at once
-    illegal = cp.client.post(f"/nodes/{node['id']}/status", json={"status": "drained"}, headers=cp.op)
-    assert illegal.status_code == 409
+    agents_only = cp.client.post(f"/nodes/{node['id']}/status", json={"status": "drained"}, headers=cp.op)
+    assert agents_only.status_code == 422  # only the agent sets it: a request to fix, not a conflict
+    ok(cp.client.post(f"/nodes/{node['id']}/status", json={"status": "removed"}, headers=cp.op))
+    illegal = cp.client.post(f"/nodes/{node['id']}/status", json={"status": "online"}, headers=cp.op)
+    assert illegal.status_code == 409 and "is removed; it cannot become online" in illegal.json()["detail"]
 
 
 def test_migrations_are_idempotent(control_plane: ControlPlane) -> None:

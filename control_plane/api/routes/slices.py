@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from control_plane import capacity, placement, sites
 from control_plane.api.deps import CurrentUser, IdPath, NowDep, PageDep, SessionDep, SettingsDep, own_tenant, scoped_get
 from control_plane.api.routes.models import visible_model
-from control_plane.errors import Conflict
+from control_plane.errors import Conflict, InvalidInput
 from control_plane.models import Line, Role, ScaleKind, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
 from control_plane.security import CAN
 from control_plane.settings import ControlPlaneSettings
@@ -34,16 +34,14 @@ def create_slice(
 ) -> Slice:
     """Rent capacity for some of your lines; the site's agent starts it and reports its status."""
     caller.require(*CAN["manage_slices"], action="buying capacity (creating slices)")
-    if body.max_replicas < body.min_replicas:
-        raise Conflict(f"max_replicas ({body.max_replicas}) must be >= min_replicas ({body.min_replicas})")
     lines = [scoped_get(session, Line, line_id, caller) for line_id in body.line_ids]
     site_ids = {line.site_id for line in lines}
     if len(site_ids) != 1:
-        raise Conflict(f"a slice serves lines of one site; lines {body.line_ids} are on sites {sorted(site_ids)}")
+        raise InvalidInput(f"a slice serves lines of one site; lines {body.line_ids} are on sites {sorted(site_ids)}")
     model = visible_model(session, body.model_version_id, caller)
     if model.fixed_batch is not None and body.max_batch_size > model.fixed_batch:
-        raise Conflict(f"model {model.name} {model.version} takes batches of {model.fixed_batch}; "
-                       f"max_batch_size {body.max_batch_size} is too large")  # fmt: skip
+        raise InvalidInput(f"model {model.name} {model.version} takes batches of {model.fixed_batch}; "
+                           f"max_batch_size {body.max_batch_size} is too large")  # fmt: skip
     assert caller.tenant_id is not None
     item = Slice(tenant_id=caller.tenant_id, site_id=site_ids.pop(), price_per_replica_hour=settings.replica_hour_price,
                  **body.model_dump())  # fmt: skip
@@ -83,8 +81,6 @@ def scale_slice(slice_id: IdPath, body: SliceScale, session: SessionDep, caller:
     """Move the replica bounds; the agent applies the new generation."""
     caller.require(*CAN["manage_slices"], action="scaling capacity")
     item = scoped_get(session, Slice, slice_id, caller)
-    if body.max_replicas < body.min_replicas:
-        raise Conflict(f"max_replicas ({body.max_replicas}) must be >= min_replicas ({body.min_replicas})")
     reason = f"set by user {caller.user_id}"
     capacity.record(session, item, ScaleKind.MANUAL, body.min_replicas, body.max_replicas, reason)
     session.commit()
