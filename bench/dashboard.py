@@ -18,6 +18,7 @@ import io
 import os
 import platform
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -187,11 +188,21 @@ def _api_ms(url: str, email: str, calls: int = 10) -> dict[str, float]:
         return result
 
 
+def chromium_path() -> str | None:
+    """The Chromium binary to drive (Debian's, or ``LINESIDE_CHROMIUM``), or None when none is installed.
+
+    Here, not in the tests, because the installed ``lineside bench dashboard`` cannot import ``tests``;
+    the browser tests and ``docs.screenshots`` use it through ``tests.integration.browser``.
+    """
+    given = os.environ.get("LINESIDE_CHROMIUM")
+    if given:
+        return given
+    return next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
+
+
 def measure(robots: int = 100, loads: int = 10, database_url: str | None = None,
             chromium: str | None = None) -> dict[str, Any]:  # fmt: skip
     from playwright.sync_api import sync_playwright
-
-    from tests.integration.browser import chromium_path
 
     executable = chromium or chromium_path()
     if executable is None:

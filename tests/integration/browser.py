@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,17 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.dashboard import chromium_path
 from edge_node.broker import free_port
 
+__all__ = ["RunningDemo", "chromium_path", "login"]
+
 LINESIDE = str(Path(sys.executable).with_name("lineside"))
-
-
-def chromium_path() -> str | None:
-    """The Chromium binary to drive, or None when none is installed."""
-    given = os.environ.get("LINESIDE_CHROMIUM")
-    if given:
-        return given
-    return next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
 
 
 @dataclass

@@ -234,7 +234,8 @@ def test_page_load_benchmark_prints_json() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "bench.dashboard", "--json", "--robots", "8", "--loads", "2"],
+    lineside = str(Path(sys.executable).with_name("lineside"))
+    out = subprocess.run([lineside, "bench", "dashboard", "--json", "--robots", "8", "--loads", "2"],
                          capture_output=True, text=True, check=True, timeout=300).stdout  # fmt: skip
     result = json.loads(out.strip().splitlines()[-1])
     assert result["line_minutes"] == 4 * 7 * 24 * 60 and result["robots"] == 8
