@@ -18,8 +18,21 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from control_plane import capacity, db, errors, placement, registry, sites, ui, web_headers
-from control_plane.api.routes import agent, auth, dashboard, health, lines, models, robots, slices, tenants
-from control_plane.api.routes import capacity as capacity_routes
+from control_plane.api.routes import (
+    agent,
+    alerts,
+    auth,
+    dashboard,
+    failed_parts,
+    health,
+    lines,
+    models,
+    nodes,
+    robots,
+    slices,
+    tenants,
+    users,
+)
 from control_plane.api.routes import sites as site_routes
 from control_plane.login_guard import LoginGuard
 from control_plane.models import ApiToken, ModelVersion, Role, User
@@ -179,8 +192,8 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     app.state.clock = datetime.now  # plant-local wall clock; shift times are local
     errors.install(app)
     web_headers.install(app, settings)
-    for module in (health, auth, tenants, site_routes, lines, robots, models, slices, capacity_routes, dashboard,
-                   agent, ui):  # fmt: skip
+    for module in (health, auth, tenants, users, site_routes, nodes, alerts, lines, robots, models, slices,
+                   dashboard, failed_parts, agent, ui):  # fmt: skip
         app.include_router(module.router)
     app.mount("/ui/static", ui.static, name="static")
     app.include_router(ui.docs_router)

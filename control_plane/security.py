@@ -19,8 +19,11 @@ import hmac
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -111,6 +114,48 @@ def _check_legacy_scrypt(password: str, stored: str) -> bool:
         return False
 
 
+class Permission(StrEnum):
+    """What a route lets its caller do. Routes name a member (``deps.allowed(Permission.MANAGE_SLICES, ...)``),
+    so a misspelt permission fails at import and in mypy, never as a 500 on a request."""
+
+    MANAGE_TENANTS = "manage_tenants"
+    MANAGE_USERS = "manage_users"
+    MANAGE_SITES = "manage_sites"
+    MANAGE_NODES = "manage_nodes"
+    READ_SITES = "read_sites"
+    MANAGE_LINES = "manage_lines"
+    MANAGE_ROBOTS = "manage_robots"
+    READ_ROBOTS = "read_robots"
+    UPLOAD_MODELS = "upload_models"
+    MANAGE_SLICES = "manage_slices"
+    READ_SLICES = "read_slices"
+    ROTATE_SLICE_CREDENTIALS = "rotate_slice_credentials"  # operators too: a lost node is theirs to answer
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        """The roles that may, in the order a refusal names them."""
+        return ROLES_FOR[self]
+
+
+ROLES_FOR: Mapping[Permission, tuple[Role, ...]] = MappingProxyType({
+    Permission.MANAGE_TENANTS: (Role.OPERATOR,),
+    Permission.MANAGE_USERS: (Role.OPERATOR, Role.PLANT_MANAGER),
+    Permission.MANAGE_SITES: (Role.OPERATOR,),
+    Permission.MANAGE_NODES: (Role.OPERATOR,),
+    Permission.READ_SITES: (Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT),
+    Permission.MANAGE_LINES: (Role.PLANT_MANAGER, Role.FACTORY_IT),
+    Permission.MANAGE_ROBOTS: (Role.FACTORY_IT,),
+    Permission.READ_ROBOTS: (Role.FACTORY_IT, Role.PLANT_MANAGER, Role.OPERATOR),
+    Permission.UPLOAD_MODELS: (Role.PLANT_MANAGER, Role.FACTORY_IT, Role.OPERATOR),
+    Permission.MANAGE_SLICES: (Role.PLANT_MANAGER,),
+    Permission.READ_SLICES: (Role.PLANT_MANAGER, Role.FACTORY_IT, Role.OPERATOR),
+    Permission.ROTATE_SLICE_CREDENTIALS: (Role.OPERATOR, Role.PLANT_MANAGER),
+})  # fmt: skip
+"""Who may do what: one row per permission (a permission without one fails at import, below)."""
+if missing := set(Permission) - set(ROLES_FOR):
+    raise RuntimeError(f"permissions without roles: {sorted(missing)}")
+
+
 @dataclass(frozen=True)
 class Principal:
     """The caller of a request: a user with a role, in a tenant (operators have none)."""
@@ -124,28 +169,15 @@ class Principal:
     def is_operator(self) -> bool:
         return self.role is Role.OPERATOR
 
-    def require(self, *roles: Role, action: str) -> None:
-        """Raise ``Forbidden`` unless the caller has one of ``roles``."""
-        if self.role not in roles:
-            allowed = " or ".join(r.value for r in roles)
+    def may(self, permission: Permission) -> bool:
+        return self.role in permission.roles
+
+    def require(self, permission: Permission, *, action: str) -> None:
+        """Raise ``Forbidden`` naming the roles that may, unless the caller's role has ``permission``."""
+        if not self.may(permission):
+            allowed = " or ".join(r.value for r in permission.roles)
             raise Forbidden(f"{action} needs the {allowed} role; your token is {self.role.value}")
 
     def sees_tenant(self, tenant_id: int | None) -> bool:
         """Operators see every tenant; everyone else only their own."""
         return self.is_operator or (tenant_id is not None and tenant_id == self.tenant_id)
-
-
-# Who may do what; routes call ``principal.require(*CAN[...], action=...)``.
-CAN: dict[str, tuple[Role, ...]] = {
-    "manage_tenants": (Role.OPERATOR,),
-    "manage_users": (Role.OPERATOR, Role.PLANT_MANAGER),
-    "manage_sites": (Role.OPERATOR,),
-    "manage_nodes": (Role.OPERATOR,),
-    "read_sites": (Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT),
-    "manage_lines": (Role.PLANT_MANAGER, Role.FACTORY_IT),
-    "manage_robots": (Role.FACTORY_IT,),
-    "read_robots": (Role.FACTORY_IT, Role.PLANT_MANAGER, Role.OPERATOR),
-    "upload_models": (Role.PLANT_MANAGER, Role.FACTORY_IT, Role.OPERATOR),
-    "manage_slices": (Role.PLANT_MANAGER,),
-    "read_slices": (Role.PLANT_MANAGER, Role.FACTORY_IT, Role.OPERATOR),
-}

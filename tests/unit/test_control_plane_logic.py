@@ -7,7 +7,7 @@ import pytest
 from control_plane import broker_sync
 from control_plane.errors import Forbidden, IllegalTransition, NotFound, status_of
 from control_plane.models import Role
-from control_plane.security import Principal, derived_secret, new_token, token_hash
+from control_plane.security import Permission, Principal, derived_secret, new_token, token_hash
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import NODE_MOVES, SLICE_MOVES, NodeStatus, SliceStatus, transition
 
@@ -32,7 +32,7 @@ def test_final_states_say_so() -> None:
 def test_roles_and_tenants() -> None:
     pm = Principal(user_id=1, role=Role.PLANT_MANAGER, tenant_id=7)
     with pytest.raises(Forbidden, match="needs the factory_it role; your token is plant_manager"):
-        pm.require(Role.FACTORY_IT, action="creating robots")
+        pm.require(Permission.MANAGE_ROBOTS, action="creating robots")
     assert pm.sees_tenant(7) and not pm.sees_tenant(8) and not pm.sees_tenant(None)
     assert Principal(user_id=2, role=Role.OPERATOR, tenant_id=None).sees_tenant(8)
 

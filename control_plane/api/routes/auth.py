@@ -21,7 +21,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from control_plane.api.deps import SESSION_COOKIE, SESSION_TOKEN_NAME, CurrentUser, SessionDep, SettingsDep
-from control_plane.api.routes.tenants import issue_token
+from control_plane.api.routes.users import issue_token
 from control_plane.errors import Forbidden, TooManyRequests, Unauthenticated
 from control_plane.login_guard import LoginGuard, retry_after
 from control_plane.models import ApiToken, Login, PasswordSet, User, UserPublic, as_utc, utcnow

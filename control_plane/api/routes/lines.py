@@ -1,25 +1,56 @@
-"""Production lines of a tenant; each is served from one site.
+"""Production lines of a tenant (``/lines``); each is served from one site.
 
 A line carries its robots' frame policy (frames per second and bytes per frame, per robot);
 changing it gives the slices serving the line a new generation, so their ingress enforces it.
+Its order plan (shifts and parts per shift) sets the replica floors of the slices serving it;
+its series and failed parts feed the dashboard's line pages.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from sqlmodel import select
+from datetime import datetime
+from typing import Annotated, Any
 
-from control_plane.api.deps import CurrentUser, IdPath, PageDep, SessionDep, insert, own_tenant, scoped_get
+from fastapi import APIRouter, Query
+from sqlmodel import Session, select
+
+from control_plane import capacity, dashboard
+from control_plane.api.deps import (
+    CurrentUser,
+    IdPath,
+    NowDep,
+    PageDep,
+    SessionDep,
+    allowed,
+    insert,
+    own_tenant,
+    scoped_get,
+)
 from control_plane.errors import NotFound
-from control_plane.models import Line, LineCreate, LinePublic, LineUpdate, Site, Slice, utcnow
-from control_plane.security import CAN
+from control_plane.models import (
+    FailedPart,
+    FailedPartPublic,
+    Line,
+    LineCreate,
+    LinePublic,
+    LineUpdate,
+    OrderPlan,
+    OrderPlanIn,
+    Site,
+    Slice,
+    utcnow,
+)
+from control_plane.security import Permission, Principal
 
 router = APIRouter(prefix="/lines", tags=["lines"])
 
 
 @router.post("", response_model=LinePublic, status_code=201)
-def create_line(body: LineCreate, session: SessionDep, caller: CurrentUser) -> Line:
-    caller.require(*CAN["manage_lines"], action="creating lines")
+def create_line(
+    body: LineCreate,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_LINES, "creating lines")],
+) -> Line:
     if session.get(Site, body.site_id) is None:
         raise NotFound(f"site {body.site_id} not found")
     assert caller.tenant_id is not None
@@ -39,8 +70,12 @@ def get_line(line_id: IdPath, session: SessionDep, caller: CurrentUser) -> Line:
 
 
 @router.patch("/{line_id}", response_model=LinePublic)
-def update_line(line_id: IdPath, body: LineUpdate, session: SessionDep, caller: CurrentUser) -> Line:
-    caller.require(*CAN["manage_lines"], action="changing lines")
+def update_line(
+    line_id: IdPath,
+    body: LineUpdate,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_LINES, "changing lines")],
+) -> Line:
     line = scoped_get(session, Line, line_id, caller)
     for key, value in body.model_dump(exclude_unset=True, exclude_none=True).items():
         setattr(line, key, value)
@@ -53,3 +88,107 @@ def update_line(line_id: IdPath, body: LineUpdate, session: SessionDep, caller: 
     session.commit()
     session.refresh(line)
     return line
+
+
+# --- order plans: capacity tied to order volume ------------------------------------------------
+
+
+def plan_preview(session: Session, line: Line, now: datetime) -> list[dict[str, Any]]:
+    """Per live slice serving the line: its planned windows for the next 7 days, with the lease and profile."""
+    slices = session.exec(select(Slice).where(Slice.tenant_id == line.tenant_id)).all()
+    return [
+        {"slice_id": s.id, "slug": s.slug, **capacity.slice_windows(session, s, now, days=7)}
+        for s in slices
+        if line.id in s.line_ids and s.status in capacity.LIVE_SLICES
+    ]
+
+
+def _stage_plan(session: Session, line: Line, plan: dict[str, Any]) -> OrderPlan:
+    """The line's order plan row holding ``plan`` (created if the line has none), added to the session."""
+    assert line.id is not None
+    row = session.exec(select(OrderPlan).where(OrderPlan.line_id == line.id)).first()
+    if row is None:
+        row = OrderPlan(tenant_id=line.tenant_id, line_id=line.id, plan=plan)
+    else:
+        row.plan, row.updated_at = plan, utcnow()
+    session.add(row)
+    return row
+
+
+@router.put("/{line_id}/order-plan")
+def put_order_plan(
+    line_id: IdPath,
+    body: OrderPlanIn,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_SLICES, "entering order plans")],
+    now: NowDep,
+) -> dict[str, Any]:
+    """Set the line's shifts and order volume; answers the resulting floors and cost for the next 7 days."""
+    line = scoped_get(session, Line, line_id, caller)
+    stored = body.model_dump(mode="json")
+    _stage_plan(session, line, stored)
+    session.commit()
+    return {"line_id": line_id, "plan": stored, "slices": plan_preview(session, line, now)}
+
+
+@router.get("/{line_id}/order-plan")
+def get_order_plan(line_id: IdPath, session: SessionDep, caller: CurrentUser, now: NowDep) -> dict[str, Any]:
+    line = scoped_get(session, Line, line_id, caller)
+    row = session.exec(select(OrderPlan).where(OrderPlan.line_id == line_id)).first()
+    if row is None:
+        raise NotFound(f"line {line.slug} has no order plan yet; PUT one")
+    return {"line_id": line_id, "plan": row.plan, "slices": plan_preview(session, line, now)}
+
+
+@router.post("/{line_id}/order-plan/preview")
+def preview_order_plan(
+    line_id: IdPath,
+    body: OrderPlanIn,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_SLICES, "planning capacity")],
+    now: NowDep,
+) -> dict[str, Any]:
+    """What an order plan would do, without saving it: floors and cost for 7 days, and the capacity chart."""
+    line = scoped_get(session, Line, line_id, caller)
+    _stage_plan(session, line, body.model_dump(mode="json"))
+    session.flush()  # the plan is visible to this transaction only, and rolled back below
+    try:
+        slices = plan_preview(session, line, now)
+        for entry in slices:
+            item = session.get(Slice, entry["slice_id"])
+            assert item is not None
+            entry["cost_7_days"] = _cost(entry, item.price_per_replica_hour)
+            entry["capacity"] = dashboard.capacity_series(session, item, now)
+    finally:
+        session.rollback()
+    return {"line_id": line_id, "plan": body.model_dump(mode="json"), "slices": slices}
+
+
+def _cost(entry: dict[str, Any], price: float) -> dict[str, float]:
+    """Replica-hours the planned floors hold over the windows shown, what they cost, what the lease lacks."""
+    hours = shortfall = 0.0
+    for windows in entry["lines"].values():
+        for w in windows:
+            length = (w["end"] - w["warm_from"]).total_seconds() / 3600
+            hours += w["floor"] * length
+            shortfall += w["shortfall_cost_per_hour"] * length
+    return {"replica_hours": round(hours, 1), "cost": round(hours * price, 2), "shortfall_cost": round(shortfall, 2)}
+
+
+# --- what the line saw: the dashboard's line pages ---------------------------------------------
+
+
+@router.get("/{line_id}/series")
+def line_series(line_id: IdPath, session: SessionDep, caller: CurrentUser,
+                hours: int = Query(default=24, ge=1, le=24 * 31)) -> list[dict[str, Any]]:  # fmt: skip
+    """The line's frames/s, defect rate and latency over the last ``hours`` (at most 288 points)."""
+    line = scoped_get(session, Line, line_id, caller)
+    return dashboard.line_series(session, line, utcnow(), hours)
+
+
+@router.get("/{line_id}/failed-parts", response_model=list[FailedPartPublic])
+def failed_parts(line_id: IdPath, session: SessionDep, caller: CurrentUser, page: PageDep) -> list[FailedPart]:
+    """The line's latest failed parts, newest first (paged, X-Next-Cursor); thumbnails at
+    ``/failed-parts/{id}/thumbnail``."""
+    scoped_get(session, Line, line_id, caller)
+    return page.of(session, select(FailedPart).where(FailedPart.line_id == line_id), FailedPart, newest_first=True)

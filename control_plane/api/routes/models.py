@@ -1,6 +1,9 @@
-"""Model registry: upload an ONNX file with its manifest, list versions, download by hash."""
+"""Model registry (``/models``): upload an ONNX file with its manifest, list versions, download by hash,
+and read the profiles (frames/s per replica, cold start) agents measured for a version."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
@@ -9,10 +12,10 @@ from sqlmodel import Session, col, or_, select
 from starlette.concurrency import run_in_threadpool
 
 from control_plane import registry, uploads
-from control_plane.api.deps import CurrentUser, IdPath, PageDep, SessionDep, SettingsDep
+from control_plane.api.deps import CurrentUser, IdPath, PageDep, SessionDep, SettingsDep, allowed
 from control_plane.errors import Conflict, InvalidUpload, NotFound
-from control_plane.models import ModelVersion, ModelVersionPublic
-from control_plane.security import CAN, Principal
+from control_plane.models import ModelProfile, ModelProfilePublic, ModelVersion, ModelVersionPublic
+from control_plane.security import Permission, Principal
 
 router = APIRouter(prefix="/models", tags=["model registry"])
 
@@ -55,7 +58,10 @@ UPLOAD_ANSWERS: dict[int | str, dict[str, str]] = {
 @router.post("", response_model=ModelVersionPublic, status_code=201, openapi_extra={"requestBody": UPLOAD_FORM},
              responses=UPLOAD_ANSWERS)  # fmt: skip
 async def upload_model(
-    request: Request, session: SessionDep, settings: SettingsDep, caller: CurrentUser
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.UPLOAD_MODELS, "uploading models")],
 ) -> ModelVersion:
     """Validate and store a model version for your tenant (operators: a public model).
 
@@ -63,7 +69,6 @@ async def upload_model(
     separate process under CPU, memory and time limits; at most LINESIDE_VALIDATOR_CONCURRENCY run at
     once (more answer 429 with Retry-After). Problems answer 422 with a stable ``reason``.
     """
-    caller.require(*CAN["upload_models"], action="uploading models")
     with registry.VALIDATIONS.slot(settings.validator_concurrency):
         upload = await uploads.receive(request, settings.data_dir / "uploads", max_file_bytes=settings.max_model_bytes)
         try:
@@ -116,3 +121,10 @@ def download_model(model_id: IdPath, session: SessionDep, settings: SettingsDep,
     version = visible_model(session, model_id, caller)
     return FileResponse(settings.model_store / f"{version.sha256}.onnx", media_type="application/octet-stream",
                         filename=f"{version.name}-{version.version}.onnx")  # fmt: skip
+
+
+@router.get("/{model_id}/profiles", response_model=list[ModelProfilePublic])
+def list_profiles(model_id: IdPath, session: SessionDep, caller: CurrentUser, page: PageDep) -> list[ModelProfile]:
+    """Measured frames/s per replica and cold-start time of a model version, per hardware; paged (X-Next-Cursor)."""
+    model = visible_model(session, model_id, caller)
+    return page.of(session, select(ModelProfile).where(ModelProfile.model_sha256 == model.sha256), ModelProfile)

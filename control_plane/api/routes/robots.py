@@ -7,6 +7,7 @@ password we hand out always works and a revoked robot is disconnected now.
 from __future__ import annotations
 
 import shlex
+from typing import Annotated
 
 from fastapi import APIRouter
 from sqlalchemy.exc import IntegrityError
@@ -15,18 +16,18 @@ from sqlmodel import Session, col, select
 from contracts import wire
 from control_plane import broker_sync, sites
 from control_plane.api.deps import (
-    CurrentUser,
     IdFilter,
     IdPath,
     PageDep,
     SessionDep,
     SettingsDep,
+    allowed,
     own_tenant,
     scoped_get,
 )
 from control_plane.errors import Conflict
 from control_plane.models import Line, Robot, RobotCreate, RobotCredentials, RobotPublic, Site, Tenant
-from control_plane.security import CAN, Principal
+from control_plane.security import Permission, Principal
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import RobotStatus, transition
 
@@ -80,10 +81,12 @@ def _robot(session: Session, robot_id: int, caller: Principal) -> Robot:
 
 @router.post("", response_model=RobotCredentials, status_code=201)
 def create_robot(
-    body: RobotCreate, session: SessionDep, settings: SettingsDep, caller: CurrentUser
+    body: RobotCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_ROBOTS, "creating robots")],
 ) -> RobotCredentials:
     """Register a robot on one of your lines; the answer holds its password (shown once) and examples."""
-    caller.require(*CAN["manage_robots"], action="creating robots")
     line = scoped_get(session, Line, body.line_id, caller)
     tenant = session.get(Tenant, line.tenant_id)
     assert tenant is not None
@@ -107,9 +110,13 @@ def create_robot(
 
 
 @router.get("", response_model=list[RobotPublic])
-def list_robots(session: SessionDep, caller: CurrentUser, page: PageDep, line_id: IdFilter = None) -> list[Robot]:
+def list_robots(
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.READ_ROBOTS, "listing robots")],
+    page: PageDep,
+    line_id: IdFilter = None,
+) -> list[Robot]:
     """Your tenant's robots by id (operators: all), a page at a time (X-Next-Cursor)."""
-    caller.require(*CAN["read_robots"], action="listing robots")
     query = own_tenant(select(Robot).order_by(col(Robot.id)), Robot, caller)
     if line_id is not None:
         query = query.where(Robot.line_id == line_id)
@@ -117,15 +124,22 @@ def list_robots(session: SessionDep, caller: CurrentUser, page: PageDep, line_id
 
 
 @router.get("/{robot_id}", response_model=RobotPublic)
-def get_robot(robot_id: IdPath, session: SessionDep, caller: CurrentUser) -> Robot:
-    caller.require(*CAN["read_robots"], action="reading robots")
+def get_robot(
+    robot_id: IdPath,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.READ_ROBOTS, "reading robots")],
+) -> Robot:
     return _robot(session, robot_id, caller)
 
 
 @router.post("/{robot_id}/rotate", response_model=RobotCredentials)
-def rotate_robot(robot_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> RobotCredentials:
+def rotate_robot(
+    robot_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_ROBOTS, "rotating robot credentials")],
+) -> RobotCredentials:
     """New password (shown once); the old one stops working and its connections are closed."""
-    caller.require(*CAN["manage_robots"], action="rotating robot credentials")
     robot = _robot(session, robot_id, caller)
     if robot.status is not RobotStatus.ACTIVE:
         raise Conflict(f"robot {robot.slug} is {robot.status.value}; create a new robot instead")
@@ -139,9 +153,13 @@ def rotate_robot(robot_id: IdPath, session: SessionDep, settings: SettingsDep, c
 
 
 @router.post("/{robot_id}/revoke", response_model=RobotPublic)
-def revoke_robot(robot_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Robot:
+def revoke_robot(
+    robot_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_ROBOTS, "revoking robots")],
+) -> Robot:
     """Remove the robot's broker credentials and disconnect it; final."""
-    caller.require(*CAN["manage_robots"], action="revoking robots")
     robot = _robot(session, robot_id, caller)
     robot.status = transition(robot.status, RobotStatus.REVOKED, what=f"robot {robot.slug}")
     with sites.admin(settings, _site_of(session, robot)) as broker:

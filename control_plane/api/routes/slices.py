@@ -1,19 +1,32 @@
-"""Slices: a tenant's rented capacity on a site. Plant managers buy, scale and release them."""
+"""Slices (``/slices``): a tenant's rented capacity on a site. Plant managers buy, scale and release them;
+their planned floors, scale events and capacity over time are read here too."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from control_plane import capacity, placement, sites
-from control_plane.api.deps import CurrentUser, IdPath, NowDep, PageDep, SessionDep, SettingsDep, own_tenant, scoped_get
+from control_plane import capacity, dashboard, placement, sites
+from control_plane.api.deps import IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed, own_tenant, scoped_get
 from control_plane.api.routes.models import visible_model
 from control_plane.errors import Conflict, InvalidInput
-from control_plane.models import Line, Role, ScaleKind, Site, Slice, SliceCreate, SlicePublic, SliceScale, utcnow
-from control_plane.security import CAN
+from control_plane.models import (
+    Line,
+    ScaleEvent,
+    ScaleEventPublic,
+    ScaleKind,
+    Site,
+    Slice,
+    SliceCreate,
+    SlicePublic,
+    SliceScale,
+    utcnow,
+)
+from control_plane.security import Permission, Principal
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import SliceStatus, transition
 
@@ -30,10 +43,13 @@ def _push_ingress(session: Session, settings: ControlPlaneSettings, item: Slice)
 
 @router.post("", response_model=SlicePublic, status_code=201)
 def create_slice(
-    body: SliceCreate, session: SessionDep, settings: SettingsDep, caller: CurrentUser, now: NowDep
+    body: SliceCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_SLICES, "buying capacity (creating slices)")],
+    now: NowDep,
 ) -> Slice:
     """Rent capacity for some of your lines; the site's agent starts it and reports its status."""
-    caller.require(*CAN["manage_slices"], action="buying capacity (creating slices)")
     lines = [scoped_get(session, Line, line_id, caller) for line_id in body.line_ids]
     site_ids = {line.site_id for line in lines}
     if len(site_ids) != 1:
@@ -64,22 +80,31 @@ def _place(session: Session, item: Slice, now: datetime) -> None:
 
 
 @router.get("", response_model=list[SlicePublic])
-def list_slices(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[Slice]:
+def list_slices(
+    session: SessionDep, caller: Annotated[Principal, allowed(Permission.READ_SLICES, "listing slices")], page: PageDep
+) -> list[Slice]:
     """Your tenant's slices by id (operators: all), a page at a time (X-Next-Cursor)."""
-    caller.require(*CAN["read_slices"], action="listing slices")
     return page.of(session, own_tenant(select(Slice), Slice, caller), Slice)
 
 
 @router.get("/{slice_id}", response_model=SlicePublic)
-def get_slice(slice_id: IdPath, session: SessionDep, caller: CurrentUser) -> Slice:
-    caller.require(*CAN["read_slices"], action="reading slices")
+def get_slice(
+    slice_id: IdPath,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.READ_SLICES, "reading slices")],
+) -> Slice:
     return scoped_get(session, Slice, slice_id, caller)
 
 
 @router.post("/{slice_id}/scale", response_model=SlicePublic)
-def scale_slice(slice_id: IdPath, body: SliceScale, session: SessionDep, caller: CurrentUser, now: NowDep) -> Slice:
+def scale_slice(
+    slice_id: IdPath,
+    body: SliceScale,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_SLICES, "scaling capacity")],
+    now: NowDep,
+) -> Slice:
     """Move the replica bounds; the agent applies the new generation."""
-    caller.require(*CAN["manage_slices"], action="scaling capacity")
     item = scoped_get(session, Slice, slice_id, caller)
     reason = f"set by user {caller.user_id}"
     capacity.record(session, item, ScaleKind.MANUAL, body.min_replicas, body.max_replicas, reason)
@@ -90,9 +115,13 @@ def scale_slice(slice_id: IdPath, body: SliceScale, session: SessionDep, caller:
 
 
 @router.delete("/{slice_id}", response_model=SlicePublic)
-def delete_slice(slice_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Slice:
+def delete_slice(
+    slice_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_SLICES, "releasing capacity")],
+) -> Slice:
     """Release the capacity: the agent removes the application, then the slice is ``deleted``."""
-    caller.require(*CAN["manage_slices"], action="releasing capacity")
     item = scoped_get(session, Slice, slice_id, caller)
     item.status = transition(item.status, SliceStatus.DELETING, what=f"slice {item.slug}")
     item.updated_at = utcnow()
@@ -107,10 +136,14 @@ def delete_slice(slice_id: IdPath, session: SessionDep, settings: SettingsDep, c
 
 
 @router.post("/{slice_id}/credentials/rotate", response_model=SlicePublic)
-def rotate_credentials(slice_id: IdPath, session: SessionDep, settings: SettingsDep, caller: CurrentUser) -> Slice:
+def rotate_credentials(
+    slice_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.ROTATE_SLICE_CREDENTIALS, "rotating a slice's broker credentials")],
+) -> Slice:
     """New broker passwords for the slice's ingress (e.g. a node was lost or stolen): the old ones stop
     working at once and their sessions are disconnected; the site's agent restarts the ingress with the new."""
-    caller.require(Role.OPERATOR, *CAN["manage_slices"], action="rotating a slice's broker credentials")
     item = scoped_get(session, Slice, slice_id, caller)
     if item.status not in sites.LIVE_SLICES:
         raise Conflict(f"slice {item.slug} is {item.status.value}: it has no broker credentials to rotate")
@@ -119,3 +152,53 @@ def rotate_credentials(slice_id: IdPath, session: SessionDep, settings: Settings
     sites.rotate_ingress(session, settings, site, [item], f"asked by user {caller.user_id}")
     session.refresh(item)
     return item
+
+
+# --- capacity: planned floors, scale events, the capacity chart --------------------------------
+
+
+@router.get("/{slice_id}/plan")
+def get_slice_plan(
+    slice_id: IdPath,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.READ_SLICES, "reading capacity plans")],
+    now: NowDep,
+    days: int = Query(default=7, ge=1, le=31),
+) -> dict[str, Any]:
+    """Planned floors per shift window for the slice's lines, with the lease cap and what more would cost."""
+    item = scoped_get(session, Slice, slice_id, caller)
+    planned = capacity.planned_floor(session, item, now)
+    return {
+        "slice_id": slice_id,
+        "now": now.isoformat(),
+        "floor_now": planned[0] if planned else None,
+        "why": planned[1] if planned else "no order plan or no measured profile yet",
+        **capacity.slice_windows(session, item, now - timedelta(hours=1), days),
+    }
+
+
+@router.get("/{slice_id}/events", response_model=list[ScaleEventPublic])
+def list_scale_events(
+    slice_id: IdPath,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.READ_SLICES, "reading scale events")],
+    page: PageDep,
+) -> list[ScaleEvent]:
+    """Every change of the slice's bounds with its reason, newest first; paged (X-Next-Cursor)."""
+    scoped_get(session, Slice, slice_id, caller)
+    query = select(ScaleEvent).where(ScaleEvent.slice_id == slice_id)
+    return page.of(session, query, ScaleEvent, newest_first=True)
+
+
+@router.get("/{slice_id}/capacity")
+def capacity_chart(
+    slice_id: IdPath,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.READ_SLICES, "reading capacity")],
+    now: NowDep,
+    hours_back: int = Query(default=24, ge=1, le=24 * 7),
+    hours_ahead: int = Query(default=24, ge=1, le=24 * 7),
+) -> dict[str, Any]:
+    """Planned demand, replica floor, running replicas and lease limit over time, with a text summary."""
+    item = scoped_get(session, Slice, slice_id, caller)
+    return dashboard.capacity_series(session, item, now, hours_back, hours_ahead)

@@ -1,0 +1,109 @@
+"""Nodes (``/nodes``): the machines that joined a site. Only operators see them: they carry every tenant's slices.
+
+Operators drain, undrain and remove nodes and declare which are lent to the compute bank; each change
+re-places the site's slices (``placement.place_site``), and a node leaving the operators' hands rotates
+the site's slice-ingress credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter
+from sqlmodel import Session, select
+
+from control_plane import placement
+from control_plane.api.deps import IdFilter, IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed
+from control_plane.api.routes.sites import find_site
+from control_plane.errors import BrokerUnavailable, Conflict, NotFound
+from control_plane.models import Node, NodeContribution, NodePublic, NodeStatusChange
+from control_plane.security import Permission, Principal
+from control_plane.sites import live_slices, rotate_ingress
+from control_plane.states import NodeStatus, transition
+
+router = APIRouter(prefix="/nodes", tags=["nodes"])
+
+
+def _find_node(session: Session, node_id: int) -> Node:
+    node = session.get(Node, node_id)
+    if node is None:
+        raise NotFound(f"node {node_id} not found")
+    return node
+
+
+@router.get("", response_model=list[NodePublic])
+def list_nodes(
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_NODES, "listing nodes")],
+    page: PageDep,
+    site_id: IdFilter = None,
+) -> list[Node]:
+    """Only operators see nodes: they carry every tenant's slices. By id, paged (X-Next-Cursor)."""
+    query = select(Node)
+    if site_id is not None:
+        query = query.where(Node.site_id == site_id)
+    return page.of(session, query, Node)
+
+
+@router.get("/{node_id}", response_model=NodePublic)
+def get_node(
+    node_id: IdPath,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_NODES, "reading nodes")],
+) -> Node:
+    return _find_node(session, node_id)
+
+
+@router.post("/{node_id}/status", response_model=NodePublic)
+def change_node_status(
+    node_id: IdPath,
+    body: NodeStatusChange,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_NODES, "changing node status")],
+    now: NowDep,
+) -> Node:
+    """Drain (``draining``), undrain (``online``) or remove a node; illegal moves answer 409.
+
+    Draining and removing rotate the site's slice-ingress credentials: a node leaving the operators'
+    hands must not keep a password that reads tenants' frames.
+    """
+    node = _find_node(session, node_id)
+    if body.status not in (NodeStatus.DRAINING, NodeStatus.ONLINE, NodeStatus.REMOVED):
+        raise Conflict(f"operators may set draining, online or removed; {body.status.value} is set by the agent")
+    node.status = transition(node.status, body.status, what=f"node {node.id} ({node.hostname})")
+    session.commit()
+    site = find_site(session, node.site_id)
+    unsynced = None
+    if body.status in (NodeStatus.DRAINING, NodeStatus.REMOVED):
+        try:
+            rotate_ingress(session, settings, site, live_slices(session, site), f"node {node.id} {body.status.value}")
+        except BrokerUnavailable as e:
+            unsynced = e
+    placement.place_site(session, site, now)
+    if unsynced is not None:
+        raise BrokerUnavailable(
+            f"node {node.id} is {node.status.value} and its site's slice credentials were rotated, but the site "
+            f"broker did not take them ({unsynced.message}); POST /sites/{site.id}/broker/sync once it answers"
+        ) from unsynced
+    session.refresh(node)
+    return node
+
+
+@router.put("/{node_id}/contribution", response_model=NodePublic)
+def set_contribution(
+    node_id: IdPath,
+    body: NodeContribution,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_NODES, "declaring contributed nodes")],
+    now: NowDep,
+) -> Node:
+    """Declare a node part of the compute bank and when it is lent (e.g. weekdays 20:00-07:00, holidays)."""
+    node = _find_node(session, node_id)
+    node.contributed = body.contributed
+    node.windows = [w.model_dump() for w in body.windows]
+    node.holidays = [d.isoformat() for d in body.holidays]
+    session.commit()
+    placement.place_site(session, find_site(session, node.site_id), now)
+    session.refresh(node)
+    return node

@@ -1,0 +1,82 @@
+"""Typed permissions: every permission names its roles, and one dependency refuses the others with a 403
+that names the roles that may (a misspelt permission is an AttributeError at import, not a 500)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from control_plane import errors
+from control_plane.api import deps
+from control_plane.models import Role
+from control_plane.security import ROLES_FOR, Permission, Principal
+
+OP, PM, IT = Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT
+
+# Who may do what, as the API has promised since roles existed (the old CAN table, by value).
+MATRIX = {
+    "manage_tenants": {OP},
+    "manage_users": {OP, PM},
+    "manage_sites": {OP},
+    "manage_nodes": {OP},
+    "read_sites": {OP, PM, IT},
+    "manage_lines": {PM, IT},
+    "manage_robots": {IT},
+    "read_robots": {OP, PM, IT},
+    "upload_models": {OP, PM, IT},
+    "manage_slices": {PM},
+    "read_slices": {OP, PM, IT},
+    "rotate_slice_credentials": {OP, PM},
+}
+
+
+def test_every_permission_has_its_roles() -> None:
+    assert set(ROLES_FOR) == set(Permission)
+    assert {p.value: set(p.roles) for p in Permission} == MATRIX
+
+
+@pytest.mark.parametrize("permission", list(Permission))
+@pytest.mark.parametrize("role", list(Role))
+def test_require_refuses_exactly_the_roles_without_the_permission(permission: Permission, role: Role) -> None:
+    caller = Principal(user_id=1, role=role, tenant_id=None if role is OP else 7)
+    assert caller.may(permission) is (role in MATRIX[permission.value])
+    if caller.may(permission):
+        caller.require(permission, action="doing it")
+    else:
+        named = " or ".join(r.value for r in permission.roles)
+        with pytest.raises(errors.Forbidden, match=f"^doing it needs the {named} role; your token is {role.value}$"):
+            caller.require(permission, action="doing it")
+
+
+def _app(role: Role) -> TestClient:
+    """A route behind ``allowed``, with the caller's role fixed (the token lookup is the seam)."""
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/slices")
+    def create(caller: Annotated[Principal, deps.allowed(Permission.MANAGE_SLICES, "buying capacity")]) -> dict:
+        return {"user_id": caller.user_id, "role": caller.role.value}
+
+    app.dependency_overrides[deps._principal] = lambda: Principal(user_id=3, role=role, tenant_id=7)
+    return TestClient(app)
+
+
+def test_the_dependency_gives_the_caller_to_a_role_that_may() -> None:
+    response = _app(PM).post("/slices")
+    assert response.status_code == 200 and response.json() == {"user_id": 3, "role": "plant_manager"}
+
+
+@pytest.mark.parametrize("role", [OP, IT])
+def test_the_dependency_answers_403_naming_the_role_that_may(role: Role) -> None:
+    response = _app(role).post("/slices")
+    assert response.status_code == 403
+    assert response.json()["detail"] == f"buying capacity needs the plant_manager role; your token is {role.value}"
+    assert response.json()["code"] == "forbidden"
+
+
+def test_a_misspelt_permission_is_an_error_before_any_request() -> None:
+    with pytest.raises(AttributeError):
+        Permission.MANAGE_SLICE  # type: ignore[attr-defined]  # noqa: B018
