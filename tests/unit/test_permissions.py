@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from control_plane import errors
 from control_plane.api import deps
-from control_plane.models import Role
+from control_plane.models import Role, SliceScale
 from control_plane.security import ROLES_FOR, Permission, Principal
 
 OP, PM, IT = Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT
@@ -60,6 +60,12 @@ def _app(role: Role) -> TestClient:
     def create(caller: Annotated[Principal, deps.allowed(Permission.MANAGE_SLICES, "buying capacity")]) -> dict:
         return {"user_id": caller.user_id, "role": caller.role.value}
 
+    @app.post("/slices/{slice_id}/scale")
+    def scale(
+        slice_id: int, body: SliceScale, caller: Annotated[Principal, deps.allowed(Permission.MANAGE_SLICES, "scaling")]
+    ) -> dict:
+        return body.model_dump()
+
     app.dependency_overrides[deps._principal] = lambda: Principal(user_id=3, role=role, tenant_id=7)
     return TestClient(app)
 
@@ -80,3 +86,11 @@ def test_the_dependency_answers_403_naming_the_role_that_may(role: Role) -> None
 def test_a_misspelt_permission_is_an_error_before_any_request() -> None:
     with pytest.raises(AttributeError):
         Permission.MANAGE_SLICE  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_a_caller_without_the_role_learns_nothing_about_valid_input() -> None:
+    """The role is checked before the path and body are validated: 403, not 422, for a bad body or id."""
+    it = _app(IT)
+    assert it.post("/slices/1/scale", json={"min_replicas": "many"}).status_code == 403
+    assert it.post("/slices/one/scale", json={"min_replicas": 1, "max_replicas": 2}).status_code == 403
+    assert _app(PM).post("/slices/1/scale", json={"min_replicas": "many"}).status_code == 422
