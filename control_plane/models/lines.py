@@ -1,0 +1,105 @@
+"""Production lines (with their robots' frame policy) and the robots that send frames on them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import field_validator
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from contracts import wire
+from control_plane.models._common import Input, RowId, topic_safe_name, utcnow
+from control_plane.states import RobotStatus
+
+ROBOT_MAX_FPS_HELP = "Frames per second each robot of the line may send; beyond it frames are answered rate_limited."
+ROBOT_MAX_FRAME_BYTES_HELP = "Largest frame (bytes) a robot of the line may send; larger ones are answered too_large."
+
+
+class LineCreate(Input):
+    slug: str = Field(description="Topic-safe line name, e.g. 'line-1'.")
+    name: str = Field(default="", max_length=200)
+    site_id: RowId = Field(description="Site whose slices serve this line.")
+    latency_budget_ms: float = Field(default=100.0, gt=0, le=60_000)
+    robot_max_fps: float = Field(default=30.0, gt=0, le=1000, description=ROBOT_MAX_FPS_HELP)
+    robot_max_frame_bytes: int = Field(default=wire.MAX_FRAME_BYTES, ge=1024, le=wire.MAX_FRAME_BYTES,
+                                       description=ROBOT_MAX_FRAME_BYTES_HELP)  # fmt: skip
+    _check_slug = field_validator("slug")(topic_safe_name)
+
+
+class LineUpdate(Input):
+    """Fields of a line that may change; omitted ones keep their value."""
+
+    name: str | None = Field(default=None, max_length=200)
+    latency_budget_ms: float | None = Field(default=None, gt=0, le=60_000)
+    robot_max_fps: float | None = Field(default=None, gt=0, le=1000, description=ROBOT_MAX_FPS_HELP)
+    robot_max_frame_bytes: int | None = Field(default=None, ge=1024, le=wire.MAX_FRAME_BYTES,
+                                              description=ROBOT_MAX_FRAME_BYTES_HELP)  # fmt: skip
+
+
+class Line(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("tenant_id", "slug"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    slug: str = Field(max_length=63)
+    name: str = Field(default="", max_length=200)
+    latency_budget_ms: float = 100.0
+    robot_max_fps: float = 30.0  # per robot; frames beyond it are answered rate_limited, not inferred
+    robot_max_frame_bytes: int = wire.MAX_FRAME_BYTES  # per frame; larger ones are answered too_large
+
+
+class LinePublic(SQLModel):
+    id: int
+    tenant_id: int
+    site_id: int
+    slug: str
+    name: str
+    latency_budget_ms: float
+    robot_max_fps: float
+    robot_max_frame_bytes: int
+
+
+class RobotCreate(Input):
+    slug: str = Field(description="Topic-safe robot name, e.g. 'cam-7'.")
+    line_id: RowId = Field(description="Line the robot inspects on.")
+    _check_slug = field_validator("slug")(topic_safe_name)
+
+
+class Robot(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("line_id", "slug"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    line_id: int = Field(foreign_key="line.id", index=True)
+    slug: str = Field(max_length=63)
+    mqtt_username: str = Field(unique=True, index=True, max_length=200)
+    status: RobotStatus = Field(default=RobotStatus.ACTIVE)
+    credential_epoch: int = 1
+    created_at: datetime = Field(default_factory=utcnow)
+    connected: bool | None = None  # from the robot's retained status topic; None: never said
+    connection_changed_at: datetime | None = None
+    last_frame_at: datetime | None = None  # from slice telemetry
+
+
+class RobotPublic(SQLModel):
+    id: int
+    tenant_id: int
+    line_id: int
+    slug: str
+    mqtt_username: str
+    status: RobotStatus
+    created_at: datetime
+    connected: bool | None = Field(default=None, description="Robot's own online/offline status; null: unknown.")
+    connection_changed_at: datetime | None = None
+    last_frame_at: datetime | None = Field(default=None, description="When a slice last answered its frame.")
+
+
+class RobotCredentials(RobotPublic):
+    mqtt_password: str = Field(description="Shown once; rotate to get a new one.")
+    client_id: str = Field(description="The only MQTT client id this robot may connect with.")
+    watch_username: str = Field(description="Read-only credentials for the robot's answers (client id = username).")
+    watch_password: str = Field(description="Shown once, rotated with the robot's password.")
+    broker_host: str
+    broker_port: int
+    topics: dict[str, str] = Field(description="frames, status (publish); results, errors (subscribe).")
+    examples: dict[str, str] = Field(description="Ready-to-run mosquitto_pub / mosquitto_sub / Python SDK.")

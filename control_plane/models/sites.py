@@ -1,0 +1,135 @@
+"""Sites (a plant with its MQTT broker), join tokens, and the edge nodes that join them, with the
+compute bank's lending windows and the statuses an operator may set."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import field_validator
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+from control_plane.models._common import Input, hhmm, topic_safe_name, utcnow, weekdays
+from control_plane.states import NodeStatus
+
+
+class SiteCreate(Input):
+    name: str = Field(description="Topic-safe site name, e.g. 'plant-north'.")
+    broker_host: str = Field(default="127.0.0.1", max_length=255, description="The site's MQTT broker host.")
+    broker_port: int = Field(default=1883, gt=0, lt=65536, description="The site's MQTT broker port.")
+    _check_name = field_validator("name")(topic_safe_name)
+
+
+class Site(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=63)
+    broker_host: str = Field(max_length=255)
+    broker_port: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SitePublic(SQLModel):
+    id: int
+    name: str
+    broker_host: str
+    broker_port: int
+
+
+class BrokerAdmin(SQLModel):
+    username: str
+    password: str = Field(description="Dynamic-security admin password the site's Mosquitto must be set up with.")
+
+
+class JoinToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class JoinTokenIssued(SQLModel):
+    site_id: int
+    token: str = Field(description="One-time token for `lineside edge-node join`; shown once.")
+    expires_at: datetime
+
+
+class NodeJoin(Input):
+    token: str = Field(description="The site's one-time join token.")
+    hostname: str = Field(min_length=1, max_length=255)
+    cpus: int = Field(ge=1, le=4096)
+    memory_mb: int = Field(ge=1)
+    gpus: list[dict[str, Any]] = Field(default_factory=list, description="[{'model': ..., 'memory_mb': ...}]")
+    ray_address: str | None = Field(default=None, max_length=255, description="Ray head address this node uses.")
+
+
+class Node(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    hostname: str = Field(max_length=255)
+    cpus: int
+    memory_mb: int
+    gpus: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ray_address: str | None = Field(default=None, max_length=255)
+    status: NodeStatus = Field(default=NodeStatus.JOINING)
+    contributed: bool = False  # compute bank: usable only inside its windows
+    windows: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    holidays: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ray_resources: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    joined_at: datetime = Field(default_factory=utcnow)
+    last_heartbeat_at: datetime | None = None
+    utilization: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class NodePublic(SQLModel):
+    id: int
+    site_id: int
+    hostname: str
+    cpus: int
+    memory_mb: int
+    gpus: list[dict[str, Any]]
+    ray_address: str | None
+    status: NodeStatus
+    last_heartbeat_at: datetime | None
+    contributed: bool
+    windows: list[dict[str, Any]]
+    holidays: list[str]
+    utilization: dict[str, Any] = Field(description="{'cpu': 0..1, 'gpus': [0..1, ...]} from the last heartbeat.")
+
+
+class NodeJoined(NodePublic):
+    node_token: str = Field(description="The agent's credential for heartbeats and desired state; shown once.")
+
+
+class WindowIn(Input):
+    days: list[int] = Field(min_length=1, description="Weekdays, 0 = Monday.")
+    start: str = Field(description="HH:MM local time the node becomes available.")
+    end: str = Field(description="HH:MM; before start = the next morning.")
+
+    _days = field_validator("days")(weekdays)
+    _times = field_validator("start", "end")(hhmm)
+
+
+class NodeContribution(Input):
+    """A contributed node (the compute bank) and when its owner lends it."""
+
+    contributed: bool = Field(description="True: the node runs only bank slices, inside its windows.")
+    windows: list[WindowIn] = Field(default_factory=list, max_length=50)
+    holidays: list[date] = Field(default_factory=list, max_length=400, description="Whole days available.")
+
+
+OPERATOR_NODE_STATUSES = (NodeStatus.DRAINING, NodeStatus.ONLINE, NodeStatus.REMOVED)
+"""The node statuses an operator may set; the agent's heartbeats and the monitor set the others."""
+
+
+class NodeStatusChange(Input):
+    status: NodeStatus = Field(description="draining, online (undrain) or removed.")
+
+    @field_validator("status")
+    @classmethod
+    def _operators_may_set(cls, value: NodeStatus) -> NodeStatus:
+        if value not in OPERATOR_NODE_STATUSES:
+            raise ValueError(f"operators may set draining, online or removed; {value.value} is set by the agent")
+        return value

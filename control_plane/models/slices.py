@@ -1,0 +1,136 @@
+"""Model versions and slices: a tenant's rented inference capacity on a site.
+
+A slice's knobs (replica bounds, autoscaling, batching, reservations) are written once, in
+``SliceKnobs``, and taken from the edge's ``contracts.slice_spec``: the control plane's defaults and
+bounds are the edge node's, so what the API accepts an edge node runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, field_validator, model_validator
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from contracts.slice_spec import BatchSpec, ReplicaSpec, ResourceSpec, check_replica_bounds
+from control_plane.models._common import Input, RowId, topic_safe_name, utcnow
+from control_plane.scheduler import Priority
+from control_plane.states import SliceStatus
+
+
+class ModelVersion(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("tenant_id", "name", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int | None = Field(default=None, foreign_key="tenant.id", index=True)  # None: public
+    name: str = Field(max_length=100)
+    version: str = Field(max_length=50)
+    sha256: str = Field(index=True, max_length=64)
+    size_bytes: int
+    fixed_batch: int | None = None  # None: dynamic batch axis
+    manifest: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelVersionPublic(SQLModel):
+    id: int
+    tenant_id: int | None
+    name: str
+    version: str
+    sha256: str
+    size_bytes: int
+    fixed_batch: int | None
+    manifest: dict[str, Any]
+
+
+def _knob(spec: type[BaseModel], name: str, *, required: bool = False) -> Any:
+    """A slice knob as the edge's ``contracts.slice_spec`` defines it: its default, bounds and description.
+
+    The control plane sells what an edge node runs, so it takes each knob from the spec instead of
+    writing it again: a default or bound changed there changes here, and what the API accepts an
+    edge node accepts.
+    """
+    info = spec.model_fields[name]
+    bounds = {key: getattr(m, key) for m in info.metadata for key in ("gt", "ge", "lt", "le") if hasattr(m, key)}
+    return Field(default=... if required else info.default, description=info.description, **bounds)
+
+
+def _replica_bounds(model: Any) -> Any:
+    """``model_validator(mode="after")`` of the bodies that set both replica bounds: a 422 quoting them."""
+    check_replica_bounds(model.min_replicas, model.max_replicas)
+    return model
+
+
+class SliceKnobs(SQLModel):
+    """Every knob of a slice, written once: what callers set (``SliceCreate``), what is stored
+    (``Slice``), what is shown (``SlicePublic``). ``sites.slice_spec`` hands them to the agent in the
+    spec's sections (``contracts.slice_spec.knob_sections``)."""
+
+    min_replicas: int = _knob(ReplicaSpec, "min_replicas")
+    max_replicas: int = _knob(ReplicaSpec, "max_replicas")
+    max_batch_size: int = _knob(BatchSpec, "max_batch_size")
+    batch_wait_ms: float = _knob(BatchSpec, "batch_wait_ms")
+    cpus_per_replica: float = _knob(ResourceSpec, "cpus_per_replica")
+    gpus_per_replica: float = _knob(ResourceSpec, "gpus_per_replica")
+    target_ongoing_requests: float = _knob(ReplicaSpec, "target_ongoing_requests")
+    upscale_delay_s: float = _knob(ReplicaSpec, "upscale_delay_s")
+    downscale_delay_s: float = _knob(ReplicaSpec, "downscale_delay_s")
+    priority: Priority = Field(default=Priority.RESERVED, description="reserved, burst or bank (compute bank).")
+
+
+class SliceCreate(SliceKnobs, Input):
+    slug: str = Field(description="Topic-safe slice name, unique per tenant.")
+    line_ids: list[RowId] = Field(
+        min_length=1, max_length=100, description="Lines (all on one site) whose frames the slice judges."
+    )
+    model_version_id: RowId = Field(description="Model version (the tenant's own or a public one).")
+    _check_slug = field_validator("slug")(topic_safe_name)
+    _bounds = model_validator(mode="after")(_replica_bounds)
+
+
+class SliceScale(Input):
+    min_replicas: int = _knob(ReplicaSpec, "min_replicas", required=True)
+    max_replicas: int = _knob(ReplicaSpec, "max_replicas", required=True)
+    _bounds = model_validator(mode="after")(_replica_bounds)
+
+
+class Slice(SliceKnobs, table=True):
+    __table_args__ = (UniqueConstraint("tenant_id", "slug"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    slug: str = Field(max_length=63)
+    line_ids: list[int] = Field(sa_column=Column(JSON, nullable=False))
+    model_version_id: int = Field(foreign_key="modelversion.id")
+    placement: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # node id -> n
+    price_per_replica_hour: float = 0.0  # set by the control plane from the catalogue, never by callers
+    credential_epoch: int = 1  # part of the ingress's derived broker password; bumped to rotate it
+    status: SliceStatus = Field(default=SliceStatus.PENDING)
+    status_message: str = Field(default="", max_length=2000)
+    generation: int = 1
+    observed_generation: int = 0
+    actual: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def app_name(self) -> str:
+        """Ray Serve application name and shared-subscription group: unique per site."""
+        return f"t{self.tenant_id}-{self.slug}"
+
+
+class SlicePublic(SliceKnobs):
+    id: int
+    tenant_id: int
+    site_id: int
+    slug: str
+    line_ids: list[int]
+    model_version_id: int
+    placement: dict[str, int]
+    price_per_replica_hour: float
+    credential_epoch: int = Field(description="Bumped each time the ingress's broker credentials rotate.")
+    status: SliceStatus
+    status_message: str
+    generation: int
+    observed_generation: int
+    actual: dict[str, Any]
