@@ -11,10 +11,10 @@ import hashlib
 import json
 import logging
 from datetime import timedelta
-from typing import Any
 
 from sqlmodel import Session, col, select
 
+from contracts.agent_api import DesiredSlice, DesiredState
 from contracts.slice_spec import NODE_RESOURCE_PREFIX, BatchSpec, knob_sections
 from control_plane import broker_sync
 from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, Tenant, utcnow
@@ -146,10 +146,11 @@ def sync_broker(session: Session, settings: ControlPlaneSettings, site: Site) ->
 
 def slice_spec(
     session: Session, settings: ControlPlaneSettings, item: Slice, site: Site, *, secrets: bool
-) -> dict[str, Any]:
-    """The desired slice as the agent applies it: ``contracts.slice_spec.SliceSpec`` fields plus the model.
+) -> DesiredSlice:
+    """The desired slice as the agent applies it: a ``contracts.slice_spec.SliceSpec`` plus the model.
 
-    Without ``secrets`` (any node but the ingress's) the broker password is left out.
+    Without ``secrets`` (any node but the ingress's) the broker password is left out. Only the fields
+    set here travel (``DesiredSlice.content``); the agent's ``SliceSpec`` defaults fill in the rest.
     """
     tenant = session.get(Tenant, item.tenant_id)
     model = session.get(ModelVersion, item.model_version_id)
@@ -161,7 +162,7 @@ def slice_spec(
     knobs = knob_sections(item.model_dump())  # the slice's knobs, in the spec's sections
     bounds = {"min_replicas": min(item.min_replicas, replicas_max), "max_replicas": replicas_max}
     ingress_batch = min(BatchSpec.model_fields["ingress_batch"].default, item.max_batch_size)
-    return {
+    content = {
         "slice_id": item.id,
         "generation": item.generation,
         "model": {"sha256": model.sha256, "manifest": model.manifest},
@@ -189,6 +190,7 @@ def slice_spec(
             },
         },
     }
+    return DesiredSlice.model_validate(content)
 
 
 def pinned_placement(session: Session, item: Slice) -> dict[str, int]:
@@ -205,14 +207,14 @@ def pinned_placement(session: Session, item: Slice) -> dict[str, int]:
     return pins if set(pins) <= advertised else {}
 
 
-def desired_state(
-    session: Session, settings: ControlPlaneSettings, site: Site, node: Node
-) -> tuple[dict[str, Any], str]:
-    """The site's desired slices as ``node`` may see them, and an ETag over that."""
+def desired_state(session: Session, settings: ControlPlaneSettings, site: Site, node: Node) -> tuple[DesiredState, str]:
+    """The site's desired slices as ``node`` may see them, and an ETag over what it is sent."""
     secrets = node.id is not None and node.id == ingress_node_id(session, site)
     slices = live_slices(session, site)
-    state = {"site": site.name, "slices": [slice_spec(session, settings, s, site, secrets=secrets) for s in slices]}
-    etag = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:32]
+    state = DesiredState(
+        site=site.name, slices=[slice_spec(session, settings, s, site, secrets=secrets) for s in slices]
+    )
+    etag = hashlib.sha256(json.dumps(state.content(), sort_keys=True).encode()).hexdigest()[:32]
     return state, etag
 
 

@@ -35,7 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
+from contracts.agent_api import (
+    DesiredSlice,
+    DesiredState,
+    Heartbeat,
+    ModelRef,
+    NodeJoin,
+    ProfileReport,
+    SliceReport,
+)
 from contracts.slice_spec import SliceSpec
 from edge_node import cluster
 from edge_node.errors import EdgeNodeError
@@ -50,14 +60,14 @@ class AgentError(EdgeNodeError):
     """The agent cannot join or cannot reach what it needs."""
 
 
-def _digest(item: dict[str, Any]) -> str:
-    """What Serve sees of a desired slice: its spec and model, not its generation number."""
-    content = json.dumps({"spec": item["spec"], "model": item["model"]["sha256"]}, sort_keys=True)
+def _digest(item: DesiredSlice) -> str:
+    """What Serve sees of a desired slice: its spec (broker password included) and model, not its generation."""
+    content = json.dumps({"spec": item.content()["spec"], "model": item.model.sha256}, sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest()
 
 
 def inventory() -> dict[str, Any]:
-    """Hostname, CPUs, memory and NVIDIA GPUs (model, memory) of this machine."""
+    """Hostname, CPUs, memory and NVIDIA GPUs (model, memory) of this machine: ``NodeJoin``'s fields."""
     memory_kb = 0
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():
@@ -85,7 +95,8 @@ def inventory() -> dict[str, Any]:
 
 def join(client: httpx.Client, token: str, data_dir: Path, ray_address: str | None = None) -> dict[str, Any]:
     """Register this node; stores the node token under ``data_dir`` and returns the node record."""
-    response = client.post("/agent/v1/join", json={"token": token, "ray_address": ray_address, **inventory()})
+    body = NodeJoin.model_validate({"token": token, "ray_address": ray_address, **inventory()})
+    response = client.post("/agent/v1/join", json=body.model_dump(mode="json"))
     if response.status_code != 201:
         raise AgentError(f"join refused ({response.status_code}): {response.json().get('detail', response.text)}")
     node = response.json()
@@ -114,7 +125,7 @@ class Agent:
     applied: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> {"generation", "digest"}
     errors: dict[str, str] = field(default_factory=dict)
     _etag: str | None = None
-    _inventory: dict[str, Any] = field(default_factory=dict)
+    _inventory: Heartbeat = field(default_factory=Heartbeat)  # what every heartbeat says of the machine
     _profiled: set[str] = field(default_factory=set)  # "sha256@hardware" reported to the control plane
     _meter: UtilizationMeter = field(init=False)
 
@@ -126,8 +137,8 @@ class Agent:
         if self._profiles_path.exists():
             self._profiled = set(json.loads(self._profiles_path.read_text()))
         # The machine does not change under a running agent: ask nvidia-smi once, not every heartbeat.
-        self._inventory = {k: v for k, v in inventory().items() if k != "hostname"}
-        self._meter = UtilizationMeter(has_gpus=bool(self._inventory["gpus"]))
+        self._inventory = Heartbeat.model_validate({k: v for k, v in inventory().items() if k != "hostname"})
+        self._meter = UtilizationMeter(has_gpus=bool(self._inventory.gpus))
 
     @property
     def _cache_path(self) -> Path:
@@ -140,7 +151,7 @@ class Agent:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.node_token}"}
 
-    def pull(self) -> dict[str, Any]:
+    def pull(self) -> DesiredState:
         """Desired state from the control plane, or the cached copy when it cannot be reached."""
         headers = self._headers() | ({"If-None-Match": self._etag} if self._etag else {})
         try:
@@ -153,19 +164,23 @@ class Agent:
         if response.status_code != 200:
             log.warning("desired state refused (%s): %s; keeping the cache", response.status_code, response.text[:200])
             return self._cached()
-        state: dict[str, Any] = response.json()
-        write_private(self._cache_path, json.dumps(state))  # holds the slices' broker credentials
+        try:
+            state = DesiredState.model_validate_json(response.content)
+        except ValidationError as e:  # a control plane this agent cannot follow: keep serving what it knows
+            log.warning("desired state unreadable (%s); keeping the cache", str(e)[:500])
+            return self._cached()
+        write_private(self._cache_path, response.content)  # holds the slices' broker credentials
         self._etag = response.headers.get("etag")
         return state
 
-    def _cached(self) -> dict[str, Any]:
+    def _cached(self) -> DesiredState:
         if not self._cache_path.exists():
-            return {"slices": []}
-        return json.loads(self._cache_path.read_text())
+            return DesiredState()
+        return DesiredState.model_validate_json(self._cache_path.read_bytes())
 
-    def _model_manifest(self, model: dict[str, Any]) -> Path:
+    def _model_manifest(self, model: ModelRef) -> Path:
         """The model file (fetched by hash and verified) with its manifest, on this node's disk."""
-        sha = model["sha256"]
+        sha = model.sha256
         target = self.data_dir / "models" / f"{sha}.onnx"
         if not target.exists():
             response = self.client.get(f"/agent/v1/models/{sha}", headers=self._headers())
@@ -174,28 +189,28 @@ class Agent:
                 raise AgentError(f"model download does not match its sha256 {sha}; refusing it")
             write_private(target, response.content)
         manifest_path = target.with_suffix(".json")
-        write_private(manifest_path, json.dumps({**model["manifest"], "file": target.name}))
+        write_private(manifest_path, json.dumps({**model.manifest, "file": target.name}))
         return manifest_path
 
-    def reconcile(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+    def reconcile(self, state: DesiredState) -> list[SliceReport]:
         """Make Serve match ``state``; returns one report per desired slice."""
         present = self.applications()
-        desired = {s["spec"]["name"]: s for s in state.get("slices", [])}
+        desired = {s.spec.name: s for s in state.slices}
         reports = []
         for name, item in desired.items():
             digest = _digest(item)
             if self.applied.get(name, {}).get("digest") != digest or name not in present:
                 try:
-                    spec = SliceSpec.model_validate({**item["spec"], "manifest": self._model_manifest(item["model"])})
-                    log.info("applying slice %s generation %s", name, item["generation"])
+                    spec = item.spec.model_copy(update={"manifest": self._model_manifest(item.model)})
+                    log.info("applying slice %s generation %s", name, item.generation)
                     self.apply(spec)
-                    self.applied[name] = {"generation": item["generation"], "digest": digest}
+                    self.applied[name] = {"generation": item.generation, "digest": digest}
                     self.errors.pop(name, None)
                 except Exception as e:  # keep going with the other slices; report this one as failed
                     log.exception("slice %s could not be applied", name)
                     self.errors[name] = f"{type(e).__name__}: {e}"[:1000]
             else:
-                self.applied[name]["generation"] = item["generation"]  # same content: nothing to do in Serve
+                self.applied[name]["generation"] = item.generation  # same content: nothing to do in Serve
             reports.append(self._report(name, item))
         for name in sorted(set(self.applied) - set(desired)):
             log.info("deleting slice %s: no longer desired", name)
@@ -204,33 +219,36 @@ class Agent:
         write_private(self._applied_path, json.dumps(self.applied))
         return reports
 
-    def _report(self, name: str, item: dict[str, Any]) -> dict[str, Any]:
+    def _report(self, name: str, item: DesiredSlice) -> SliceReport:
         if name in self.errors:
-            return {"slice_id": item["slice_id"], "generation": item["generation"], "healthy": False,
-                    "failed": True, "message": self.errors[name]}  # fmt: skip
+            return SliceReport(slice_id=item.slice_id, generation=item.generation, healthy=False, failed=True,
+                               message=self.errors[name])  # fmt: skip
         status = self.status(name)
         replicas = {d: v.get("replicas", {}) for d, v in status.get("deployments", {}).items()}
-        return {"slice_id": item["slice_id"], "generation": self.applied.get(name, {}).get("generation", 0),
-                "healthy": status.get("status") == "RUNNING", "message": status.get("status", ""),
-                "replicas": replicas}  # fmt: skip
+        return SliceReport.model_validate({
+            "slice_id": item.slice_id, "generation": self.applied.get(name, {}).get("generation", 0),
+            "healthy": status.get("status") == "RUNNING", "message": status.get("status", ""), "replicas": replicas,
+        })  # fmt: skip
 
-    def heartbeat(self, reports: list[dict[str, Any]]) -> None:
-        body = {**self._inventory, "applications": sorted(self.applications()), "slices": reports,
-                "ray_resources": self.ray_resources()}  # fmt: skip
-        self._beat(body)
+    def heartbeat(self, reports: list[SliceReport]) -> None:
+        self._beat(applications=sorted(self.applications()), slices=reports, ray_resources=self.ray_resources())
 
-    def _beat(self, body: dict[str, Any]) -> None:
-        body = {**body, "utilization": self._meter.read()}
+    def _beat(self, **head: Any) -> None:
+        """Inventory and utilization, plus what only the head's agent knows (``head``: its slices)."""
+        beat = {**self._inventory.model_dump(exclude_unset=True), "utilization": self._meter.read(), **head}
+        body = Heartbeat.model_validate(beat)
         try:
-            response = self.client.post("/agent/v1/heartbeat", json=body, headers=self._headers())
+            response = self.client.post(
+                "/agent/v1/heartbeat", json=body.model_dump(mode="json"), headers=self._headers()
+            )
             if response.status_code != 200:
                 log.warning("heartbeat refused (%s): %s", response.status_code, response.text[:200])
         except httpx.TransportError as e:
             log.warning("heartbeat failed (%s); slices keep serving", e)
 
-    def step(self) -> list[dict[str, Any]]:
+    def step(self) -> list[SliceReport]:
         if not self.head:
-            self._beat(self._inventory)
+            self._beat()
             return []
         state = self.pull()
         reports = self.reconcile(state)
@@ -242,22 +260,24 @@ class Agent:
     def _profiles_path(self) -> Path:
         return self.data_dir / "profiles.json"
 
-    def profile_models(self, state: dict[str, Any]) -> None:
+    def profile_models(self, state: DesiredState) -> None:
         """Measure each served model once per hardware and report it (the planner needs it)."""
-        gpus = self._inventory["gpus"]
-        for item in state.get("slices", []):
-            resources = item["spec"].get("resources", {})
-            threads = max(1, int(resources.get("cpus_per_replica", 1)))
-            on_gpu = resources.get("gpus_per_replica", 0) > 0 and gpus
-            hardware = gpus[0]["model"] if on_gpu else f"cpu x{threads}"
-            key = f"{item['model']['sha256']}@{hardware}"
-            if key in self._profiled or item["spec"]["name"] not in self.applied:
+        gpus = self._inventory.gpus or []
+        for item in state.slices:
+            resources = item.spec.resources
+            threads = max(1, int(resources.cpus_per_replica))
+            on_gpu = resources.gpus_per_replica > 0 and gpus
+            hardware = gpus[0].model if on_gpu else f"cpu x{threads}"
+            key = f"{item.model.sha256}@{hardware}"
+            if key in self._profiled or item.spec.name not in self.applied:
                 continue
-            batch = item["spec"].get("batch", {}).get("max_batch_size", 32)
-            result = self.profiler(self._model_manifest(item["model"]), threads=threads, batch=batch)
-            body = {"model_sha256": item["model"]["sha256"], "hardware": hardware, **asdict(result)}
+            batch = item.spec.batch.max_batch_size
+            result = self.profiler(self._model_manifest(item.model), threads=threads, batch=batch)
+            body = ProfileReport(model_sha256=item.model.sha256, hardware=hardware, **asdict(result))
             try:
-                response = self.client.post("/agent/v1/profiles", json=body, headers=self._headers())
+                response = self.client.post(
+                    "/agent/v1/profiles", json=body.model_dump(mode="json"), headers=self._headers()
+                )
             except httpx.TransportError as e:
                 log.warning("profile of %s not reported (%s); will retry", key, e)
                 continue

@@ -55,15 +55,6 @@ class JoinTokenIssued(SQLModel):
     expires_at: datetime
 
 
-class NodeJoin(Input):
-    token: str = Field(description="The site's one-time join token.")
-    hostname: str = Field(min_length=1, max_length=255)
-    cpus: int = Field(ge=1, le=4096)
-    memory_mb: int = Field(ge=1)
-    gpus: list[dict[str, Any]] = Field(default_factory=list, description="[{'model': ..., 'memory_mb': ...}]")
-    ray_address: str | None = Field(default=None, max_length=255, description="Ray head address this node uses.")
-
-
 class Node(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     site_id: int = Field(foreign_key="site.id", index=True)

@@ -57,7 +57,7 @@ def test_agent_serves_desired_slices_idempotently_and_offline(
         # A restarted agent (state from disk only) converges: it re-applies once, then is healthy.
         agent = Agent(cp.client, node["node_token"], tmp_path / "agent", apply=counting_apply, profiler=quick_profile)
         reports = agent.step()
-        assert applied == [app_name] and reports[0]["healthy"], reports
+        assert applied == [app_name] and reports[0].healthy, reports
         slice_a = ok(cp.client.get(f"/slices/{cp.a.ids['slice']}", headers=cp.a.pm))
         assert slice_a["status"] == "running" and slice_a["actual"]["replicas"]["model"] == {"RUNNING": 1}
         assert ok(cp.client.get(f"/slices/{cp.b.ids['slice']}", headers=cp.b.pm))["status"] == "deleted"

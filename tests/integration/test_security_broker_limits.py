@@ -189,5 +189,5 @@ def test_line_frame_policy_is_bounded_and_reaches_the_slice_spec(control_plane: 
         assert item is not None and site is not None
         assert item.generation > generation  # the agent applies the new policy
         desired = sites.slice_spec(session, cp.settings, item, site, secrets=False)
-    spec = SliceSpec.model_validate({**desired["spec"], "broker": {}})
+    spec = desired.spec
     assert spec.policy("line-1") == FramePolicy(max_fps=5, max_frame_bytes=100_000)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Header, Response
-from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import FileResponse, JSONResponse
 from sqlmodel import col, select, update
 
+from contracts.agent_api import DesiredState, Heartbeat, NodeJoin, ProfileReport, SliceReport
 from control_plane import placement, sites
 from control_plane.api.deps import CurrentNode, NowDep, SessionDep, SettingsDep
 from control_plane.dashboard import running_models
@@ -18,10 +16,8 @@ from control_plane.models import (
     ModelProfile,
     ModelVersion,
     Node,
-    NodeJoin,
     NodeJoined,
     NodePublic,
-    RowId,
     ScaleEvent,
     ScaleKind,
     Site,
@@ -32,35 +28,6 @@ from control_plane.security import new_token, token_hash
 from control_plane.states import NodeStatus, SliceStatus, transition
 
 router = APIRouter(prefix="/agent/v1", tags=["edge agent"])
-
-
-class SliceReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    slice_id: RowId
-    generation: int = Field(ge=0, le=2**31 - 1, description="Generation the agent last applied.")
-    healthy: bool = Field(description="Serve reports the application running with its replicas.")
-    failed: bool = Field(default=False, description="The agent could not apply this generation.")
-    message: str = Field(default="", max_length=2000)
-    replicas: dict[str, Any] = Field(default_factory=dict, description="Running replicas per deployment.")
-
-
-class Utilization(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(ge=0, le=1, description="Share of the node's CPU time in use.")
-    gpus: list[float] = Field(default_factory=list, description="Share of each GPU's time in use.")
-
-
-class Heartbeat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cpus: int | None = Field(default=None, ge=1)
-    memory_mb: int | None = Field(default=None, ge=1)
-    gpus: list[dict[str, Any]] | None = None
-    applications: list[str] | None = Field(
-        default=None, description="Lineside Serve applications present (the head's agent); None from worker nodes."
-    )
-    ray_resources: list[str] | None = Field(default=None, description="lineside_node_<id> resources in the cluster.")
-    utilization: Utilization | None = Field(default=None, description="CPU and GPU use since the last heartbeat.")
-    slices: list[SliceReport] = Field(default_factory=list)
 
 
 @router.post("/join", response_model=NodeJoined, status_code=201)
@@ -82,8 +49,9 @@ def join(body: NodeJoin, session: SessionDep) -> NodeJoined:
     site_id = session.exec(select(JoinToken.site_id).where(JoinToken.token_hash == hashed)).one()
     node_token = new_token("node")
     node = Node(
-        site_id=site_id, hostname=body.hostname, cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
-        ray_address=body.ray_address, token_hash=token_hash(node_token), last_heartbeat_at=utcnow(),
+        site_id=site_id, hostname=body.hostname, cpus=body.cpus, memory_mb=body.memory_mb,
+        gpus=[gpu.model_dump() for gpu in body.gpus], ray_address=body.ray_address,
+        token_hash=token_hash(node_token), last_heartbeat_at=utcnow(),
     )  # fmt: skip
     session.add(node)
     session.commit()
@@ -103,7 +71,7 @@ def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowD
     node.cpus = body.cpus or node.cpus
     node.memory_mb = body.memory_mb or node.memory_mb
     if body.gpus is not None:
-        node.gpus = body.gpus
+        node.gpus = [gpu.model_dump() for gpu in body.gpus]
     if body.utilization is not None:
         node.utilization = body.utilization.model_dump()
     for report in body.slices:
@@ -148,17 +116,6 @@ def _finish_deletions(session: SessionDep, site_id: int, present: set[str]) -> N
             item.status = transition(item.status, SliceStatus.DELETED, what=f"slice {item.slug}")
 
 
-class ProfileReport(BaseModel):
-    """Bounds: the planner divides by frames/s and shifts floors by the cold start, so an absurd figure
-    would set a tenant's floor to its whole lease, or overflow the plan's dates."""
-
-    model_config = ConfigDict(extra="forbid")
-    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    hardware: str = Field(min_length=1, max_length=200, description="'cpu xN' or one of the node's GPU models.")
-    frames_per_s_per_replica: float = Field(ge=0.01, le=100_000, description="Measured frames/s of one replica.")
-    cold_start_s: float = Field(ge=0, le=3600, description="Seconds from starting a replica to its first answer.")
-
-
 def _check_hardware(node: Node, hardware: str) -> None:
     """The class must be one the node has: 'cpu xN' within its CPUs, or a GPU model of its inventory."""
     threads = hardware.removeprefix("cpu x")
@@ -195,22 +152,24 @@ def report_profile(body: ProfileReport, session: SessionDep, node: CurrentNode) 
     session.commit()
 
 
-@router.get("/desired")
+@router.get("/desired", response_model=DesiredState)
 def desired(
     session: SessionDep,
     settings: SettingsDep,
     node: CurrentNode,
-    response: Response,
     if_none_match: str | None = Header(default=None),
-) -> Any:
-    """The site's desired slices; ``If-None-Match`` with the last ETag answers 304 when nothing changed."""
+) -> Response:
+    """The site's desired slices; ``If-None-Match`` with the last ETag answers 304 when nothing changed.
+
+    Answered as ``DesiredState.content()``: FastAPI's own serialization would mask the ingress's broker
+    password (a ``SecretStr``), which the head's agent needs."""
     site = session.get(Site, node.site_id)
     assert site is not None
     state, etag = sites.desired_state(session, settings, site, node)
+    headers = {"ETag": f'"{etag}"'}
     if if_none_match and if_none_match.strip('"') == etag:
-        return Response(status_code=304, headers={"ETag": f'"{etag}"'})
-    response.headers["ETag"] = f'"{etag}"'
-    return state
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(state.content(), headers=headers)
 
 
 @router.get("/models/{sha256}", response_class=FileResponse)

@@ -1,0 +1,142 @@
+"""The edge agent's HTTP API (``/agent/v1``), typed once for both ends.
+
+The control plane validates what nodes send (``NodeJoin``, ``Heartbeat``, ``ProfileReport``) and
+answers ``DesiredState``; the agent builds its requests from the same classes and validates the
+desired state it pulls. A node is not trusted: a stolen node token must not be able to write values
+the database cannot hold or the planner would trip over, so every field a node sends is bounded and
+unknown fields are refused. What the control plane sends is checked too, so that a desired state
+the agent cannot apply is refused whole and the agent keeps serving from its cache.
+
+Imports only pydantic and ``contracts.slice_spec`` (no numpy, no FastAPI), so the agent needs nothing
+of the control plane to speak it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.slice_spec import REVEAL_SECRETS, SliceSpec
+
+MAX_ID = 2**31 - 1
+"""Ids and counts are 32-bit columns on every database the control plane runs on."""
+
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+"""A slice id a node reports: bounded like path ids, so a huge one is a 422, not the database's overflow."""
+
+Share = Annotated[float, Field(ge=0, le=1)]
+ReplicaCount = Annotated[int, Field(ge=0, le=100_000)]
+ShortText = Annotated[str, Field(max_length=200)]
+
+
+class _FromNode(BaseModel):
+    """What a node sends: unknown fields are errors (a typo or a probe names the field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GpuInfo(_FromNode):
+    """One NVIDIA GPU of a node, as ``nvidia-smi`` names it."""
+
+    model: str = Field(min_length=1, max_length=200, description="GPU model, e.g. 'NVIDIA L4'.")
+    memory_mb: int = Field(ge=0, le=MAX_ID, description="GPU memory in MiB.")
+
+
+class NodeJoin(_FromNode):
+    """``POST /agent/v1/join``: a one-time token and the node's inventory."""
+
+    token: str = Field(max_length=256, description="The site's one-time join token.")
+    hostname: str = Field(min_length=1, max_length=255, description="The node's host name.")
+    cpus: int = Field(ge=1, le=4096, description="Logical CPUs.")
+    memory_mb: int = Field(ge=1, le=MAX_ID, description="Memory in MiB.")
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=64, description="[{'model': ..., 'memory_mb': ...}]")
+    ray_address: str | None = Field(default=None, max_length=255, description="Ray head address this node uses.")
+
+
+class SliceReport(_FromNode):
+    """The actual state of one desired slice, as the head's agent found it in Serve."""
+
+    slice_id: RowId = Field(description="Slice the report is about.")
+    generation: int = Field(ge=0, le=MAX_ID, description="Generation the agent last applied.")
+    healthy: bool = Field(description="Serve reports the application running with its replicas.")
+    failed: bool = Field(default=False, description="The agent could not apply this generation.")
+    message: str = Field(default="", max_length=2000, description="Serve's status, or why applying failed.")
+    replicas: dict[ShortText, dict[ShortText, ReplicaCount]] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="Replicas per deployment and Serve replica state, e.g. {'model': {'RUNNING': 2}}.",
+    )
+
+
+class Utilization(_FromNode):
+    """How busy the node was since its last heartbeat."""
+
+    cpu: float = Field(ge=0, le=1, description="Share of the node's CPU time in use.")
+    gpus: list[Share] = Field(default_factory=list, max_length=64, description="Share of each GPU's time in use.")
+
+
+class Heartbeat(_FromNode):
+    """``POST /agent/v1/heartbeat``: liveness, inventory and (from the head's agent) the slices' actual state."""
+
+    cpus: int | None = Field(default=None, ge=1, le=4096, description="Logical CPUs; None keeps the last known.")
+    memory_mb: int | None = Field(default=None, ge=1, le=MAX_ID, description="Memory in MiB; None keeps it.")
+    gpus: list[GpuInfo] | None = Field(default=None, max_length=64, description="GPUs; None keeps the last known.")
+    applications: list[ShortText] | None = Field(
+        default=None,
+        max_length=4096,
+        description="Lineside Serve applications present (the head's agent); None from worker nodes.",
+    )
+    ray_resources: list[ShortText] | None = Field(
+        default=None, max_length=4096, description="lineside_node_<id> resources in the cluster."
+    )
+    utilization: Utilization | None = Field(default=None, description="CPU and GPU use since the last heartbeat.")
+    slices: list[SliceReport] = Field(default_factory=list, max_length=4096, description="One per desired slice.")
+
+
+class ProfileReport(_FromNode):
+    """``POST /agent/v1/profiles``: a profiling run's result for one model on one hardware class.
+
+    Bounds: the planner divides by frames/s and shifts floors by the cold start, so an absurd figure
+    would set a tenant's floor to its whole lease, or overflow the plan's dates."""
+
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the ONNX file profiled.")
+    hardware: str = Field(min_length=1, max_length=200, description="'cpu xN' or one of the node's GPU models.")
+    frames_per_s_per_replica: float = Field(ge=0.01, le=100_000, description="Measured frames/s of one replica.")
+    cold_start_s: float = Field(ge=0, le=3600, description="Seconds from starting a replica to its first answer.")
+
+
+class ModelRef(BaseModel):
+    """The model a desired slice serves: fetched by hash from ``/agent/v1/models/{sha256}``."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the ONNX file; verified on arrival.")
+    manifest: dict[str, Any] = Field(
+        description="The model's manifest (contracts.manifest.Manifest) without its file name, which the agent adds."
+    )
+
+
+class DesiredSlice(BaseModel):
+    """One slice as the agent applies it."""
+
+    slice_id: RowId = Field(description="The slice's id, for the agent's report.")
+    generation: int = Field(ge=0, le=MAX_ID, description="Bumped on every change; the agent reports what it applied.")
+    model: ModelRef = Field(description="The model to serve.")
+    spec: SliceSpec = Field(
+        description="The Serve application (manifest left out); the broker password only for the ingress's node."
+    )
+
+    def content(self) -> dict[str, Any]:
+        """The slice as JSON, secrets included: what the wire carries and what the agent's digest covers."""
+        return self.model_dump(mode="json", exclude_unset=True, context={REVEAL_SECRETS: True})
+
+
+class DesiredState(BaseModel):
+    """``GET /agent/v1/desired``: every live slice of the node's site; level-triggered, so applying it twice
+    changes nothing."""
+
+    site: str = Field(default="", max_length=200, description="The site's name.")
+    slices: list[DesiredSlice] = Field(default_factory=list, description="The site's live slices.")
+
+    def content(self) -> dict[str, Any]:
+        """The state as JSON with the broker passwords (``SliceSpec`` masks them by default)."""
+        return self.model_dump(mode="json", exclude_unset=True, context={REVEAL_SECRETS: True})
