@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 		echo "python3 -m venv failed: installing Debian/Ubuntu's python3-venv"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),dev]"
+	$(PY) -m pip install --quiet -e ".[server,$(ORT_EXTRA),dev]"
 	@echo "installed Lineside into $(VENV) with onnxruntime ($(ORT_EXTRA))"
 	@touch $(STAMP)
 
@@ -62,7 +62,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 train: setup
-	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),dev,train]"
+	$(PY) -m pip install --quiet -e ".[server,$(ORT_EXTRA),dev,train]"
 	$(PY) -m training.train
 	$(PY) -m training.evaluate --write-card
 

@@ -5,12 +5,14 @@ broker password on the wire while hiding it everywhere else."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from contracts.agent_api import MAX_ID, DesiredState, Heartbeat, NodeJoin, ProfileReport
+from lineside import entry
 
 SHA = "ab" * 32
 
@@ -99,3 +101,22 @@ def test_a_node_cannot_join_with_values_the_database_cannot_hold() -> None:
         NodeJoin.model_validate(join)
     with pytest.raises(ValidationError, match="gpus"):
         NodeJoin.model_validate({**join, "memory_mb": 1, "gpus": [{"model": "x", "memory_mb": 1}] * 65})
+
+
+def test_the_lineside_command_without_the_server_extra_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A robot-only install has no typer: a clear message and exit 1, not a traceback."""
+    monkeypatch.setitem(sys.modules, "typer", None)  # importing it raises ModuleNotFoundError, as when absent
+    monkeypatch.delitem(sys.modules, "lineside.cli", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        entry.main()
+    assert stopped.value.code == 1
+    message = capsys.readouterr().err
+    assert "'typer'" in message and 'pip install "lineside[server,cpu]"' in message
+
+
+def test_a_missing_module_of_lineside_itself_is_not_blamed_on_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "lineside.cli", None)
+    with pytest.raises(ModuleNotFoundError):
+        entry.main()
