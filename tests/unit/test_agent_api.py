@@ -5,13 +5,17 @@ broker password on the wire while hiding it everywhere else."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from contracts.agent_api import MAX_ID, DesiredState, Heartbeat, NodeJoin, ProfileReport
+from edge_node.agent import Agent
 from lineside import entry
 
 SHA = "ab" * 32
@@ -55,6 +59,26 @@ def test_a_desired_state_the_agent_cannot_apply_is_refused_whole() -> None:
     broken["slices"][0]["spec"]["replicas"]["max_replicas"] = 0
     with pytest.raises(ValidationError, match="max_replicas"):
         DesiredState.model_validate(broken)
+
+
+def test_the_agent_keeps_serving_its_cache_when_a_desired_state_is_unreadable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A control plane the agent cannot follow (a newer one, a bug) must not stop the slices it serves."""
+    good = desired_json()
+    bad = {**good, "slices": [{**good["slices"][0], "generation": -1}]}
+    answers = [good, bad]
+
+    def control_plane(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers.pop(0))
+
+    client = httpx.Client(transport=httpx.MockTransport(control_plane), base_url="http://control-plane")
+    agent = Agent(client, "lsn_test", tmp_path / "agent")
+    first = agent.pull()
+    assert first.content() == good
+    with caplog.at_level(logging.WARNING, logger="edge_node.agent"):
+        assert agent.pull() == first
+    assert "desired state unreadable" in caplog.text and "generation" in caplog.text
 
 
 def test_what_agents_send_today_still_validates() -> None:
