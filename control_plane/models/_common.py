@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from annotated_types import Ge, Le
-from pydantic import ConfigDict
-from sqlmodel import SQLModel
+from pydantic import BaseModel, ConfigDict
+from sqlmodel import Field, SQLModel
 
 from contracts import wire
 
@@ -49,6 +49,22 @@ class Input(SQLModel):
     """Base of every request body: an unknown field (a typo, a server-owned field) is a 422 naming it."""
 
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+_SAME: Any = object()
+
+
+def field_from(model: type[BaseModel], name: str, default: Any = _SAME, **narrower: Any) -> Any:
+    """A field with the default, bounds and description of ``model``'s field ``name`` (``narrower`` bounds
+    or another ``default`` on top; ``default=...``: required).
+
+    How a value's rules are written once: the control plane's schemas take a slice knob from the edge's
+    ``contracts.slice_spec``, and a partial update takes its fields from the entity's base.
+    """
+    info = model.model_fields[name]
+    bounds = {key: getattr(m, key) for m in info.metadata for key in ("gt", "ge", "lt", "le") if hasattr(m, key)}
+    kwargs = {"description": info.description, **bounds, **narrower}
+    return Field(default=info.default if default is _SAME else default, **kwargs)
 
 
 def topic_safe_name(value: str) -> str:

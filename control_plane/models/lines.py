@@ -8,22 +8,29 @@ from pydantic import field_validator
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from contracts import wire
-from control_plane.models._common import Input, RowId, topic_safe_name, utcnow
+from contracts.slice_spec import FramePolicy, SliceSpec
+from control_plane.models._common import Input, RowId, field_from, topic_safe_name, utcnow
 from control_plane.states import RobotStatus
 
 ROBOT_MAX_FPS_HELP = "Frames per second each robot of the line may send; beyond it frames are answered rate_limited."
 ROBOT_MAX_FRAME_BYTES_HELP = "Largest frame (bytes) a robot of the line may send; larger ones are answered too_large."
 
 
-class LineCreate(Input):
+class LineKnobs(SQLModel):
+    """A line's latency budget and its robots' frame policy, written once: set (``LineCreate``), stored
+    (``Line``), shown (``LinePublic``); ``LineUpdate`` takes them as optional. Defaults are the edge's
+    (``contracts.slice_spec``): the line's policy is what its slices' ingress enforces."""
+
+    latency_budget_ms: float = field_from(SliceSpec, "latency_budget_ms", le=60_000)
+    robot_max_fps: float = field_from(FramePolicy, "max_fps", description=ROBOT_MAX_FPS_HELP)
+    robot_max_frame_bytes: int = field_from(FramePolicy, "max_frame_bytes", ge=1024,
+                                            description=ROBOT_MAX_FRAME_BYTES_HELP)  # fmt: skip
+
+
+class LineCreate(LineKnobs, Input):
     slug: str = Field(description="Topic-safe line name, e.g. 'line-1'.")
     name: str = Field(default="", max_length=200)
     site_id: RowId = Field(description="Site whose slices serve this line.")
-    latency_budget_ms: float = Field(default=100.0, gt=0, le=60_000)
-    robot_max_fps: float = Field(default=30.0, gt=0, le=1000, description=ROBOT_MAX_FPS_HELP)
-    robot_max_frame_bytes: int = Field(default=wire.MAX_FRAME_BYTES, ge=1024, le=wire.MAX_FRAME_BYTES,
-                                       description=ROBOT_MAX_FRAME_BYTES_HELP)  # fmt: skip
     _check_slug = field_validator("slug")(topic_safe_name)
 
 
@@ -31,33 +38,26 @@ class LineUpdate(Input):
     """Fields of a line that may change; omitted ones keep their value."""
 
     name: str | None = Field(default=None, max_length=200)
-    latency_budget_ms: float | None = Field(default=None, gt=0, le=60_000)
-    robot_max_fps: float | None = Field(default=None, gt=0, le=1000, description=ROBOT_MAX_FPS_HELP)
-    robot_max_frame_bytes: int | None = Field(default=None, ge=1024, le=wire.MAX_FRAME_BYTES,
-                                              description=ROBOT_MAX_FRAME_BYTES_HELP)  # fmt: skip
+    latency_budget_ms: float | None = field_from(LineKnobs, "latency_budget_ms", default=None)
+    robot_max_fps: float | None = field_from(LineKnobs, "robot_max_fps", default=None)
+    robot_max_frame_bytes: int | None = field_from(LineKnobs, "robot_max_frame_bytes", default=None)
 
 
-class Line(SQLModel, table=True):
+class Line(LineKnobs, table=True):
     __table_args__ = (UniqueConstraint("tenant_id", "slug"),)
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: int = Field(foreign_key="tenant.id", index=True)
     site_id: int = Field(foreign_key="site.id", index=True)
     slug: str = Field(max_length=63)
     name: str = Field(default="", max_length=200)
-    latency_budget_ms: float = 100.0
-    robot_max_fps: float = 30.0  # per robot; frames beyond it are answered rate_limited, not inferred
-    robot_max_frame_bytes: int = wire.MAX_FRAME_BYTES  # per frame; larger ones are answered too_large
 
 
-class LinePublic(SQLModel):
+class LinePublic(LineKnobs):
     id: int
     tenant_id: int
     site_id: int
     slug: str
     name: str
-    latency_budget_ms: float
-    robot_max_fps: float
-    robot_max_frame_bytes: int
 
 
 class RobotCreate(Input):

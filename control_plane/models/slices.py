@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import field_validator, model_validator
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from contracts.slice_spec import BatchSpec, ReplicaSpec, ResourceSpec, check_replica_bounds
-from control_plane.models._common import Input, RowId, topic_safe_name, utcnow
+from control_plane.models._common import Input, RowId, field_from, topic_safe_name, utcnow
 from control_plane.scheduler import Priority
 from control_plane.states import SliceStatus
 
@@ -43,18 +43,6 @@ class ModelVersionPublic(SQLModel):
     manifest: dict[str, Any]
 
 
-def _knob(spec: type[BaseModel], name: str, *, required: bool = False) -> Any:
-    """A slice knob as the edge's ``contracts.slice_spec`` defines it: its default, bounds and description.
-
-    The control plane sells what an edge node runs, so it takes each knob from the spec instead of
-    writing it again: a default or bound changed there changes here, and what the API accepts an
-    edge node accepts.
-    """
-    info = spec.model_fields[name]
-    bounds = {key: getattr(m, key) for m in info.metadata for key in ("gt", "ge", "lt", "le") if hasattr(m, key)}
-    return Field(default=... if required else info.default, description=info.description, **bounds)
-
-
 def _replica_bounds(model: Any) -> Any:
     """``model_validator(mode="after")`` of the bodies that set both replica bounds: a 422 quoting them."""
     check_replica_bounds(model.min_replicas, model.max_replicas)
@@ -63,18 +51,20 @@ def _replica_bounds(model: Any) -> Any:
 
 class SliceKnobs(SQLModel):
     """Every knob of a slice, written once: what callers set (``SliceCreate``), what is stored
-    (``Slice``), what is shown (``SlicePublic``). ``sites.slice_spec`` hands them to the agent in the
-    spec's sections (``contracts.slice_spec.knob_sections``)."""
+    (``Slice``), what is shown (``SlicePublic``). Each takes its default, bounds and description from the
+    edge's ``contracts.slice_spec``: the control plane sells what an edge node runs, so what the API
+    accepts an edge node accepts. ``sites.slice_spec`` hands them to the agent in the spec's sections
+    (``contracts.slice_spec.knob_sections``)."""
 
-    min_replicas: int = _knob(ReplicaSpec, "min_replicas")
-    max_replicas: int = _knob(ReplicaSpec, "max_replicas")
-    max_batch_size: int = _knob(BatchSpec, "max_batch_size")
-    batch_wait_ms: float = _knob(BatchSpec, "batch_wait_ms")
-    cpus_per_replica: float = _knob(ResourceSpec, "cpus_per_replica")
-    gpus_per_replica: float = _knob(ResourceSpec, "gpus_per_replica")
-    target_ongoing_requests: float = _knob(ReplicaSpec, "target_ongoing_requests")
-    upscale_delay_s: float = _knob(ReplicaSpec, "upscale_delay_s")
-    downscale_delay_s: float = _knob(ReplicaSpec, "downscale_delay_s")
+    min_replicas: int = field_from(ReplicaSpec, "min_replicas")
+    max_replicas: int = field_from(ReplicaSpec, "max_replicas")
+    max_batch_size: int = field_from(BatchSpec, "max_batch_size")
+    batch_wait_ms: float = field_from(BatchSpec, "batch_wait_ms")
+    cpus_per_replica: float = field_from(ResourceSpec, "cpus_per_replica")
+    gpus_per_replica: float = field_from(ResourceSpec, "gpus_per_replica")
+    target_ongoing_requests: float = field_from(ReplicaSpec, "target_ongoing_requests")
+    upscale_delay_s: float = field_from(ReplicaSpec, "upscale_delay_s")
+    downscale_delay_s: float = field_from(ReplicaSpec, "downscale_delay_s")
     priority: Priority = Field(default=Priority.RESERVED, description="reserved, burst or bank (compute bank).")
 
 
@@ -89,8 +79,8 @@ class SliceCreate(SliceKnobs, Input):
 
 
 class SliceScale(Input):
-    min_replicas: int = _knob(ReplicaSpec, "min_replicas", required=True)
-    max_replicas: int = _knob(ReplicaSpec, "max_replicas", required=True)
+    min_replicas: int = field_from(ReplicaSpec, "min_replicas", default=...)
+    max_replicas: int = field_from(ReplicaSpec, "max_replicas", default=...)
     _bounds = model_validator(mode="after")(_replica_bounds)
 
 

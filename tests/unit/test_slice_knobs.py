@@ -13,8 +13,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from contracts.slice_spec import KNOB_SECTIONS, ReplicaSpec, knob_sections
-from control_plane.models import Slice, SliceCreate, SliceKnobs, SlicePublic, SliceScale
+from contracts.slice_spec import KNOB_SECTIONS, FramePolicy, ReplicaSpec, SliceSpec, knob_sections
+from control_plane.models import LineCreate, LineUpdate, Slice, SliceCreate, SliceKnobs, SlicePublic, SliceScale
 
 SPEC_KNOBS = {(name, section): model.model_fields[name] for section, model in KNOB_SECTIONS.items()
               for name in model.model_fields if name in SliceKnobs.model_fields}  # fmt: skip
@@ -67,3 +67,16 @@ def test_flat_knobs_go_to_the_spec_section_that_names_them() -> None:
     assert sections["batch"] == {"max_batch_size": 8, "batch_wait_ms": 5.0}
     assert sections["resources"] == {"cpus_per_replica": 1.0, "gpus_per_replica": 0.5}
     assert "slug" not in str(sections) and "priority" not in str(sections)
+
+
+def test_a_lines_policy_defaults_to_what_its_slices_ingress_enforces_by_default() -> None:
+    line = LineCreate(slug="line-1", site_id=1)
+    policy, spec = FramePolicy(), SliceSpec.model_fields["latency_budget_ms"].default
+    assert (line.robot_max_fps, line.robot_max_frame_bytes, line.latency_budget_ms) == (
+        policy.max_fps, policy.max_frame_bytes, spec)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["latency_budget_ms", "robot_max_fps", "robot_max_frame_bytes"])
+def test_a_line_update_has_the_bounds_of_a_new_line(name: str) -> None:
+    assert _bounds(LineUpdate.model_fields[name]) == _bounds(LineCreate.model_fields[name])
+    assert LineUpdate.model_fields[name].default is None
