@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from control_plane import placement
 from control_plane.api.deps import IdFilter, IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed
 from control_plane.api.routes.sites import find_site
-from control_plane.errors import BrokerUnavailable, Conflict, NotFound
+from control_plane.errors import BrokerUnavailable, NotFound
 from control_plane.models import Node, NodeContribution, NodePublic, NodeStatusChange
 from control_plane.security import Permission, Principal
 from control_plane.sites import live_slices, rotate_ingress
@@ -63,14 +63,13 @@ def change_node_status(
     caller: Annotated[Principal, allowed(Permission.MANAGE_NODES, "changing node status")],
     now: NowDep,
 ) -> Node:
-    """Drain (``draining``), undrain (``online``) or remove a node; illegal moves answer 409.
+    """Drain (``draining``), undrain (``online``) or remove a node; illegal moves answer 409 (a status only
+    the agent sets is refused by ``NodeStatusChange``: 422).
 
     Draining and removing rotate the site's slice-ingress credentials: a node leaving the operators'
     hands must not keep a password that reads tenants' frames.
     """
     node = _find_node(session, node_id)
-    if body.status not in (NodeStatus.DRAINING, NodeStatus.ONLINE, NodeStatus.REMOVED):
-        raise Conflict(f"operators may set draining, online or removed; {body.status.value} is set by the agent")
     node.status = transition(node.status, body.status, what=f"node {node.id} ({node.hostname})")
     session.commit()
     site = find_site(session, node.site_id)
