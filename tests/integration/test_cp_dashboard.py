@@ -141,7 +141,9 @@ def acme_line(control_plane: ControlPlane) -> dict[str, Any]:
         tiles = ok(cp.client.get("/dashboard/lines", headers=a.pm))
         return tiles[0] if tiles[0]["frames_5min"] == 40 and tiles[0]["robots_online"] == 1 else None
 
-    return wait_until(arrived, 20, "the monitor to store acme's telemetry")
+    tile = wait_until(arrived, 20, "the monitor to store acme's telemetry")
+    assert tile is not None
+    return tile
 
 
 def test_telemetry_reaches_the_line_tiles(control_plane: ControlPlane, acme_line: dict[str, Any]) -> None:

@@ -23,7 +23,8 @@ from contracts import wire
 from control_plane.models import LineMinute
 from control_plane.telemetry import IngestCounts
 from tests.integration.cp_fixtures import ControlPlane, ok
-from tests.integration.test_cp_dashboard import _publish, _report, _until
+from tests.integration.test_cp_dashboard import _publish, _report
+from tests.waiting import wait_until
 
 
 def _bad_reports() -> list[bytes]:
@@ -58,7 +59,7 @@ def _rejected(metrics: str) -> float:
 def test_malformed_telemetry_of_one_tenant_leaves_the_others_reports(control_plane: ControlPlane) -> None:
     cp, a, b = control_plane, control_plane.a, control_plane.b
     monitors = cp.client.app.state.monitors  # type: ignore[attr-defined]
-    _until(lambda: cp.site_id in monitors.subscribed, "the control plane to subscribe to the site's telemetry")
+    wait_until(lambda: cp.site_id in monitors.subscribed, 20, "the control plane to subscribe to the site's telemetry")
     rejected_before = _rejected(cp.client.get("/metrics").text)
     bad = _bad_reports()
     # Hold the monitor's writes until every message is queued, so that they are one batch.
@@ -68,14 +69,14 @@ def test_malformed_telemetry_of_one_tenant_leaves_the_others_reports(control_pla
         probes.append(
             _publish(cp, a, wire.telemetry_topic("acme", "line-1", "t1-inspect"), _report(40, 4, latency_ms=40))
         )
-        _until(lambda: monitors.inbox.qsize() == len(bad) + 1, "the monitor to receive every report")
+        wait_until(lambda: monitors.inbox.qsize() == len(bad) + 1, 20, "the monitor to receive every report")
     finally:
         del monitors.flush
     for probe in probes:
         probe.close()
 
-    tile = _until(lambda: ok(cp.client.get("/dashboard/lines", headers=a.pm))[0]["frames_5min"] == 40 or None,
-                  "acme's report to be stored next to globex's malformed ones")  # fmt: skip
+    tile = wait_until(lambda: ok(cp.client.get("/dashboard/lines", headers=a.pm))[0]["frames_5min"] == 40, 20,
+                      "acme's report to be stored next to globex's malformed ones")  # fmt: skip
     assert tile
     assert len(ok(cp.client.get(f"/lines/{a.line_id}/failed-parts", headers=a.pm))) == 4
     assert ok(cp.client.get("/dashboard/lines", headers=b.pm))[0]["frames_5min"] == 0  # none of globex's counted
@@ -89,7 +90,7 @@ def test_a_report_the_database_refuses_is_rolled_back_alone(control_plane: Contr
         pytest.skip("SQLite integers are 64-bit: the sum fits, nothing is refused")
     cp, a, b = control_plane, control_plane.a, control_plane.b
     monitors = cp.client.app.state.monitors  # type: ignore[attr-defined]
-    _until(lambda: cp.site_id in monitors.subscribed, "the control plane to subscribe to the site's telemetry")
+    wait_until(lambda: cp.site_id in monitors.subscribed, 20, "the control plane to subscribe to the site's telemetry")
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
         for minute in (now, now + timedelta(minutes=1)):  # the report's minute, even across a minute boundary
@@ -105,12 +106,12 @@ def test_a_report_the_database_refuses_is_rolled_back_alone(control_plane: Contr
             _publish(cp, b, globex, _report(40, 0, latency_ms=5)),
             _publish(cp, a, wire.telemetry_topic("acme", "line-1", "t1-inspect"), _report(40, 4, latency_ms=40)),
         ]
-        _until(lambda: monitors.inbox.qsize() == 2, "the monitor to receive both reports")
+        wait_until(lambda: monitors.inbox.qsize() == 2, 20, "the monitor to receive both reports")
     finally:
         del monitors.flush
     for probe in probes:
         probe.close()
-    _until(lambda: ok(cp.client.get("/dashboard/lines", headers=a.pm))[0]["frames_5min"] == 40, "acme's report")
+    wait_until(lambda: ok(cp.client.get("/dashboard/lines", headers=a.pm))[0]["frames_5min"] == 40, 20, "acme's report")
     assert _rejected(cp.client.get("/metrics").text) - rejected_before == 1
     with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
         frames = session.exec(select(LineMinute.frames).where(LineMinute.line_id == b.line_id)).all()
