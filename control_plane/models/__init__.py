@@ -18,6 +18,7 @@ here, so ``from control_plane.models import Slice`` works as before:
     slices      model versions and slices: the slice knobs, written once, from contracts.slice_spec
     capacity    order plans, model profiles, scale events
     telemetry   verdicts per line and minute, failed parts
+    ledger      the double-entry ledger: accounts, journal transactions, entries
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from control_plane.models.capacity import (
     ShiftIn,
     VolumeIn,
 )
+from control_plane.models.ledger import Account, JournalEntry, JournalTransaction
 from control_plane.models.lines import (
     ROBOT_MAX_FPS_HELP,
     ROBOT_MAX_FRAME_BYTES_HELP,
@@ -104,12 +106,15 @@ __all__ = [
     "OPERATOR_NODE_STATUSES",
     "ROBOT_MAX_FPS_HELP",
     "ROBOT_MAX_FRAME_BYTES_HELP",
+    "Account",
     "ApiToken",
     "BrokerAdmin",
     "FailedPart",
     "FailedPartPublic",
     "JoinToken",
     "JoinTokenIssued",
+    "JournalEntry",
+    "JournalTransaction",
     "Line",
     "LineCreate",
     "LineMinute",
