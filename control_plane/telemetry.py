@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, delete, select
 
 from contracts import wire
+from control_plane import metering
 from control_plane.models import FailedPart, Line, LineMinute, Robot, Tenant, as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def _one(session: Session, names: _Names, topic: str, payload: bytes, source: st
         first = e.errors(include_input=False)[:1]
         raise _Refused(f"malformed report: {first}") from e
     _merge_minute(session, line, report, source)
+    metering.guarded(session, "verdicts", lambda: metering.record_verdicts(session, line, parts[3], report))
     _robots_seen(session, line, report)
     for part in report.failed_parts:
         session.add(_failed_part(line, part))

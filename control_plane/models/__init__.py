@@ -19,6 +19,7 @@ here, so ``from control_plane.models import Slice`` works as before:
     capacity    order plans, model profiles, scale events
     telemetry   verdicts per line and minute, failed parts
     ledger      the double-entry ledger: accounts, journal transactions, entries
+    usage       metered usage records (capacity and verdicts), unique by idempotency key
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ from control_plane.models.telemetry import (
     FailedPartPublic,
     LineMinute,
 )
+from control_plane.models.usage import UsageRecord
 
 __all__ = [
     "MAX_ID",
@@ -157,6 +159,7 @@ __all__ = [
     "TokenCreate",
     "TokenIssued",
     "TokenPublic",
+    "UsageRecord",
     "User",
     "UserCreate",
     "UserPublic",

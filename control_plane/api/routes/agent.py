@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from sqlmodel import col, select, update
 
 from contracts.agent_api import DesiredState, Heartbeat, NodeJoin, ProfileReport, SliceReport
-from control_plane import placement, sites
+from control_plane import metering, placement, sites
 from control_plane.api.deps import CurrentNode, NowDep, SessionDep, SettingsDep
 from control_plane.dashboard import running_models
 from control_plane.errors import InvalidInput, NotFound, Unauthenticated
@@ -60,9 +60,9 @@ def join(body: NodeJoin, session: SessionDep) -> NodeJoined:
 
 
 @router.post("/heartbeat", response_model=NodePublic)
-def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowDep) -> Node:
+def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowDep, settings: SettingsDep) -> Node:
     """Liveness, inventory and the actual state of the site's slices (from the head's agent)."""
-    node.last_heartbeat_at = utcnow()
+    previous, node.last_heartbeat_at = node.last_heartbeat_at, utcnow()
     came_online = node.status in (NodeStatus.JOINING, NodeStatus.OFFLINE)
     if came_online:
         node.status = transition(node.status, NodeStatus.ONLINE, what=f"node {node.id}")
@@ -76,6 +76,9 @@ def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowD
         node.utilization = body.utilization.model_dump()
     for report in body.slices:
         _record(session, node, report)
+    at, timeout = node.last_heartbeat_at, settings.heartbeat_timeout_s  # metering never fails a heartbeat
+    metering.guarded(session, "capacity", lambda: metering.record_capacity(session, node, body.slices, previous,
+                                                                           at, timeout))  # fmt: skip
     if body.applications is not None:
         _finish_deletions(session, node.site_id, set(body.applications))
     session.commit()

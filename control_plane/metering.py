@@ -1,0 +1,133 @@
+"""Metering from what really ran (issue 13, section 2): usage records from heartbeats and telemetry.
+
+Capacity comes from the head agent's heartbeat, which reports per slice the replicas Serve has in each
+state; only ``RUNNING`` replicas of the model deployments count, never the slice's requested bounds.
+How a heartbeat becomes replica-seconds:
+
+- The heartbeat at ``now`` covers ``[start, now)``, where ``start`` is the node's previous heartbeat,
+  but at most ``heartbeat_timeout_s`` before ``now``. Consecutive heartbeats of one node therefore
+  partition time, so no second is billed twice; and after a silence longer than the timeout (an agent
+  restart, a network cut) only the last ``timeout`` seconds are billed: the gap is billed as nothing.
+  A node's first heartbeat (no previous one) bills nothing.
+- The covered interval is cut at minute boundaries (whole UTC seconds), so no record crosses a minute
+  or an hour and rating by hour never splits one. Each piece is one record: running replicas x its
+  seconds, keyed ``usage_key(agent, slice app name, node-<id>, piece start)``.
+- A retried or replayed report with the same interval has the same keys and is stored once; a late or
+  reordered one covers other seconds, so it has other keys and is stored once too. The previous
+  heartbeat is read from the database, so a control plane restart between two reports changes nothing.
+
+Verdicts come from the ingress's telemetry: one message is one ingress replica's window of one line.
+Its record is keyed by (slice, line/replica, the window's exact start), so the same message delivered
+twice is stored once while the windows of several replicas (or several windows in one minute) add up.
+``window_start`` is the line-minute the monitor files the message under (the minute of its end).
+The counts are ``pass`` and ``fail``; ``errors`` is stored as one number, since the wire does not yet
+say which error codes they were (rating must learn that before it can bill robot-input errors).
+
+Every insert is ``INSERT ... ON CONFLICT (key) DO NOTHING`` in the database's own dialect. The hooks run
+through ``guarded``: in a savepoint, and a failure is logged and counted (``FAILURES``), never raised,
+so metering can neither fail a heartbeat nor lose telemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from contracts import wire
+from contracts.agent_api import SliceReport
+from control_plane.models import Line, Node, Slice, UsageRecord, as_utc, utcnow
+from control_plane.pricing import Source, usage_key
+from control_plane.states import SliceStatus
+
+log = logging.getLogger(__name__)
+
+CAPACITY = "capacity"
+VERDICTS = "verdicts"
+FAILURES = [0]
+"""Metering calls that raised (logged; the heartbeat or telemetry they came with was still stored)."""
+
+
+def guarded(session: Session, what: str, write: Callable[[], Any]) -> None:
+    """Run ``write`` in a savepoint; a failure rolls back only its own rows, is logged and counted."""
+    try:
+        with session.begin_nested():
+            write()
+            session.flush()
+    except Exception:
+        FAILURES[0] += 1
+        log.exception("metering %s failed; the report itself was kept", what)
+
+
+def insert_once(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert records whose key is new; returns how many were new (duplicates are dropped silently)."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = insert(UsageRecord).values([{**row, "received_at": utcnow()} for row in rows])
+    statement = values.on_conflict_do_nothing(index_elements=["key"]).returning(col(UsageRecord.id))
+    return len(session.connection().execute(statement).all())  # RETURNING: rowcount varies by driver
+
+
+def running_replicas(report: SliceReport) -> int:
+    """RUNNING replicas of the slice's model deployments, as Serve reports them (the ingress is ours)."""
+    return sum(int(states.get("RUNNING", 0)) for name, states in report.replicas.items() if name.startswith("model"))
+
+
+def minute_pieces(start: datetime, end: datetime) -> list[tuple[datetime, int]]:
+    """``[start, end)`` in whole UTC seconds, cut at minute boundaries: [(piece start, seconds), ...]."""
+    first = int(as_utc(start).timestamp())
+    last = int(as_utc(end).timestamp())
+    pieces = []
+    while first < last:
+        stop = min(last, (first // 60 + 1) * 60)
+        pieces.append((datetime.fromtimestamp(first, UTC), stop - first))
+        first = stop
+    return pieces
+
+
+def record_capacity(session: Session, node: Node, reports: Iterable[SliceReport], previous: datetime | None,
+                    now: datetime, timeout_s: float) -> int:  # fmt: skip
+    """Store the replica-seconds one heartbeat (at ``now``, the one before at ``previous``) reports."""
+    if previous is None or node.id is None:
+        return 0  # a first heartbeat: nothing known to have run before it
+    now = as_utc(now)
+    start = max(as_utc(previous), now - timedelta(seconds=timeout_s))
+    pieces = minute_pieces(start, now)
+    rows = []
+    for report in reports:
+        running = running_replicas(report)
+        item = session.get(Slice, report.slice_id)
+        if running <= 0 or item is None or item.site_id != node.site_id or item.status == SliceStatus.DELETED:
+            continue  # another site's slice is not this node's to bill
+        assert item.id is not None
+        for piece_start, seconds in pieces:
+            rows.append(dict(
+                key=usage_key(Source.AGENT, item.app_name, f"node-{node.id}", piece_start), source=CAPACITY,
+                tenant_id=item.tenant_id, slice_id=item.id, node_id=node.id, window_start=piece_start,
+                window_s=seconds, replica_seconds=running * seconds, verdicts={},
+            ))  # fmt: skip
+    return insert_once(session, rows)
+
+
+def record_verdicts(session: Session, line: Line, app_name: str, report: wire.Telemetry) -> int:
+    """Store one telemetry message's verdicts as usage of the slice (its topic names ``Slice.app_name``)."""
+    slug = app_name.removeprefix(f"t{line.tenant_id}-")
+    item = session.exec(select(Slice).where(Slice.tenant_id == line.tenant_id, Slice.slug == slug)).first()
+    if item is None or item.id is None or line.id is None or item.app_name != app_name:
+        log.warning("verdicts of line %s from unknown slice %r not metered", line.id, app_name[:80])
+        return 0
+    window = datetime.fromtimestamp(report.start, UTC)
+    minute = datetime.fromtimestamp(report.end, UTC).replace(second=0, microsecond=0)
+    counts = {"pass": report.frames - report.fails, "fail": report.fails, "errors": report.errors}
+    row = dict(
+        key=usage_key(Source.INGRESS, item.app_name, f"{line.slug}/{report.replica}", window), source=VERDICTS,
+        tenant_id=item.tenant_id, slice_id=item.id, line_id=line.id, window_start=minute, window_s=60,
+        replica_seconds=0, verdicts=counts,
+    )  # fmt: skip
+    return insert_once(session, [row])

@@ -1,0 +1,158 @@
+"""Metering from what really ran (issue 13, section 2), on SQLite and PostgreSQL.
+
+Capacity is replica-seconds from the RUNNING replicas a heartbeat reports; each record's key is
+deterministic, so a repeated, reordered or late report is stored once, a silent agent's gap bills
+nothing, and a control plane restart neither loses nor doubles records. Verdicts come from the
+ingress's telemetry, once per message even when the broker delivers it twice.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, col, select
+
+from contracts import wire
+from contracts.agent_api import SliceReport
+from control_plane import metering, telemetry
+from control_plane.api.routes import agent as agent_routes
+from control_plane.app import create_app
+from control_plane.models import Node, UsageRecord
+from tests.integration.cp_fixtures import ControlPlane, ok
+from tests.integration.test_security_nodes import join
+
+T0 = datetime(2026, 12, 1, 8, 0, 40, tzinfo=UTC)
+
+
+def _engine(cp: ControlPlane) -> Any:
+    return cp.client.app.state.engine  # type: ignore[attr-defined]
+
+
+def _capacity(cp: ControlPlane, slice_id: int) -> list[UsageRecord]:
+    with Session(_engine(cp)) as session:
+        query = select(UsageRecord).where(UsageRecord.slice_id == slice_id, UsageRecord.source == metering.CAPACITY)
+        return list(session.exec(query.order_by(col(UsageRecord.window_start))).all())
+
+
+def _report(slice_id: int, running: int, generation: int = 0) -> dict[str, Any]:
+    replicas = {"model": {"RUNNING": running, "STARTING": 5}, "ingress": {"RUNNING": 1}}
+    return {"slice_id": slice_id, "generation": generation, "healthy": True, "replicas": replicas}
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[datetime]:
+    """The heartbeat route's clock, set by the test (a real time, so nodes are not marked offline)."""
+    now = [datetime.now(UTC)]
+    monkeypatch.setattr(agent_routes, "utcnow", lambda: now[0])
+    return now
+
+
+def _with_timeout(cp: ControlPlane, seconds: float) -> None:
+    cp.client.app.state.settings = cp.settings.model_copy(update={"heartbeat_timeout_s": seconds})  # type: ignore[attr-defined]
+
+
+def test_a_heartbeat_bills_running_replicas_times_elapsed_seconds(
+    control_plane: ControlPlane, clock: list[datetime]
+) -> None:
+    cp, slice_id = control_plane, control_plane.a.ids["slice"]
+    _with_timeout(cp, 60)
+    _, agent = join(cp, "head")
+    ok(cp.client.post("/agent/v1/heartbeat", json={"slices": [_report(slice_id, 0)]}, headers=agent))
+    assert _capacity(cp, slice_id) == []  # nothing running: nothing billed
+    clock[0] += timedelta(seconds=20)
+    ok(cp.client.post("/agent/v1/heartbeat", json={"slices": [_report(slice_id, 3)]}, headers=agent))
+    records = _capacity(cp, slice_id)
+    assert sum(r.replica_seconds for r in records) == 3 * 20  # RUNNING model replicas only, never STARTING
+    assert all(r.window_start.second + r.window_s <= 60 for r in records)  # no record crosses a minute
+
+    # The control plane restarts: a new app on the same database keeps the records and reads the
+    # node's previous heartbeat from the database, so the next heartbeat bills only its own seconds.
+    before = [(r.key, r.replica_seconds) for r in records]
+    app = create_app(cp.settings.model_copy(update={"heartbeat_timeout_s": 60}))
+    try:
+        with TestClient(app) as second:
+            clock[0] += timedelta(seconds=10)
+            ok(second.post("/agent/v1/heartbeat", json={"slices": [_report(slice_id, 2)]}, headers=agent))
+    finally:
+        app.state.engine.dispose()
+    after = [(r.key, r.replica_seconds) for r in _capacity(cp, slice_id)]
+    assert set(before) <= set(after)
+    assert sum(s for _, s in after) == 3 * 20 + 2 * 10
+
+
+def test_repeated_reordered_late_and_restarted_reports_are_stored_once_each(control_plane: ControlPlane) -> None:
+    cp, slice_id = control_plane, control_plane.a.ids["slice"]
+    node_id, _ = join(cp, "head")
+    report = [SliceReport.model_validate(_report(slice_id, 2))]
+
+    def beat(previous: datetime | None, now: datetime, timeout: float = 30) -> int:
+        with Session(_engine(cp)) as session:
+            node = session.get(Node, node_id)
+            assert node is not None
+            stored = metering.record_capacity(session, node, report, previous, now, timeout)
+            session.commit()
+            return stored
+
+    t1, t2, t3 = T0 + timedelta(seconds=10), T0 + timedelta(seconds=30), T0 + timedelta(seconds=45)
+    assert beat(t2, t3) == 1  # [08:01:10, 08:01:25): a later report arriving first
+    assert beat(T0, t1) == 1  # reordered: [08:00:40, 08:00:50)
+    assert beat(T0, t1) == 0  # repeated: same keys, stored once
+    assert beat(t1, t2) == 2  # late: [08:00:50, 08:01:10) crosses a minute, so two pieces
+    assert beat(t1, t2) == 0
+    assert sum(r.replica_seconds for r in _capacity(cp, slice_id)) == 2 * 45
+
+    # The agent restarts and is silent for 5 minutes: only the heartbeat timeout before its next
+    # heartbeat is billed; the gap is billed as nothing.
+    restart = t3 + timedelta(minutes=5)
+    assert beat(t3, restart) >= 1
+    assert beat(t3, restart) == 0
+    assert sum(r.replica_seconds for r in _capacity(cp, slice_id)) == 2 * 45 + 2 * 30
+    assert beat(None, restart + timedelta(seconds=5)) == 0  # a node's first heartbeat bills nothing
+
+
+def test_another_sites_slice_is_not_billed_and_a_failure_never_fails_the_heartbeat(
+    control_plane: ControlPlane, clock: list[datetime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp, slice_id = control_plane, control_plane.a.ids["slice"]
+    _with_timeout(cp, 60)
+    _, agent = join(cp, "head")
+
+    def broken(*args: Any) -> int:
+        raise RuntimeError("metering is down")
+
+    monkeypatch.setattr(metering, "record_capacity", broken)
+    failures = metering.FAILURES[0]
+    clock[0] += timedelta(seconds=5)
+    node = ok(cp.client.post("/agent/v1/heartbeat", json={"slices": [_report(slice_id, 1)]}, headers=agent))
+    assert node["status"] == "online"
+    assert metering.FAILURES[0] == failures + 1
+    assert _capacity(cp, slice_id) == []
+
+
+def _telemetry(replica: str, start: float, frames: int, fails: int) -> bytes:
+    histogram = [0] * (len(wire.LATENCY_BUCKETS_MS) + 1)
+    report = wire.Telemetry(replica=replica, start=start, end=start + 5, frames=frames, fails=fails, errors=2,
+                            latency_ms_histogram=histogram)  # fmt: skip
+    return report.model_dump_json().encode()
+
+
+def test_telemetry_verdicts_are_stored_once_per_message(control_plane: ControlPlane) -> None:
+    cp, a = control_plane, control_plane.a
+    topic = wire.telemetry_topic(a.slug, "line-1", f"t{a.tenant_id}-inspect")
+    start = (time.time() // 60) * 60 + 10
+    first, other = _telemetry("r1", start, 40, 4), _telemetry("r2", start, 10, 1)
+    for batch in ([(topic, first)], [(topic, first), (topic, other)]):  # the first message delivered twice
+        with Session(_engine(cp)) as session:
+            telemetry.ingest(session, cp.site_id, batch, keep_failed=10, source="test")
+    with Session(_engine(cp)) as session:
+        rows = session.exec(select(UsageRecord).where(UsageRecord.source == metering.VERDICTS)).all()
+    assert sorted(r.verdicts["pass"] for r in rows) == [9, 36]
+    assert sum(r.verdicts["fail"] for r in rows) == 5
+    minute = datetime.fromtimestamp(start, UTC).replace(second=0)
+    assert {(r.slice_id, r.line_id, r.window_start.replace(tzinfo=UTC)) for r in rows} == {
+        (a.ids["slice"], a.line_id, minute)
+    }
