@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from control_plane import capacity, db, errors, placement, registry, sites, ui, web_headers
+from control_plane import capacity, db, errors, metering, placement, registry, sites, ui, web_headers
 from control_plane.api.routes import (
     agent,
     alerts,
@@ -64,6 +64,8 @@ class _LoopCollector:
                                 value=len(self.monitors.subscribed))  # fmt: skip
         yield CounterMetricFamily("lineside_planning_failures", "Slices whose order-plan pass raised (logged)",
                                   value=capacity.PLANNING_FAILURES[0])  # fmt: skip
+        yield CounterMetricFamily("lineside_metering_failures", "Usage records that could not be stored (logged)",
+                                  value=metering.FAILURES[0])  # fmt: skip
 
 
 class Metrics:

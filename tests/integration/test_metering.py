@@ -131,6 +131,9 @@ def test_another_sites_slice_is_not_billed_and_a_failure_never_fails_the_heartbe
     assert node["status"] == "online"
     assert metering.FAILURES[0] == failures + 1
     assert _capacity(cp, slice_id) == []
+    metrics = cp.client.get("/metrics", headers=cp.op).text  # an operator sees the failure
+    counted = next(line for line in metrics.splitlines() if line.startswith("lineside_metering_failures_total"))
+    assert float(counted.split()[-1]) == metering.FAILURES[0]
 
 
 def _telemetry(replica: str, start: float, frames: int, fails: int) -> bytes:
