@@ -122,13 +122,21 @@ def allowed(permission: Permission, action: str) -> Any:
 T = TypeVar("T", bound=SQLModel)
 
 
+def get_or_404(session: Session, model: type[T], object_id: int) -> T:
+    """The object, or 404: for objects that are nobody's tenant's (sites, nodes), which a role either sees or not."""
+    obj = session.get(model, object_id)
+    if obj is None:
+        raise NotFound(f"{model.__name__.lower()} {object_id} not found")
+    return obj
+
+
 def scoped_get(session: Session, model: type[T], object_id: int, caller: Principal) -> T:
     """The object if it exists and belongs to the caller's tenant (operators: any); else 404.
 
     Objects of other tenants answer exactly like missing ones, so ids reveal nothing.
     """
-    obj = session.get(model, object_id)
-    if obj is None or not caller.sees_tenant(getattr(obj, "tenant_id", None)):
+    obj = get_or_404(session, model, object_id)
+    if not caller.sees_tenant(getattr(obj, "tenant_id", None)):
         raise NotFound(f"{model.__name__.lower()} {object_id} not found")
     return obj
 

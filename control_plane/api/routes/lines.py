@@ -22,6 +22,7 @@ from control_plane.api.deps import (
     PageDep,
     SessionDep,
     allowed,
+    get_or_404,
     insert,
     own_tenant,
     scoped_get,
@@ -51,8 +52,7 @@ def create_line(
     session: SessionDep,
     caller: Annotated[Principal, allowed(Permission.MANAGE_LINES, "creating lines")],
 ) -> Line:
-    if session.get(Site, body.site_id) is None:
-        raise NotFound(f"site {body.site_id} not found")
+    get_or_404(session, Site, body.site_id)
     assert caller.tenant_id is not None
     line = Line(tenant_id=caller.tenant_id, **body.model_dump())
     return insert(session, line, conflict=f"line {body.slug!r} already exists in your tenant")

@@ -10,25 +10,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from control_plane import placement
-from control_plane.api.deps import IdFilter, IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed
-from control_plane.api.routes.sites import find_site
-from control_plane.errors import BrokerUnavailable, NotFound
-from control_plane.models import Node, NodeContribution, NodePublic, NodeStatusChange
+from control_plane.api.deps import IdFilter, IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed, get_or_404
+from control_plane.errors import BrokerUnavailable
+from control_plane.models import Node, NodeContribution, NodePublic, NodeStatusChange, Site
 from control_plane.security import Permission, Principal
 from control_plane.sites import live_slices, rotate_ingress
 from control_plane.states import NodeStatus, transition
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
-
-
-def _find_node(session: Session, node_id: int) -> Node:
-    node = session.get(Node, node_id)
-    if node is None:
-        raise NotFound(f"node {node_id} not found")
-    return node
 
 
 @router.get("", response_model=list[NodePublic])
@@ -51,7 +43,7 @@ def get_node(
     session: SessionDep,
     caller: Annotated[Principal, allowed(Permission.MANAGE_NODES, "reading nodes")],
 ) -> Node:
-    return _find_node(session, node_id)
+    return get_or_404(session, Node, node_id)
 
 
 @router.post("/{node_id}/status", response_model=NodePublic)
@@ -69,10 +61,10 @@ def change_node_status(
     Draining and removing rotate the site's slice-ingress credentials: a node leaving the operators'
     hands must not keep a password that reads tenants' frames.
     """
-    node = _find_node(session, node_id)
+    node = get_or_404(session, Node, node_id)
     node.status = transition(node.status, body.status, what=f"node {node.id} ({node.hostname})")
     session.commit()
-    site = find_site(session, node.site_id)
+    site = get_or_404(session, Site, node.site_id)
     unsynced = None
     if body.status in (NodeStatus.DRAINING, NodeStatus.REMOVED):
         try:
@@ -98,11 +90,11 @@ def set_contribution(
     now: NowDep,
 ) -> Node:
     """Declare a node part of the compute bank and when it is lent (e.g. weekdays 20:00-07:00, holidays)."""
-    node = _find_node(session, node_id)
+    node = get_or_404(session, Node, node_id)
     node.contributed = body.contributed
     node.windows = [w.model_dump() for w in body.windows]
     node.holidays = [d.isoformat() for d in body.holidays]
     session.commit()
-    placement.place_site(session, find_site(session, node.site_id), now)
+    placement.place_site(session, get_or_404(session, Site, node.site_id), now)
     session.refresh(node)
     return node

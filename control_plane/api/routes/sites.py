@@ -9,24 +9,15 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from control_plane import broker_sync
-from control_plane.api.deps import IdPath, PageDep, SessionDep, SettingsDep, allowed, insert
-from control_plane.errors import NotFound
+from control_plane.api.deps import IdPath, PageDep, SessionDep, SettingsDep, allowed, get_or_404, insert
 from control_plane.models import BrokerAdmin, JoinToken, JoinTokenIssued, Site, SiteCreate, SitePublic, utcnow
 from control_plane.security import Permission, Principal, new_token, token_hash
 from control_plane.sites import broker_admin_password, sync_broker
 
 router = APIRouter(prefix="/sites", tags=["sites"])
-
-
-def find_site(session: Session, site_id: int) -> Site:
-    """The site, or 404 (sites are not a tenant's: every role that may read them sees all)."""
-    site = session.get(Site, site_id)
-    if site is None:
-        raise NotFound(f"site {site_id} not found")
-    return site
 
 
 @router.post("", response_model=SitePublic, status_code=201)
@@ -54,7 +45,7 @@ def get_site(
     session: SessionDep,
     caller: Annotated[Principal, allowed(Permission.READ_SITES, "reading sites")],
 ) -> Site:
-    return find_site(session, site_id)
+    return get_or_404(session, Site, site_id)
 
 
 @router.get("/{site_id}/broker-admin", response_model=BrokerAdmin)
@@ -65,7 +56,7 @@ def get_broker_admin(
     caller: Annotated[Principal, allowed(Permission.MANAGE_SITES, "reading broker admin credentials")],
 ) -> BrokerAdmin:
     """The dynamic-security admin the site's Mosquitto must have (``lineside broker run`` sets it up)."""
-    site = find_site(session, site_id)
+    site = get_or_404(session, Site, site_id)
     return BrokerAdmin(username=broker_sync.ADMIN_USERNAME, password=broker_admin_password(settings, site))
 
 
@@ -77,7 +68,7 @@ def sync_site_broker(
     caller: Annotated[Principal, allowed(Permission.MANAGE_SITES, "syncing a broker")],
 ) -> dict[str, int]:
     """Make the site's broker hold exactly the active robots and slices (e.g. after a broker rebuild)."""
-    return sync_broker(session, settings, find_site(session, site_id))
+    return sync_broker(session, settings, get_or_404(session, Site, site_id))
 
 
 @router.post("/{site_id}/join-tokens", response_model=JoinTokenIssued, status_code=201)
@@ -88,7 +79,7 @@ def create_join_token(
     caller: Annotated[Principal, allowed(Permission.MANAGE_NODES, "creating join tokens")],
 ) -> JoinTokenIssued:
     """A one-time token for ``lineside edge-node join``; shown once."""
-    find_site(session, site_id)
+    get_or_404(session, Site, site_id)
     token = new_token("join")
     expires = utcnow() + timedelta(seconds=settings.join_token_ttl_s)
     session.add(JoinToken(site_id=site_id, token_hash=token_hash(token), expires_at=expires))
