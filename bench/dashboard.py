@@ -79,7 +79,7 @@ def _tenant(session: Session, site: m.Site, model: m.ModelVersion, slug: str, li
     session.flush()
     line_ids = [line.id for line in line_rows if line.id is not None]
     item = m.Slice(tenant_id=tenant.id, site_id=site.id, slug="inspect", line_ids=line_ids, model_version_id=model.id,
-                 min_replicas=2, max_replicas=6, price_per_replica_hour=0.9, placement={"1": 2},
+                 min_replicas=2, max_replicas=6, placement={"1": 2},
                  actual={"replicas": {"model": {"RUNNING": 2}}})  # fmt: skip
     session.add(item)
     session.flush()

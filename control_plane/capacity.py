@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from control_plane import planner
+from control_plane import catalogue, planner
 from control_plane.models import (
     Line,
     ModelProfile,
@@ -31,7 +32,7 @@ from control_plane.sites import LIVE_SLICES
 from control_plane.states import SliceStatus, transition
 
 log = logging.getLogger(__name__)
-UNLIMITED = planner.Lease(max_replicas=10**6, price_per_replica_hour=0.0)
+UNLIMITED = planner.Lease(max_replicas=10**6, price_per_replica_hour=Decimal(0))
 PLANNING_FAILURES = [0]
 """Slices whose planning pass raised, since the process started (a counter the app exports)."""
 
@@ -68,7 +69,7 @@ def line_plans(session: Session, item: Slice) -> dict[int, planner.OrderPlan]:
 def slice_windows(session: Session, item: Slice, start: datetime, days: int) -> dict[str, Any]:
     """Per line, the plan's windows for this slice's model, with the lease's cap and cost."""
     profile = profile_for(session, item)
-    lease = planner.Lease(item.max_replicas, item.price_per_replica_hour)
+    lease = planner.Lease(item.max_replicas, *catalogue.hourly_price(session, item))
     plans = line_plans(session, item)
     lines = {line.id: line.slug for line in session.exec(select(Line).where(col(Line.id).in_(plans))).all()}
     return {

@@ -96,7 +96,14 @@ class ValidatorBusy(TooManyRequests):
     code = "validator_busy"
 
 
+class PaymentRequired(ControlPlaneError):
+    """Funds, vouchers and credit are used up: a top-up, a higher credit limit or a voucher lets it through."""
+
+    code = "payment_required"
+
+
 STATUS: dict[type[ControlPlaneError], int] = {
+    PaymentRequired: 402,
     NotFound: 404,
     Forbidden: 403,
     Unauthenticated: 401,

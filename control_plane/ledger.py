@@ -31,13 +31,17 @@ from control_plane.money import Money
 
 
 class AccountKind(StrEnum):
-    """What an account holds; per tenant the first four, the platform's (or a funder's) the rest."""
+    """What an account holds; per tenant the first four, the platform's (or a funder's) the rest.
+
+    A tenant's ``receivable`` goes negative by what it owes (usage beyond its funds, to be invoiced);
+    the platform's ``payments`` goes negative by what tenants paid in (the other side of top-ups)."""
 
     PREPAID = "prepaid"
     VOUCHER = "voucher"
     BANK_CREDITS = "bank_credits"
     RECEIVABLE = "receivable"
     REVENUE = "revenue"
+    PAYMENTS = "payments"
     CONTRIBUTORS_PAYABLE = "contributors_payable"
     VOUCHER_FUNDER = "voucher_funder"
 

@@ -15,6 +15,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+
+from control_plane.money import rate
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class Profile:
 @dataclass(frozen=True)
 class Lease:
     max_replicas: int
-    price_per_replica_hour: float
+    price_per_replica_hour: Decimal  # the leased product's rate for the slice's priority (0: not per hour)
+    currency: str = "EUR"
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class PlanWindow:
     wanted_replicas: int
     floor: int  # wanted_replicas capped by the lease
     shortfall: int  # replicas the lease lacks
-    shortfall_cost_per_hour: float
+    shortfall_cost_per_hour: str  # money as text, e.g. '1.80 EUR'
 
 
 def parts_for(plan: OrderPlan, day: date) -> int:
@@ -102,7 +106,7 @@ def windows(plan: OrderPlan, profile: Profile, lease: Lease, start: datetime, da
             short = wanted - floor
             result.append(PlanWindow(
                 shift.name, begins - timedelta(seconds=profile.cold_start_s), begins, ends, parts, round(fps, 3),
-                wanted, floor, short, round(short * lease.price_per_replica_hour, 2),
+                wanted, floor, short, str(rate(lease.price_per_replica_hour, Decimal(short), lease.currency)),
             ))  # fmt: skip
     return sorted(result, key=lambda w: (w.warm_from, w.shift))
 

@@ -302,18 +302,18 @@ def rate_hour(
     month = datetime.combine(month_start(start), datetime.min.time(), UTC)
     known = _of_slice(unique(records), slice_name, month, start + timedelta(hours=1))
     terms, currency = version.terms, version.currency
-    earlier, so_far = _quantities([r for r in known if r.window_start < start], terms), _quantities(known, terms)
+    earlier, so_far = quantities([r for r in known if r.window_start < start], terms), quantities(known, terms)
     lines = []
     if isinstance(terms, SubscriptionTerms) and start == month:
         fee = rate(terms.monthly_fee, Decimal(1), currency)
         lines.append(RatedLine(slice_name, "subscription_fee", "", start, 1, "month", terms.monthly_fee, "month", fee))
     for measure, quantity in so_far.items():
-        now = [r for r in known if r.window_start >= start and _measure(r, terms) == measure]
+        now = [r for r in known if r.window_start >= start and measure_of(r, terms) == measure]
         if not now:
             continue
         before = earlier.get(measure, 0)
-        amount = _amount(terms, measure, quantity, currency) - _amount(terms, measure, before, currency)
-        unit, price, per = _unit_price(terms, measure, quantity)
+        amount = amount_to_date(terms, measure, quantity, currency) - amount_to_date(terms, measure, before, currency)
+        unit, price, per = unit_price(terms, measure, quantity)
         keys = tuple(r.key for r in now)
         lines.append(RatedLine(slice_name, measure, "", start, quantity - before, unit, price, per, amount, keys))
     if isinstance(terms, CapacityTerms):
@@ -329,7 +329,7 @@ def rate_month(
     following = datetime.combine(month_start(first + timedelta(days=31)), datetime.min.time(), UTC)
     known = _of_slice(unique(records), slice_name, first, following)
     terms, currency = version.terms, version.currency
-    totals = {m: _amount(terms, m, q, currency) for m, q in _quantities(known, terms).items()}
+    totals = {m: amount_to_date(terms, m, q, currency) for m, q in quantities(known, terms).items()}
     if isinstance(terms, SubscriptionTerms):
         totals["subscription_fee"] = rate(terms.monthly_fee, Decimal(1), currency)
     return totals
@@ -342,7 +342,7 @@ def _of_slice(records: list[Record], slice_name: str, since: datetime, until: da
     return [r for r in records if since <= r.window_start < until]
 
 
-def _measure(record: Record, terms: Terms) -> str | None:
+def measure_of(record: Record, terms: Terms) -> str | None:
     """What a record is billed as under these terms; None: nothing (e.g. capacity under a subscription)."""
     if isinstance(terms, CapacityTerms):
         return record.priority.value if isinstance(record, CapacityRecord) else None
@@ -351,11 +351,11 @@ def _measure(record: Record, terms: Terms) -> str | None:
     return "overage" if isinstance(terms, SubscriptionTerms) else "verdicts"
 
 
-def _quantities(records: Iterable[Record], terms: Terms) -> dict[str, int]:
+def quantities(records: Iterable[Record], terms: Terms) -> dict[str, int]:
     """Billable quantity per measure: replica-seconds after the billed increment, or counted verdicts."""
     quantities: dict[str, int] = {}
     for record in records:
-        measure = _measure(record, terms)
+        measure = measure_of(record, terms)
         if measure is None:
             continue
         if isinstance(record, CapacityRecord) and isinstance(terms, CapacityTerms):
@@ -367,14 +367,14 @@ def _quantities(records: Iterable[Record], terms: Terms) -> dict[str, int]:
     return dict(sorted(quantities.items()))
 
 
-def _amount(terms: Terms, measure: str, quantity: int, currency: str) -> Money:
+def amount_to_date(terms: Terms, measure: str, quantity: int, currency: str) -> Money:
     """The month-to-date cost of ``quantity``, rounded once, half to even."""
     if isinstance(terms, CapacityTerms):
         return rate(terms.per_hour(Priority(measure)), Decimal(quantity) / 3600, currency)
     return rate(terms.cost(quantity), Decimal(1), currency)
 
 
-def _unit_price(terms: Terms, measure: str, quantity: int) -> tuple[str, Decimal, str]:
+def unit_price(terms: Terms, measure: str, quantity: int) -> tuple[str, Decimal, str]:
     """Unit, price and what it is per; for tiers, the price of the tier the month has reached."""
     if isinstance(terms, CapacityTerms):
         return "replica-second", terms.per_hour(Priority(measure)), "replica-hour"

@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import socket
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,21 @@ class ControlPlaneSettings(BaseSettings):
         description="Address space of the validation subprocess (RLIMIT_AS); must hold ONNX Runtime and two "
         "copies of the model (a 256 MB model validates within 1 GiB).",
     )
-    replica_hour_price: float = Field(default=0.9, ge=0, description="Price of one replica-hour on new slices.")
+    replica_hour_price: Decimal = Field(
+        default=Decimal("0.90"),
+        ge=0,
+        allow_inf_nan=False,
+        description="Reserved replica-hour price of the standard product seeded for each new site (major units "
+        "of `currency`; burst costs the same, bank half). Operators reprice it in the catalogue.",
+    )
+    currency: str = Field(default="EUR", pattern="^[A-Z]{3}$", description="ISO 4217 currency of new tenants.")
+    default_credit_limit: Decimal = Field(
+        default=Decimal("500.00"),
+        ge=0,
+        allow_inf_nan=False,
+        description="Credit a new tenant may run up before its burst and bank slices are held at their floor "
+        "and new leases are refused (402); operators change it per tenant.",
+    )
     planner_period_s: float = Field(default=30.0, gt=0, description="How often planned floors are applied.")
     broker_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a site broker's answer to a change.")
     telemetry_period_s: float = Field(

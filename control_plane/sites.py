@@ -17,7 +17,8 @@ from sqlmodel import Session, col, select
 from contracts.agent_api import DesiredSlice, DesiredState
 from contracts.slice_spec import NODE_RESOURCE_PREFIX, BatchSpec, knob_sections
 from control_plane import broker_sync
-from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, Tenant, utcnow
+from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, Tenant, TenantBilling, utcnow
+from control_plane.scheduler import Priority
 from control_plane.security import derived_secret
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import NodeStatus, RobotStatus, SliceStatus, transition
@@ -159,6 +160,9 @@ def slice_spec(
     lines = slice_lines(session, item)
     pins = pinned_placement(session, item)
     replicas_max = min(item.max_replicas, sum(pins.values())) if pins else item.max_replicas
+    billing = session.get(TenantBilling, item.tenant_id)
+    if billing is not None and billing.held and item.priority in (Priority.BURST, Priority.BANK):
+        replicas_max = min(replicas_max, item.min_replicas)  # funds used up: held at its floor (billing.review)
     knobs = knob_sections(item.model_dump())  # the slice's knobs, in the spec's sections
     bounds = {"min_replicas": min(item.min_replicas, replicas_max), "max_replicas": replicas_max}
     ingress_batch = min(BatchSpec.model_fields["ingress_batch"].default, item.max_batch_size)

@@ -20,6 +20,7 @@ here, so ``from control_plane.models import Slice`` works as before:
     telemetry   verdicts per line and minute, failed parts
     ledger      the double-entry ledger: accounts, journal transactions, entries
     usage       metered usage records (capacity and verdicts), unique by idempotency key
+    billing     products, price versions, leases, charges, budgets, voucher programmes, invoices
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ from control_plane.models.accounts import (
     UserCreate,
     UserPublic,
     UserWithToken,
+)
+from control_plane.models.billing import (
+    BudgetAlert,
+    Charge,
+    ChargedUsage,
+    Invoice,
+    InvoicedCharge,
+    Lease,
+    Product,
+    ProductPrice,
+    TenantBilling,
+    Voucher,
+    VoucherProgramme,
 )
 from control_plane.models.capacity import (
     ModelProfile,
@@ -111,12 +125,18 @@ __all__ = [
     "Account",
     "ApiToken",
     "BrokerAdmin",
+    "BudgetAlert",
+    "Charge",
+    "ChargedUsage",
     "FailedPart",
     "FailedPartPublic",
+    "Invoice",
+    "InvoicedCharge",
     "JoinToken",
     "JoinTokenIssued",
     "JournalEntry",
     "JournalTransaction",
+    "Lease",
     "Line",
     "LineCreate",
     "LineMinute",
@@ -135,6 +155,8 @@ __all__ = [
     "OrderPlan",
     "OrderPlanIn",
     "PasswordSet",
+    "Product",
+    "ProductPrice",
     "Robot",
     "RobotCreate",
     "RobotCredentials",
@@ -154,6 +176,7 @@ __all__ = [
     "SlicePublic",
     "SliceScale",
     "Tenant",
+    "TenantBilling",
     "TenantCreate",
     "TenantPublic",
     "TokenCreate",
@@ -165,6 +188,8 @@ __all__ = [
     "UserPublic",
     "UserWithToken",
     "VolumeIn",
+    "Voucher",
+    "VoucherProgramme",
     "WindowIn",
     "as_utc",
     "utcnow",

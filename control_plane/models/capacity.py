@@ -74,6 +74,7 @@ class ScaleKind(StrEnum):
     PREEMPTION = "preemption"
     DRAIN = "drain"
     ALERT = "alert"  # a reserved slice no longer fits: operators must add capacity
+    BILLING = "billing"  # a burst/bank slice held at its floor (funds used up) or released
 
 
 class ScaleEvent(SQLModel, table=True):

@@ -74,6 +74,14 @@ class SliceCreate(SliceKnobs, Input):
         min_length=1, max_length=100, description="Lines (all on one site) whose frames the slice judges."
     )
     model_version_id: RowId = Field(description="Model version (the tenant's own or a public one).")
+    product_id: RowId | None = Field(
+        default=None, description="Product to lease from GET /catalogue (default: the site's standard product)."
+    )
+    price_id: RowId | None = Field(
+        default=None,
+        description="The price version you were quoted (POST /leases/quote); if another is in force now the "
+        "slice is refused with 409 price_changed. Omitted: the price in force.",
+    )
     _check_slug = field_validator("slug")(topic_safe_name)
     _bounds = model_validator(mode="after")(_replica_bounds)
 
@@ -93,7 +101,6 @@ class Slice(SliceKnobs, table=True):
     line_ids: list[int] = Field(sa_column=Column(JSON, nullable=False))
     model_version_id: int = Field(foreign_key="modelversion.id")
     placement: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # node id -> n
-    price_per_replica_hour: float = 0.0  # set by the control plane from the catalogue, never by callers
     credential_epoch: int = 1  # part of the ingress's derived broker password; bumped to rotate it
     status: SliceStatus = Field(default=SliceStatus.PENDING)
     status_message: str = Field(default="", max_length=2000)
@@ -117,7 +124,6 @@ class SlicePublic(SliceKnobs):
     line_ids: list[int]
     model_version_id: int
     placement: dict[str, int]
-    price_per_replica_hour: float
     credential_epoch: int = Field(description="Bumped each time the ingress's broker credentials rotate.")
     status: SliceStatus
     status_message: str

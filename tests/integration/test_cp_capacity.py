@@ -75,7 +75,7 @@ def test_order_plan_sets_floors_that_serve_runs(ray_cluster: int, control_plane:
         monday, wednesday = windows[0], windows[4]
         assert (monday["required_fps"], monday["floor"]) == (2.0, 1)
         assert (wednesday["wanted_replicas"], wednesday["floor"], wednesday["shortfall"]) == (4, 2, 2)
-        assert wednesday["shortfall_cost_per_hour"] == 1.8  # 2 replicas x 0.9 per replica-hour
+        assert wednesday["shortfall_cost_per_hour"] == "1.80 EUR"  # 2 replicas x 0.9 per replica-hour
 
         assert at(datetime(2026, 11, 30, 5, 0)) == 1  # Monday before the shift: the idle floor
         assert at(datetime(2026, 12, 2, 5, 58, 45)) == 2  # Wednesday, 75 s before 06:00: pre-warmed, capped

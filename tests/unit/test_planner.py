@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time
+from decimal import Decimal
 
 from control_plane.planner import Lease, OrderPlan, Profile, Shift, Volume, floor_at, windows
 
@@ -18,7 +19,7 @@ PLAN = OrderPlan(
     headroom=0.25,
 )
 PROFILE = Profile(frames_per_s_per_replica=3.0, cold_start_s=120.0)
-LEASE = Lease(max_replicas=3, price_per_replica_hour=1.2)
+LEASE = Lease(max_replicas=3, price_per_replica_hour=Decimal("1.2"), currency="EUR")
 
 
 def test_two_shifts_with_a_volume_change_mid_week() -> None:
@@ -28,7 +29,7 @@ def test_two_shifts_with_a_volume_change_mid_week() -> None:
     assert (monday.required_fps, monday.wanted_replicas, monday.floor) == (2.0, 1, 1)  # 2 x 1.25 / 3 -> 1
     wednesday = plan[4]
     assert (wednesday.required_fps, wednesday.wanted_replicas, wednesday.floor) == (8.0, 4, 3)  # 10 / 3 -> 4
-    assert (wednesday.shortfall, wednesday.shortfall_cost_per_hour) == (1, 1.2)  # over the lease: says by how much
+    assert (wednesday.shortfall, wednesday.shortfall_cost_per_hour) == (1, "1.20 EUR")  # over the lease: by how much
 
 
 def test_floor_in_force_follows_the_clock_with_prewarm() -> None:

@@ -9,12 +9,13 @@ its series and failed parts feed the dashboard's line pages.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from sqlmodel import Session, select
 
-from control_plane import capacity, dashboard
+from control_plane import capacity, catalogue, dashboard
 from control_plane.api.deps import (
     CurrentUser,
     IdPath,
@@ -41,6 +42,7 @@ from control_plane.models import (
     Slice,
     utcnow,
 )
+from control_plane.money import rate
 from control_plane.security import Permission, Principal
 
 router = APIRouter(prefix="/lines", tags=["lines"])
@@ -157,22 +159,28 @@ def preview_order_plan(
         for entry in slices:
             item = session.get(Slice, entry["slice_id"])
             assert item is not None
-            entry["cost_7_days"] = _cost(entry, item.price_per_replica_hour)
+            entry["cost_7_days"] = _cost(entry, *catalogue.hourly_price(session, item))
             entry["capacity"] = dashboard.capacity_series(session, item, now)
     finally:
         session.rollback()
     return {"line_id": line_id, "plan": body.model_dump(mode="json"), "slices": slices}
 
 
-def _cost(entry: dict[str, Any], price: float) -> dict[str, float]:
-    """Replica-hours the planned floors hold over the windows shown, what they cost, what the lease lacks."""
-    hours = shortfall = 0.0
+def _cost(entry: dict[str, Any], price: Decimal, currency: str) -> dict[str, Any]:
+    """Replica-hours the planned floors hold over the windows shown, what they cost at the lease's price per
+    replica-hour, and what the replicas the lease lacks would cost (money as text, e.g. '12.60 EUR')."""
+    hours = short = Decimal(0)
     for windows in entry["lines"].values():
         for w in windows:
-            length = (w["end"] - w["warm_from"]).total_seconds() / 3600
+            length = Decimal(int((w["end"] - w["warm_from"]).total_seconds())) / 3600
             hours += w["floor"] * length
-            shortfall += w["shortfall_cost_per_hour"] * length
-    return {"replica_hours": round(hours, 1), "cost": round(hours * price, 2), "shortfall_cost": round(shortfall, 2)}
+            short += w["shortfall"] * length
+    return {
+        "replica_hours": float(round(hours, 1)),
+        "cost": str(rate(price, hours, currency)),
+        "shortfall_replica_hours": float(round(short, 1)),
+        "shortfall_cost": str(rate(price, short, currency)),
+    }
 
 
 # --- what the line saw: the dashboard's line pages ---------------------------------------------

@@ -11,8 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter
 from sqlmodel import select
 
-from control_plane import broker_sync
-from control_plane.api.deps import IdPath, PageDep, SessionDep, SettingsDep, allowed, get_or_404, insert
+from control_plane import broker_sync, catalogue
+from control_plane.api.deps import IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed, get_or_404, insert
 from control_plane.models import BrokerAdmin, JoinToken, JoinTokenIssued, Site, SiteCreate, SitePublic, utcnow
 from control_plane.security import Permission, Principal, new_token, token_hash
 from control_plane.sites import broker_admin_password, sync_broker
@@ -24,9 +24,16 @@ router = APIRouter(prefix="/sites", tags=["sites"])
 def create_site(
     body: SiteCreate,
     session: SessionDep,
+    settings: SettingsDep,
     caller: Annotated[Principal, allowed(Permission.MANAGE_SITES, "creating sites")],
+    now: NowDep,
 ) -> Site:
-    return insert(session, Site(**body.model_dump()), conflict=f"site {body.name!r} already exists")
+    """A site and its standard replica product (priced from the settings; reprice it in the catalogue)."""
+    site = insert(session, Site(**body.model_dump()), conflict=f"site {body.name!r} already exists")
+    catalogue.seed_site_product(session, site, settings, now.date())
+    session.commit()
+    session.refresh(site)
+    return site
 
 
 @router.get("", response_model=list[SitePublic])

@@ -10,12 +10,23 @@ from fastapi import APIRouter, Query
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from control_plane import capacity, dashboard, placement, sites
-from control_plane.api.deps import IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed, own_tenant, scoped_get
+from control_plane import capacity, catalogue, dashboard, funds, placement, sites
+from control_plane.api.deps import (
+    IdPath,
+    NowDep,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    allowed,
+    get_or_404,
+    own_tenant,
+    scoped_get,
+)
 from control_plane.api.routes.models import visible_model
 from control_plane.errors import Conflict, InvalidInput
 from control_plane.models import (
     Line,
+    Product,
     ScaleEvent,
     ScaleEventPublic,
     ScaleKind,
@@ -59,13 +70,18 @@ def create_slice(
         raise InvalidInput(f"model {model.name} {model.version} takes batches of {model.fixed_batch}; "
                            f"max_batch_size {body.max_batch_size} is too large")  # fmt: skip
     assert caller.tenant_id is not None
-    item = Slice(tenant_id=caller.tenant_id, site_id=site_ids.pop(), price_per_replica_hour=settings.replica_hour_price,
-                 **body.model_dump())  # fmt: skip
+    funds.refuse_if_out_of_funds(session, caller.tenant_id)
+    site_id = site_ids.pop()
+    product = catalogue.default_product(session, site_id) if body.product_id is None else \
+        get_or_404(session, Product, body.product_id)  # fmt: skip
+    item = Slice(tenant_id=caller.tenant_id, site_id=site_id,
+                 **body.model_dump(exclude={"product_id", "price_id"}))  # fmt: skip
     session.add(item)
     try:
         session.flush()
     except IntegrityError as e:
         raise Conflict(f"slice {body.slug!r} already exists in your tenant") from e
+    catalogue.buy(session, item, product, price_id=body.price_id, now=now, user_id=caller.user_id)
     _push_ingress(session, settings, item)
     session.commit()
     _place(session, item, now)

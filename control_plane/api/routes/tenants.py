@@ -10,9 +10,11 @@ from typing import Annotated
 from fastapi import APIRouter
 from sqlmodel import select
 
-from control_plane.api.deps import CurrentUser, IdPath, PageDep, SessionDep, allowed, insert
+from control_plane import funds
+from control_plane.api.deps import CurrentUser, IdPath, PageDep, SessionDep, SettingsDep, allowed, insert
 from control_plane.errors import NotFound
 from control_plane.models import Tenant, TenantCreate, TenantPublic
+from control_plane.money import Money
 from control_plane.security import Permission, Principal
 
 router = APIRouter(prefix="/tenants", tags=["tenants"])
@@ -22,11 +24,18 @@ router = APIRouter(prefix="/tenants", tags=["tenants"])
 def create_tenant(
     body: TenantCreate,
     session: SessionDep,
+    settings: SettingsDep,
     caller: Annotated[Principal, allowed(Permission.MANAGE_TENANTS, "creating tenants")],
 ) -> Tenant:
-    """Operators add a factory."""
-    tenant = Tenant(slug=body.slug, name=body.name)
-    return insert(session, tenant, conflict=f"tenant {body.slug!r} already exists; pick another slug")
+    """Operators add a factory, billed in the settings' currency with their default credit limit."""
+    tenant = insert(session, Tenant(slug=body.slug, name=body.name),
+                    conflict=f"tenant {body.slug!r} already exists; pick another slug")  # fmt: skip
+    assert tenant.id is not None
+    limit = Money.of(settings.default_credit_limit, settings.currency).minor
+    funds.settings_for(session, tenant.id, currency=settings.currency, credit_limit_minor=limit)
+    session.commit()
+    session.refresh(tenant)
+    return tenant
 
 
 @router.get("", response_model=list[TenantPublic])
