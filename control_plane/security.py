@@ -130,6 +130,14 @@ class Permission(StrEnum):
     MANAGE_SLICES = "manage_slices"
     READ_SLICES = "read_slices"
     ROTATE_SLICE_CREDENTIALS = "rotate_slice_credentials"  # operators too: a lost node is theirs to answer
+    MANAGE_CATALOGUE = "manage_catalogue"  # products and their price versions
+    READ_CATALOGUE = "read_catalogue"
+    BUY_LEASES = "buy_leases"
+    READ_BILLING = "read_billing"  # spend, balances, charges, budgets, invoices, voucher balances
+    SET_BUDGET = "set_budget"
+    MANAGE_FUNDS = "manage_funds"  # top-ups, credit limits (what a tenant paid or may owe)
+    MANAGE_VOUCHERS = "manage_vouchers"  # programmes, codes, reports (for a funder)
+    REDEEM_VOUCHERS = "redeem_vouchers"
 
     @property
     def roles(self) -> tuple[Role, ...]:
@@ -150,6 +158,14 @@ ROLES_FOR: Mapping[Permission, tuple[Role, ...]] = MappingProxyType({
     Permission.MANAGE_SLICES: (Role.PLANT_MANAGER,),
     Permission.READ_SLICES: (Role.PLANT_MANAGER, Role.FACTORY_IT, Role.OPERATOR),
     Permission.ROTATE_SLICE_CREDENTIALS: (Role.OPERATOR, Role.PLANT_MANAGER),
+    Permission.MANAGE_CATALOGUE: (Role.OPERATOR,),
+    Permission.READ_CATALOGUE: (Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT),
+    Permission.BUY_LEASES: (Role.PLANT_MANAGER,),
+    Permission.READ_BILLING: (Role.PLANT_MANAGER, Role.OPERATOR),
+    Permission.SET_BUDGET: (Role.PLANT_MANAGER,),
+    Permission.MANAGE_FUNDS: (Role.OPERATOR,),
+    Permission.MANAGE_VOUCHERS: (Role.OPERATOR,),
+    Permission.REDEEM_VOUCHERS: (Role.PLANT_MANAGER,),
 })  # fmt: skip
 """Who may do what: one row per permission (a permission without one fails at import, below)."""
 if missing := set(Permission) - set(ROLES_FOR):

@@ -30,6 +30,16 @@ MATRIX = {
     "manage_slices": {PM},
     "read_slices": {OP, PM, IT},
     "rotate_slice_credentials": {OP, PM},
+    # money (issue 13): operators run the catalogue, funds and voucher programmes; plant managers buy,
+    # budget and redeem; factory IT reads the catalogue but sees no bills
+    "manage_catalogue": {OP},
+    "read_catalogue": {OP, PM, IT},
+    "buy_leases": {PM},
+    "read_billing": {OP, PM},
+    "set_budget": {PM},
+    "manage_funds": {OP},
+    "manage_vouchers": {OP},
+    "redeem_vouchers": {PM},
 }
 
 
