@@ -262,6 +262,12 @@ class Telemetry(BaseModel):
     frames: Count = Field(description="Verdicts given (pass + fail).")
     fails: Count = Field(description="Verdicts 'fail'.")
     errors: Count = Field(description="Frames answered with an error instead of a verdict.")
+    error_codes: dict[ErrorCode, Count] = Field(
+        default_factory=dict,
+        max_length=len(ErrorCode),
+        description="Error answers per code (at most ``errors`` in all); older ingresses send none. Usage "
+        "products bill some codes (the robot's bad input) and not others (``internal``).",
+    )
     latency_ms_histogram: list[Count] = Field(
         max_length=len(LATENCY_BUCKETS_MS) + 1,
         description="Verdict latency counts per LATENCY_BUCKETS_MS bucket (+1).",
@@ -278,4 +284,11 @@ class Telemetry(BaseModel):
             raise ValueError(
                 f"window start ({self.start}) to end ({self.end}) must run forward, {longest:.0f} s at most"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _error_codes(self) -> Telemetry:
+        coded = sum(self.error_codes.values())
+        if coded > self.errors:
+            raise ValueError(f"error_codes add up to {coded}, more than errors ({self.errors})")
         return self

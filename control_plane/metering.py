@@ -9,6 +9,13 @@ How a heartbeat becomes replica-seconds:
   partition time, so no second is billed twice; and after a silence longer than the timeout (an agent
   restart, a network cut) only the last ``timeout`` seconds are billed: the gap is billed as nothing.
   A node's first heartbeat (no previous one) bills nothing.
+- The silent part of such a gap, ``[previous heartbeat, now - timeout)``, is stored as one ``gap`` record
+  per live slice the node served (RUNNING model replicas in the report, or placed on the node): no
+  replica-seconds, ``window_s`` the silent seconds (at most ``GAP_MAX_S``), keyed
+  ``usage_key(agent, slice app name, node-<id>/gap, previous heartbeat)``, so a replayed heartbeat
+  stores it once. Rating never bills a gap; a bill shows it, so that a missing hour reads as the
+  agent's silence, not as a slice that cost nothing. A gap record starts at the previous heartbeat
+  and may span minutes, hours or days, unlike the minute pieces of capacity.
 - The covered interval is cut at minute boundaries (whole UTC seconds), so no record crosses a minute
   or an hour and rating by hour never splits one. Each piece is one record: running replicas x its
   seconds, keyed ``usage_key(agent, slice app name, node-<id>, piece start)``.
@@ -20,8 +27,10 @@ Verdicts come from the ingress's telemetry: one message is one ingress replica's
 Its record is keyed by (slice, line/replica, the window's exact start), so the same message delivered
 twice is stored once while the windows of several replicas (or several windows in one minute) add up.
 ``window_start`` is the line-minute the monitor files the message under (the minute of its end).
-The counts are ``pass`` and ``fail``; ``errors`` is stored as one number, since the wire does not yet
-say which error codes they were (rating must learn that before it can bill robot-input errors).
+The counts are ``pass``, ``fail``, ``errors`` (the total) and ``error_codes`` (``{code: n}``), from which
+rating bills the codes a usage product counts (``pricing.ROBOT_ERRORS``: the robot's bad input, never
+``internal``). An older ingress sends no ``error_codes``: its errors are stored as an empty mapping, so
+they are never billed (an unknown code is not assumed to be the robot's fault).
 
 Every insert is ``INSERT ... ON CONFLICT (key) DO NOTHING`` in the database's own dialect. The hooks run
 through ``guarded``: in a savepoint, and a failure is logged and counted (``FAILURES``), never raised,
@@ -48,6 +57,9 @@ log = logging.getLogger(__name__)
 
 CAPACITY = "capacity"
 VERDICTS = "verdicts"
+GAP = "gap"
+GAP_MAX_S = 31 * 86_400
+"""Longest gap one record states; a node silent for longer (switched off for months) shows 31 days."""
 FAILURES = [0]
 """Metering calls that raised (logged; the heartbeat or telemetry they came with was still stored)."""
 
@@ -93,26 +105,51 @@ def minute_pieces(start: datetime, end: datetime) -> list[tuple[datetime, int]]:
 
 def record_capacity(session: Session, node: Node, reports: Iterable[SliceReport], previous: datetime | None,
                     now: datetime, timeout_s: float) -> int:  # fmt: skip
-    """Store the replica-seconds one heartbeat (at ``now``, the one before at ``previous``) reports."""
+    """Store the replica-seconds one heartbeat (at ``now``, the one before at ``previous``) reports, and
+    the gap before it if the node was silent for longer than ``timeout_s``; returns how many records were new."""
     if previous is None or node.id is None:
         return 0  # a first heartbeat: nothing known to have run before it
-    now = as_utc(now)
-    start = max(as_utc(previous), now - timedelta(seconds=timeout_s))
+    now, previous = as_utc(now), as_utc(previous)
+    start = max(previous, now - timedelta(seconds=timeout_s))
     pieces = minute_pieces(start, now)
-    rows = []
+    rows, served = [], {}
     for report in reports:
         running = running_replicas(report)
         item = session.get(Slice, report.slice_id)
-        if running <= 0 or item is None or item.site_id != node.site_id or item.status == SliceStatus.DELETED:
+        if running <= 0 or item is None or not _served_here(item, node):
             continue  # another site's slice is not this node's to bill
         assert item.id is not None
+        served[item.id] = item
         for piece_start, seconds in pieces:
             rows.append(dict(
                 key=usage_key(Source.AGENT, item.app_name, f"node-{node.id}", piece_start), source=CAPACITY,
                 tenant_id=item.tenant_id, slice_id=item.id, node_id=node.id, window_start=piece_start,
                 window_s=seconds, replica_seconds=running * seconds, verdicts={},
             ))  # fmt: skip
+    silent_s = int(start.timestamp()) - int(previous.timestamp())  # the same whole seconds as minute_pieces
+    if silent_s > 0:
+        rows.extend(_gaps(session, node, served, previous, silent_s))
     return insert_once(session, rows)
+
+
+def _served_here(item: Slice, node: Node) -> bool:
+    return item.site_id == node.site_id and item.status != SliceStatus.DELETED
+
+
+def _gaps(session: Session, node: Node, served: dict[int, Slice], previous: datetime,
+          silent_s: int) -> list[dict[str, Any]]:  # fmt: skip
+    """One unbilled ``gap`` record per slice that ran on the node (reported running, or placed on it)."""
+    placed = session.exec(select(Slice).where(Slice.site_id == node.site_id, Slice.status != SliceStatus.DELETED))
+    slices = {s.id: s for s in placed if s.id is not None and int(s.placement.get(str(node.id), 0)) > 0}
+    gap_start = datetime.fromtimestamp(int(previous.timestamp()), UTC)
+    rows = []
+    for slice_id, item in sorted({**slices, **served}.items()):
+        rows.append(dict(
+            key=usage_key(Source.AGENT, item.app_name, f"node-{node.id}/gap", gap_start), source=GAP,
+            tenant_id=item.tenant_id, slice_id=slice_id, node_id=node.id, window_start=gap_start,
+            window_s=min(silent_s, GAP_MAX_S), replica_seconds=0, verdicts={},
+        ))  # fmt: skip
+    return rows
 
 
 def record_verdicts(session: Session, line: Line, app_name: str, report: wire.Telemetry) -> int:
@@ -124,7 +161,8 @@ def record_verdicts(session: Session, line: Line, app_name: str, report: wire.Te
         return 0
     window = datetime.fromtimestamp(report.start, UTC)
     minute = datetime.fromtimestamp(report.end, UTC).replace(second=0, microsecond=0)
-    counts = {"pass": report.frames - report.fails, "fail": report.fails, "errors": report.errors}
+    counts: dict[str, Any] = {"pass": report.frames - report.fails, "fail": report.fails, "errors": report.errors}
+    counts["error_codes"] = {code.value: n for code, n in sorted(report.error_codes.items()) if n > 0}
     row = dict(
         key=usage_key(Source.INGRESS, item.app_name, f"{line.slug}/{report.replica}", window), source=VERDICTS,
         tenant_id=item.tenant_id, slice_id=item.id, line_id=line.id, window_start=minute, window_s=60,

@@ -1,6 +1,7 @@
 """What an ingress replica tells the control plane about each line it serves.
 
-Per line and window (a few seconds): verdicts, fails, errors, a latency
+Per line and window (a few seconds): verdicts, fails, errors (in all and per
+code, since usage products bill the robot's bad input but not ``internal``), a latency
 histogram with fixed buckets (so windows of several replicas add up exactly),
 each robot's latest frame, and the latest failed parts with small thumbnails.
 The ingress calls ``observe_*`` from its worker threads and publishes ``drain()``
@@ -38,6 +39,7 @@ class _LineWindow:
     frames: int = 0
     fails: int = 0
     errors: int = 0
+    error_codes: dict[wire.ErrorCode, int] = field(default_factory=dict)
     histogram: list[int] = field(default_factory=lambda: [0] * (len(wire.LATENCY_BUCKETS_MS) + 1))
     robots: dict[str, wire.RobotActivity] = field(default_factory=dict)
     failures: list[_Failure] = field(default_factory=list)
@@ -102,10 +104,11 @@ class TelemetryWindow:
                 window.failures.append(_Failure(robot.robot, frame_id, now, defect_class, score, payload))
                 del window.failures[: -self.max_failed_parts]
 
-    def observe_error(self, robot: wire.RobotTopic) -> None:
+    def observe_error(self, robot: wire.RobotTopic, code: wire.ErrorCode) -> None:
         with self._lock:
             window = self._line(robot.line)
             window.errors += 1
+            window.error_codes[code] = window.error_codes.get(code, 0) + 1
             window.seen(robot.robot, time.time())
 
     def drain(self) -> dict[str, wire.Telemetry]:
@@ -119,5 +122,5 @@ class TelemetryWindow:
         parts = [_failed_part(f) for f in w.failures]
         return wire.Telemetry(
             replica=self.replica, start=w.start, end=end, frames=w.frames, fails=w.fails, errors=w.errors,
-            latency_ms_histogram=w.histogram, robots=w.robots, failed_parts=parts,
+            error_codes=w.error_codes, latency_ms_histogram=w.histogram, robots=w.robots, failed_parts=parts,
         )  # fmt: skip

@@ -223,7 +223,7 @@ class FrameIngress:
     def _error(self, frame: Frame, code: wire.ErrorCode, detail: str) -> Reply:
         self.counts.add(f"error_{code.value}")
         if self.telemetry is not None:
-            self.telemetry.observe_error(frame.robot)
+            self.telemetry.observe_error(frame.robot, code)
         if self._observe:
             self._observe(f"error_{code.value}", (time.monotonic() - frame.received) * 1000)
         return self._reply(frame, self._replier.error(frame, code, detail), final=replies.is_final(code))

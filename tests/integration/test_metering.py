@@ -2,14 +2,17 @@
 
 Capacity is replica-seconds from the RUNNING replicas a heartbeat reports; each record's key is
 deterministic, so a repeated, reordered or late report is stored once, a silent agent's gap bills
-nothing, and a control plane restart neither loses nor doubles records. Verdicts come from the
-ingress's telemetry, once per message even when the broker delivers it twice.
+nothing (it is stored as a ``gap`` record that rating leaves alone), and a control plane restart
+neither loses nor doubles records. Verdicts come from the ingress's telemetry, once per message even
+when the broker delivers it twice, with error answers per code so that a usage product bills the
+robot's bad input and not ``internal`` errors.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -18,10 +21,10 @@ from sqlmodel import Session, col, select
 
 from contracts import wire
 from contracts.agent_api import SliceReport
-from control_plane import metering, telemetry
+from control_plane import billing, catalogue, metering, pricing, telemetry
 from control_plane.api.routes import agent as agent_routes
 from control_plane.app import create_app
-from control_plane.models import Node, UsageRecord
+from control_plane.models import Charge, ChargedUsage, Node, Slice, UsageRecord
 from tests.integration.cp_fixtures import ControlPlane, ok
 from tests.integration.test_security_nodes import join
 
@@ -136,10 +139,12 @@ def test_another_sites_slice_is_not_billed_and_a_failure_never_fails_the_heartbe
     assert float(counted.split()[-1]) == metering.FAILURES[0]
 
 
-def _telemetry(replica: str, start: float, frames: int, fails: int) -> bytes:
+def _telemetry(replica: str, start: float, frames: int, fails: int, codes: dict[str, int] | None = None) -> bytes:
     histogram = [0] * (len(wire.LATENCY_BUCKETS_MS) + 1)
-    report = wire.Telemetry(replica=replica, start=start, end=start + 5, frames=frames, fails=fails, errors=2,
-                            latency_ms_histogram=histogram)  # fmt: skip
+    report = wire.Telemetry.model_validate(dict(
+        replica=replica, start=start, end=start + 5, frames=frames, fails=fails, errors=2,
+        latency_ms_histogram=histogram, **({"error_codes": codes} if codes is not None else {}),
+    ))  # fmt: skip
     return report.model_dump_json().encode()
 
 
@@ -159,3 +164,73 @@ def test_telemetry_verdicts_are_stored_once_per_message(control_plane: ControlPl
     assert {(r.slice_id, r.line_id, r.window_start.replace(tzinfo=UTC)) for r in rows} == {
         (a.ids["slice"], a.line_id, minute)
     }
+
+
+def test_a_silent_agents_gap_is_stored_once_and_never_billed(
+    control_plane: ControlPlane, clock: list[datetime]
+) -> None:
+    cp, slice_id = control_plane, control_plane.a.ids["slice"]
+    _with_timeout(cp, 60)
+    node_id, agent = join(cp, "head")
+    ok(cp.client.post("/agent/v1/heartbeat", json={"slices": [_report(slice_id, 2)]}, headers=agent))
+    silent_from = clock[0]
+    clock[0] += timedelta(minutes=5)  # the agent is silent for 5 minutes, then reports again
+    body = {"slices": [_report(slice_id, 2)]}
+    ok(cp.client.post("/agent/v1/heartbeat", json=body, headers=agent))
+    assert sum(r.replica_seconds for r in _capacity(cp, slice_id)) == 2 * 60  # only the timeout is billed
+
+    def gaps() -> list[UsageRecord]:
+        with Session(_engine(cp)) as session:
+            query = select(UsageRecord).where(UsageRecord.source == metering.GAP, UsageRecord.slice_id == slice_id)
+            return list(session.exec(query).all())
+
+    (gap,) = gaps()
+    assert (gap.slice_id, gap.node_id, gap.replica_seconds) == (slice_id, node_id, 0)
+    assert gap.window_s == 4 * 60  # the silent seconds before the timeout
+    assert gap.window_start.replace(tzinfo=UTC) == silent_from.replace(microsecond=0)
+
+    with Session(_engine(cp)) as session:  # the same heartbeat replayed: stored once
+        node = session.get(Node, node_id)
+        assert node is not None
+        report = [SliceReport.model_validate(r) for r in body["slices"]]
+        assert metering.record_capacity(session, node, report, silent_from, clock[0], 60) == 0
+        session.commit()
+    assert [r.key for r in gaps()] == [gap.key]
+
+    with Session(_engine(cp)) as session:  # rating bills the capacity and leaves the gap alone
+        billing.rate_pending(session, clock[0] + timedelta(hours=1))
+        session.commit()
+        assert session.get(ChargedUsage, gap.key) is None
+        assert all(session.get(ChargedUsage, r.key) is not None for r in _capacity(cp, slice_id))
+
+
+def test_error_answers_are_stored_per_code_and_a_usage_product_bills_only_the_robots(
+    control_plane: ControlPlane,
+) -> None:
+    cp, a = control_plane, control_plane.a
+    now = datetime.now(UTC)
+    with Session(_engine(cp)) as session:  # cp.a's slice moves to a usage product (per 1,000 verdicts)
+        product = catalogue.add_product(session, sku="use-1", site_id=cp.site_id, name="Per verdict",
+                                        hardware_class="replica", unit=pricing.UnitKind.USAGE)  # fmt: skip
+        terms = pricing.UsageTerms(tiers=(pricing.Tier(up_to=None, per_1000=Decimal("2.00")),))
+        catalogue.add_price(session, product, effective_from=now.date(), currency=cp.settings.currency,
+                            terms=terms.model_dump(mode="json"), today=now.date())  # fmt: skip
+        item = session.get(Slice, a.ids["slice"])
+        assert item is not None
+        lease = catalogue.buy(session, item, product, price_id=None, now=now, user_id=None)
+        session.commit()
+        lease_id, starts = lease.id, lease.starts_at.replace(tzinfo=UTC)
+    topic = wire.telemetry_topic(a.slug, "line-1", f"t{a.tenant_id}-inspect")
+    start = starts.timestamp() + 10
+    coded = _telemetry("r1", start, 40, 4, {"bad_image": 1, "internal": 1})
+    older = _telemetry("r2", start, 10, 1)  # an older ingress: errors without codes
+    with Session(_engine(cp)) as session:
+        telemetry.ingest(session, cp.site_id, [(topic, coded), (topic, older)], keep_failed=10, source="test")
+    with Session(_engine(cp)) as session:
+        rows = session.exec(select(UsageRecord).where(UsageRecord.source == metering.VERDICTS)).all()
+        assert sorted((r.verdicts["error_codes"] for r in rows), key=len) == [{}, {"bad_image": 1, "internal": 1}]
+        billing.rate_pending(session, starts + timedelta(hours=1))
+        session.commit()
+        charges = session.exec(select(Charge).where(Charge.lease_id == lease_id)).all()
+    # 50 verdicts and the robot's one bad image; neither the internal error nor uncoded errors
+    assert sum(c.quantity for c in charges) == 40 + 10 + 1

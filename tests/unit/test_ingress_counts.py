@@ -8,9 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from contracts import wire
 from contracts.slice_spec import BrokerSpec, SliceSpec
 from edge_node.ingress import FrameIngress
 from edge_node.ingress.counts import Counts
+from edge_node.ingress.frames import Frame
 
 
 @pytest.fixture
@@ -60,3 +62,21 @@ def test_counts_read_like_a_counter() -> None:
     assert "verdict_fail" not in counts
     assert dict(counts) == counts.snapshot() == {"frames_received": 3}
     assert len(counts) == 1
+
+
+def test_error_answers_are_counted_per_code_in_the_lines_telemetry() -> None:
+    """Usage products bill the robot's bad input but not ``internal``: telemetry must say which was which."""
+    outcomes = [{"code": "bad_image", "detail": "not an image"}, {"code": "internal", "detail": "model failed"}]
+    spec = SliceSpec(name="s1", tenant="acme", lines=["line-1"], broker=BrokerSpec(port=1), telemetry_period_s=5)
+    ingress = FrameIngress(spec, lambda payloads: outcomes[: len(payloads)], client_id="ingress-0", node="n",
+                           model="stand-in:1")  # fmt: skip
+    robot = wire.parse_topic(wire.topic("acme", "line-1", "cam-1", wire.TopicKind.FRAMES))
+    payloads = [b"", b"\xff\xd8 one", b"\xff\xd8 two"]
+    frames = [Frame(mid=k, qos=1, generation=0, robot=robot, payload=payload, frame_id=f"f{k}", correlation=None,
+                    user_properties={}) for k, payload in enumerate(payloads)]  # fmt: skip
+    ingress._answers(frames)  # an empty payload is refused; the model answers the other two with errors
+    assert ingress.telemetry is not None
+    report = ingress.telemetry.drain()["line-1"]
+    assert report.errors == 3
+    assert report.error_codes == {wire.ErrorCode.BAD_IMAGE: 2, wire.ErrorCode.INTERNAL: 1}
+    assert ingress.counts["error_bad_image"] == 2 and ingress.counts["error_internal"] == 1

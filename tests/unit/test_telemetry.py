@@ -39,7 +39,7 @@ def test_window_counts_per_line_and_keeps_the_newest_failures() -> None:
             _robot("line-1", f"cam-{k % 2}"), frame_id=f"f{k}", verdict="fail" if failed else "pass",
             defect_class="crack" if failed else None, score=0.8, total_ms=12, payload=frame,
         )  # fmt: skip
-    window.observe_error(_robot("line-2", "cam-9"))
+    window.observe_error(_robot("line-2", "cam-9"), wire.ErrorCode.BAD_IMAGE)
     drained = window.drain()
     assert set(drained) == {"line-1", "line-2"}
     line1 = drained["line-1"]
@@ -50,6 +50,7 @@ def test_window_counts_per_line_and_keeps_the_newest_failures() -> None:
     image = Image.open(io.BytesIO(base64.b64decode(line1.failed_parts[0].thumbnail_jpeg_b64)))
     assert image.format == "JPEG" and max(image.size) <= wire.THUMBNAIL_SIDE
     assert drained["line-2"].errors == 1 and drained["line-2"].frames == 0
+    assert drained["line-2"].error_codes == {wire.ErrorCode.BAD_IMAGE: 1} and line1.error_codes == {}
     assert window.drain() == {}  # a drain starts a new window
     wire.Telemetry.model_validate_json(line1.model_dump_json())  # what the control plane parses
 

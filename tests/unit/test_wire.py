@@ -60,3 +60,25 @@ def test_slice_spec_subscribes_to_each_line() -> None:
     assert spec.frame_filters == ["$share/s1/lineside/acme/l1/+/frames", "$share/s1/lineside/acme/l2/+/frames"]
     with pytest.raises(ValidationError, match="line"):
         SliceSpec(name="s1", tenant="acme", lines=["l/#"])
+
+
+def _telemetry(**fields: object) -> wire.Telemetry:
+    histogram = [0] * (len(wire.LATENCY_BUCKETS_MS) + 1)
+    body = {"replica": "r1", "start": 100.0, "end": 105.0, "frames": 10, "fails": 1, "errors": 3}
+    return wire.Telemetry.model_validate({**body, "latency_ms_histogram": histogram, **fields})
+
+
+def test_telemetry_says_which_error_codes_its_errors_were() -> None:
+    report = _telemetry(error_codes={"bad_image": 2, "internal": 1})
+    assert report.error_codes == {wire.ErrorCode.BAD_IMAGE: 2, wire.ErrorCode.INTERNAL: 1}
+    assert wire.Telemetry.model_validate_json(report.model_dump_json()) == report
+    assert _telemetry().error_codes == {}  # an older ingress sends no codes
+
+
+def test_telemetry_error_codes_cannot_exceed_the_errors_or_name_unknown_codes() -> None:
+    with pytest.raises(ValidationError, match=r"error_codes add up to 4, more than errors \(3\)"):
+        _telemetry(error_codes={"bad_image": 2, "internal": 2})
+    with pytest.raises(ValidationError, match="error_codes"):
+        _telemetry(error_codes={"not_a_code": 1})
+    with pytest.raises(ValidationError, match="error_codes"):
+        _telemetry(error_codes={"bad_image": -1})
