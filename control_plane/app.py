@@ -32,6 +32,8 @@ from control_plane.api.routes import (
     slices,
     tenants,
     users,
+    voucher_programmes,
+    vouchers,
 )
 from control_plane.api.routes import sites as site_routes
 from control_plane.login_guard import LoginGuard
@@ -195,7 +197,7 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     errors.install(app)
     web_headers.install(app, settings)
     for module in (health, auth, tenants, users, site_routes, nodes, alerts, lines, robots, models, slices,
-                   dashboard, failed_parts, agent, ui):  # fmt: skip
+                   voucher_programmes, vouchers, dashboard, failed_parts, agent, ui):  # fmt: skip
         app.include_router(module.router)
     app.mount("/ui/static", ui.static, name="static")
     app.include_router(ui.docs_router)
