@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -17,14 +17,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from control_plane import capacity, db, errors, metering, placement, registry, sites, ui, web_headers
+from control_plane import billing, capacity, db, errors, metering, placement, registry, sites, ui, web_headers
 from control_plane.api.routes import (
     agent,
     alerts,
     auth,
+    catalogue,
     dashboard,
     failed_parts,
     health,
+    leases,
     lines,
     models,
     nodes,
@@ -35,6 +37,7 @@ from control_plane.api.routes import (
     voucher_programmes,
     vouchers,
 )
+from control_plane.api.routes import billing as billing_routes
 from control_plane.api.routes import sites as site_routes
 from control_plane.login_guard import LoginGuard
 from control_plane.models import ApiToken, ModelVersion, Role, User
@@ -44,6 +47,7 @@ from control_plane.settings import ControlPlaneSettings
 from models import BUNDLED_MANIFEST
 
 log = logging.getLogger(__name__)
+BILLING_FAILURES = [0]
 
 BOOTSTRAP_EMAIL = "admin@lineside.local"
 
@@ -68,6 +72,26 @@ class _LoopCollector:
                                   value=capacity.PLANNING_FAILURES[0])  # fmt: skip
         yield CounterMetricFamily("lineside_metering_failures", "Usage records that could not be stored (logged)",
                                   value=metering.FAILURES[0])  # fmt: skip
+        yield CounterMetricFamily("lineside_billing_failures", "Billing passes that raised (logged; retried)",
+                                  value=BILLING_FAILURES[0])  # fmt: skip
+
+
+class _MoneyCollector:
+    """Budget alerts and held tenants as Prometheus metrics, read from the database at each scrape."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        with Session(self.engine) as session:
+            alerts, held = billing.alert_counts(session)
+        family = CounterMetricFamily("lineside_budget_alerts", "Monthly budget alerts raised, by threshold (%)",
+                                     labels=["threshold_pct"])  # fmt: skip
+        for pct in billing.BUDGET_THRESHOLDS:
+            family.add_metric([str(pct)], alerts.get(pct, 0))
+        yield family
+        yield GaugeMetricFamily("lineside_tenants_held", "Tenants out of funds: burst and bank slices held at floor",
+                                value=held)  # fmt: skip
 
 
 class Metrics:
@@ -153,6 +177,18 @@ def _watch_heartbeats(engine: Engine, settings: ControlPlaneSettings, metrics: M
             log.exception("heartbeat watch failed")
 
 
+def _bill(engine: Engine, settings: ControlPlaneSettings, clock: Callable[[], datetime],
+          stop: threading.Event) -> None:  # fmt: skip
+    """Rate new usage, expire vouchers and close last month's invoices, every ``billing_period_s``."""
+    while not stop.wait(settings.billing_period_s):
+        try:
+            with Session(engine) as session:
+                billing.run_due(session, clock().astimezone(UTC))
+        except Exception:  # keep billing; what was not rated is rated next time, once
+            BILLING_FAILURES[0] += 1
+            log.exception("billing pass failed")
+
+
 def create_app(settings: ControlPlaneSettings) -> FastAPI:
     """The app with its database migrated and bootstrapped; background loops run while it is served."""
     # One line, so an operator sees whether broker passwords hang on a configured or a generated key.
@@ -168,12 +204,14 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     stop = threading.Event()
     monitors = SiteMonitors(engine, settings)
     metrics.registry.register(_LoopCollector(monitors))
+    metrics.registry.register(_MoneyCollector(engine))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         clock = lambda: app.state.clock()  # noqa: E731  (tests swap app.state.clock)
         for loop, args in ((_watch_heartbeats, (engine, settings, metrics, clock, stop)),
-                           (_apply_plans, (engine, settings, clock, stop))):  # fmt: skip
+                           (_apply_plans, (engine, settings, clock, stop)),
+                           (_bill, (engine, settings, clock, stop))):  # fmt: skip
             threading.Thread(target=loop, args=args, daemon=True).start()
         if settings.monitor_sites:
             threading.Thread(target=monitors.run, args=(stop,), name="site-monitors", daemon=True).start()
@@ -197,7 +235,8 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     errors.install(app)
     web_headers.install(app, settings)
     for module in (health, auth, tenants, users, site_routes, nodes, alerts, lines, robots, models, slices,
-                   voucher_programmes, vouchers, dashboard, failed_parts, agent, ui):  # fmt: skip
+                   catalogue, leases, billing_routes, voucher_programmes, vouchers, dashboard, failed_parts,
+                   agent, ui):  # fmt: skip
         app.include_router(module.router)
     app.mount("/ui/static", ui.static, name="static")
     app.include_router(ui.docs_router)

@@ -53,7 +53,7 @@ from control_plane.models import (
     as_utc,
     utcnow,
 )
-from control_plane.money import Money
+from control_plane.money import Money, rate
 from control_plane.scheduler import Priority
 from control_plane.states import SliceStatus, transition
 
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 BATCH = 20_000
 """Usage records read per rating round; a run loops until none is left."""
 BUDGET_THRESHOLDS = (80, 100)
+RATED_SOURCES = ("capacity", "verdicts")  # metering also stores "gap" records: shown on bills, never rated
 HELD_PRIORITIES = (Priority.BURST, Priority.BANK)
 
 
@@ -99,6 +100,7 @@ def rate_pending(session: Session, now: datetime, *, batch: int = BATCH) -> Rati
             select(UsageRecord)
             .outerjoin(ChargedUsage, col(ChargedUsage.usage_key) == col(UsageRecord.key))
             .where(col(ChargedUsage.usage_key).is_(None), col(UsageRecord.window_start) < now)
+            .where(col(UsageRecord.source).in_(RATED_SOURCES))
             .order_by(col(UsageRecord.slice_id), col(UsageRecord.window_start), col(UsageRecord.id))
             .limit(batch)
         ).all()
@@ -282,7 +284,7 @@ def _subscription_fees(session: Session, now: datetime, run: RatingRun) -> None:
                 hour = max(start, datetime.combine(period, datetime.min.time(), UTC)).replace(
                     minute=0, second=0, microsecond=0
                 )
-                fee = pricing.amount_to_date(terms, "subscription_fee", 1, price.currency)
+                fee = rate(terms.monthly_fee, Decimal(1), price.currency)
                 group = _Group(lease, product, price, period)
                 _post_charge(
                     session,
@@ -400,3 +402,19 @@ def _apply_hold(session: Session, tenant_id: int, held: bool, reason: str) -> No
         item.updated_at = utcnow()
         session.add(item)
         log.warning("slice %s of tenant %s %s", item.slug, tenant_id, why)
+
+
+def alert_counts(session: Session) -> tuple[dict[int, int], int]:
+    """Budget alerts raised per threshold, and how many tenants are held now (for /metrics)."""
+    rows = session.exec(select(BudgetAlert.threshold_pct, func.count()).group_by(col(BudgetAlert.threshold_pct)))
+    held = session.exec(select(func.count()).select_from(TenantBilling).where(col(TenantBilling.held).is_(True))).one()
+    return {int(pct): int(n) for pct, n in rows.all()}, int(held)
+
+
+def run_due(session: Session, now: datetime) -> RatingRun:
+    """The background pass: rate what is pending, then commit."""
+    run = rate_pending(session, now)
+    session.commit()
+    if run.charges:
+        log.info("rated %s usage records into %s charges (%s)", run.records, run.charges, run.amount_minor)
+    return run

@@ -176,7 +176,8 @@ def price_for_period(pinned: PriceVersion, versions: Iterable[PriceVersion], per
     version effective mid-month applies from the next month (never back-dated into a running period)."""
     if period_start != month_start(period_start):
         raise ValueError("a billing period starts on the 1st of a month")
-    current = price_in_force([*versions, pinned], period_start)
+    effective = [v for v in versions if v.effective_from <= period_start]  # the pinned one may start mid-month
+    current = price_in_force(effective, period_start) if effective else pinned
     return max(current, pinned, key=lambda v: (v.effective_from, v.version))
 
 

@@ -81,6 +81,9 @@ class ControlPlaneSettings(BaseSettings):
         description="Credit a new tenant may run up before its burst and bank slices are held at their floor "
         "and new leases are refused (402); operators change it per tenant.",
     )
+    billing_period_s: float = Field(
+        default=60.0, gt=0, description="How often new usage is rated, vouchers expire and months are closed."
+    )
     planner_period_s: float = Field(default=30.0, gt=0, description="How often planned floors are applied.")
     broker_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a site broker's answer to a change.")
     telemetry_period_s: float = Field(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Path, Query, Request, Response
@@ -34,8 +34,14 @@ def _now(request: Request) -> datetime:
     return now
 
 
+def _utc_now(request: Request) -> datetime:
+    """The same clock in UTC, as money counts it (billing months and hours are UTC); a naive clock is local."""
+    return _now(request).astimezone(UTC)
+
+
 SettingsDep = Annotated[ControlPlaneSettings, Depends(_settings)]
 NowDep = Annotated[datetime, Depends(_now)]
+UtcNowDep = Annotated[datetime, Depends(_utc_now)]
 SessionDep = Annotated[Session, Depends(_session)]
 
 

@@ -18,12 +18,14 @@ Amounts are BIGINT minor units with a currency (``control_plane.money``).
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import StringConstraints
 from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from control_plane.models._common import utcnow
+from control_plane.models._common import Input, RowId, utcnow
+from control_plane.pricing import UnitKind
 
 
 class Product(SQLModel, table=True):
@@ -172,3 +174,57 @@ class InvoicedCharge(SQLModel, table=True):
 
     charge_id: int = Field(foreign_key="charge.id", primary_key=True)
     invoice_id: int = Field(foreign_key="invoice.id", index=True)
+
+
+# --- what callers send and get back ------------------------------------------------------------------
+
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+MoneyText = Annotated[str, StringConstraints(pattern=r"^\d{1,12}(\.\d{1,6})?$", max_length=20)]
+"""An amount in major units as text ("12.50"); floats are refused, so no 0.1 + 0.2 reaches a bill."""
+
+
+class PriceCreate(Input):
+    effective_from: date = Field(description="First day (UTC) it applies; today or later (never back-dated).")
+    currency: Currency = Field(description="ISO 4217 code, e.g. EUR.")
+    terms: dict[str, Any] = Field(
+        description="pricing.CapacityTerms, UsageTerms or SubscriptionTerms as JSON, with prices as strings "
+        "(e.g. {'kind': 'capacity', 'reserved_per_hour': '0.90', 'burst_per_hour': '1.10', "
+        "'bank_per_hour': '0.40', 'billed_increment_s': 60})."
+    )
+
+
+class ProductCreate(Input):
+    sku: Sku = Field(description="Stable product code: lower-case letters, digits, '.', '_', '-'.")
+    site_id: RowId = Field(description="Site whose hardware the product sells.")
+    name: str = Field(min_length=1, max_length=200, description="What plant managers read, e.g. 'Quarter GPU, L4'.")
+    hardware_class: str = Field(min_length=1, max_length=100, description="e.g. 'quarter GPU, L4-class' or 'CPU'.")
+    unit: UnitKind = Field(description="capacity (per replica-hour), usage (per 1,000 verdicts) or subscription.")
+    price: PriceCreate = Field(description="The first price version.")
+
+
+class LeaseBuy(Input):
+    slice_id: RowId = Field(description="Your slice to lease the product for.")
+    product_id: RowId = Field(description="A product of the slice's site (GET /catalogue).")
+    price_id: RowId = Field(description="The price version you were quoted (POST /leases/quote): the confirmation.")
+
+
+class QuoteIn(Input):
+    product_id: RowId = Field(description="A product from GET /catalogue.")
+    slice_id: RowId | None = Field(default=None, description="Your slice, for examples at its replica bounds.")
+
+
+class TopUpIn(Input):
+    tenant_id: RowId = Field(description="The tenant that paid.")
+    amount: MoneyText = Field(description="Major units received, as text, e.g. '250.00'.")
+    currency: Currency = Field(description="ISO 4217 code; the tenant's billing currency.")
+    reference: str = Field(min_length=1, max_length=100, description="Payment reference; a repeat is stored once.")
+
+
+class CreditLimitIn(Input):
+    tenant_id: RowId = Field(description="The tenant whose credit limit changes.")
+    credit_limit: MoneyText = Field(description="Debt its prepaid balance may run into, major units, e.g. '500'.")
+
+
+class BudgetIn(Input):
+    monthly_budget: MoneyText | None = Field(description="Alerts at 80% and 100% of it each month; null: none.")

@@ -23,12 +23,12 @@ class UsageRecord(SQLModel, table=True):
     __table_args__ = (Index("ix_usagerecord_slice_window", "slice_id", "window_start"),)
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=300, unique=True, index=True)  # pricing.usage_key
-    source: str = Field(max_length=16)  # 'capacity' | 'verdicts'
+    source: str = Field(max_length=16)  # 'capacity' | 'verdicts' | 'gap' (an agent's silence: shown, never rated)
     tenant_id: int = Field(foreign_key="tenant.id", index=True)
     slice_id: int = Field(foreign_key="slice.id")
     node_id: int | None = Field(default=None, foreign_key="node.id")  # capacity
     line_id: int | None = Field(default=None, foreign_key="line.id")  # verdicts
-    window_start: datetime  # UTC; a window never crosses a minute boundary
+    window_start: datetime  # UTC; a capacity or verdicts window never crosses a minute boundary (a gap may)
     window_s: int
     replica_seconds: int = Field(default=0, sa_type=BigInteger)  # capacity
     verdicts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # by outcome

@@ -138,6 +138,7 @@ def test_price_versions_are_pinned_and_never_retroactive() -> None:
     assert price_for_period(v1, [v1, v2], date(2026, 11, 1)) == v1  # v2 starts mid-period: not this month
     assert price_for_period(v1, [v1, v2], date(2026, 12, 1)) == v2  # from the next period
     assert price_for_period(v2, [v1, v2], date(2026, 11, 1)) == v2  # bought under v2: v2 from the purchase
+    assert price_for_period(v2, [v2], date(2026, 11, 1)) == v2  # a product first priced mid-month (was LookupError)
     with pytest.raises(LookupError):
         price_in_force([v2], date(2026, 11, 1))
     with pytest.raises(ValueError, match="1st"):

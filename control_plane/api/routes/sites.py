@@ -5,7 +5,7 @@ The nodes that joined a site are under ``/nodes``; capacity that no longer fits 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter
@@ -30,7 +30,7 @@ def create_site(
 ) -> Site:
     """A site and its standard replica product (priced from the settings; reprice it in the catalogue)."""
     site = insert(session, Site(**body.model_dump()), conflict=f"site {body.name!r} already exists")
-    catalogue.seed_site_product(session, site, settings, now.date())
+    catalogue.seed_site_product(session, site, settings, now.astimezone(UTC).date())
     session.commit()
     session.refresh(site)
     return site

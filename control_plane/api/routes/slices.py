@@ -3,7 +3,7 @@ their planned floors, scale events and capacity over time are read here too."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -81,7 +81,7 @@ def create_slice(
         session.flush()
     except IntegrityError as e:
         raise Conflict(f"slice {body.slug!r} already exists in your tenant") from e
-    catalogue.buy(session, item, product, price_id=body.price_id, now=now, user_id=caller.user_id)
+    catalogue.buy(session, item, product, price_id=body.price_id, now=now.astimezone(UTC), user_id=caller.user_id)
     _push_ingress(session, settings, item)
     session.commit()
     _place(session, item, now)

@@ -281,6 +281,8 @@ def upgrade() -> None:
     with op.batch_alter_table("invoicedcharge", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_invoicedcharge_invoice_id"), ["invoice_id"], unique=False)
 
+    if op.get_bind().dialect.name == "postgresql":  # ScaleKind.BILLING: a slice held at its floor, or released
+        op.execute("ALTER TYPE scalekind ADD VALUE IF NOT EXISTS 'BILLING'")
     _price_slices()
     with op.batch_alter_table("slice", schema=None) as batch_op:
         batch_op.drop_column("price_per_replica_hour")
