@@ -105,7 +105,7 @@ def close(session: Session, tenant_id: int, period: date, now: datetime) -> Invo
 
 
 def close_month(session: Session, period: date, now: datetime) -> list[Invoice]:
-    """Close ``period`` for every tenant with a lease or unbilled charges; returns the invoices issued now.
+    """Close ``period`` for every tenant with unbilled charges; returns the invoices issued now.
     Charges of earlier months not invoiced yet go on as adjustments (``close_due`` closes those first)."""
     now = as_utc(now)
     _check_ended(period, now)
@@ -116,22 +116,28 @@ def close_month(session: Session, period: date, now: datetime) -> list[Invoice]:
 
 def close_due(session: Session, now: datetime) -> list[Invoice]:
     """On or after a month's 1st (by ``now``), close the month before for every tenant, and any earlier
-    month a tenant has unbilled charges of and no invoice for; idempotent. Returns the invoices issued now."""
+    month a tenant has unbilled charges of and no invoice for; idempotent. Returns the invoices issued now.
+
+    Only tenants with unbilled charges before this month can get an invoice (a lease that ran nothing bills
+    nothing), so once every invoice is out a pass reads no more than that and takes no lock."""
     now = as_utc(now)
     current = pricing.month_start(now)
     previous = pricing.month_start(datetime.combine(current, datetime.min.time(), UTC) - timedelta(days=1))
     start, _ = bounds(current)
     billing.rate_pending(session, start)
-    due: set[tuple[date, int]] = {(previous, tenant_id) for tenant_id in _tenants(session, start)}
     unbilled = session.exec(
         select(col(Charge.period), col(Charge.tenant_id))
         .outerjoin(InvoicedCharge, col(InvoicedCharge.charge_id) == col(Charge.id))
         .where(col(InvoicedCharge.charge_id).is_(None), col(Charge.period) < current)
         .distinct()
     ).all()
-    due |= {(period, tenant_id) for period, tenant_id in unbilled}
+    due = {(period, tenant_id) for period, tenant_id in unbilled} | {(previous, tenant_id) for _, tenant_id in unbilled}
+    if not due:
+        return []
     closed = session.exec(
-        select(col(Invoice.period), col(Invoice.tenant_id)).where(col(Invoice.period) <= previous)
+        select(col(Invoice.period), col(Invoice.tenant_id)).where(
+            col(Invoice.period).in_({period for period, _ in due}), col(Invoice.tenant_id).in_({t for _, t in due})
+        )
     ).all()
     return _close_all(session, sorted(due - {(period, tenant_id) for period, tenant_id in closed}), now)
 
@@ -152,14 +158,13 @@ def _close_all(session: Session, due: list[tuple[date, int]], now: datetime) -> 
 
 
 def _tenants(session: Session, end: datetime) -> list[int]:
-    leased = session.exec(select(Lease.tenant_id).where(col(Lease.starts_at) < end).distinct()).all()
     charged = session.exec(
         select(Charge.tenant_id)
         .outerjoin(InvoicedCharge, col(InvoicedCharge.charge_id) == col(Charge.id))
         .where(col(InvoicedCharge.charge_id).is_(None), col(Charge.hour_start) < end)
         .distinct()
     ).all()
-    return sorted({*leased, *charged})
+    return sorted(charged)
 
 
 def _close(session: Session, tenant_id: int, period: date, now: datetime, *, rate: bool) -> tuple[Invoice | None, bool]:

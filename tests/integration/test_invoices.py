@@ -298,3 +298,19 @@ def test_the_cli_closes_only_months_that_are_over(control_plane: ControlPlane, m
         assert closed.exit_code == 0 and "no invoice issued" in closed.output  # before the leases: nothing charged
     finally:
         get_settings.cache_clear()
+
+
+def test_a_month_missed_while_down_gets_its_own_invoice_first(control_plane: ControlPlane) -> None:
+    """Back after two month ends: each month is invoiced on its own, in order, with no adjustments."""
+    cp = control_plane
+    m1, m2, m3 = _months(cp)
+    a1, a2 = _hours(m1, 8, 6, 23), _hours(m2, 8, 9, 31)
+    _use(cp, cp.a, a1 + a2)
+    with Session(_engine(cp)) as session:
+        issued = invoices.close_due(session, _at(m3, 2, 6))
+        session.commit()
+        shown = [(i.number, i.period, i.total_minor, {line["kind"] for line in i.lines}) for i in issued]
+    assert shown == [
+        (1, m1, _expected_minor(cp, cp.a, m1, a1), {"usage"}),
+        (2, m2, _expected_minor(cp, cp.a, m2, a2), {"usage"}),
+    ]
