@@ -117,6 +117,8 @@ FREE_TEXT = ("description", "slice", "product")
 def _cell(line: InvoiceLinePublic, column: str) -> object:
     """Names people typed that a spreadsheet would run as a formula (=, +, -, @) get a leading '."""
     value = getattr(line, column)
+    if column == "quantity" and not line.unit:
+        return ""  # voucher and credit lines count no units
     if column in FREE_TEXT and isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
