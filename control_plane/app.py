@@ -17,7 +17,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from control_plane import billing, capacity, db, errors, metering, placement, registry, sites, ui, web_headers
+from control_plane import (
+    billing,
+    billing_cycle,
+    capacity,
+    db,
+    errors,
+    metering,
+    placement,
+    registry,
+    sites,
+    ui,
+    web_headers,
+)
 from control_plane.api.routes import (
     agent,
     alerts,
@@ -184,7 +196,7 @@ def _bill(engine: Engine, settings: ControlPlaneSettings, clock: Callable[[], da
     while not stop.wait(settings.billing_period_s):
         try:
             with Session(engine) as session:
-                billing.run_due(session, clock().astimezone(UTC))
+                billing_cycle.run(session, clock().astimezone(UTC))
         except Exception:  # keep billing; what was not rated is rated next time, once
             BILLING_FAILURES[0] += 1
             log.exception("billing pass failed")

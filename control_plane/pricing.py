@@ -187,8 +187,10 @@ class Source(StrEnum):
 
 
 def usage_key(source: Source, slice_name: str, subject: str, window_start: datetime) -> str:
-    """Deterministic idempotency key; each part percent-encoded, so distinct parts never collide."""
-    start = _utc(window_start).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Deterministic idempotency key; each part percent-encoded, so distinct parts never collide. A start
+    with a fraction of a second keeps it (two telemetry windows of one replica may start in one second)."""
+    at = _utc(window_start)
+    start = at.strftime("%Y-%m-%dT%H:%M:%S") + (f".{at.microsecond:06d}" if at.microsecond else "") + "Z"
     return "/".join([*(quote(part, safe="") for part in (source.value, slice_name, subject)), start])
 
 

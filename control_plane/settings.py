@@ -84,6 +84,13 @@ class ControlPlaneSettings(BaseSettings):
     billing_period_s: float = Field(
         default=60.0, gt=0, description="How often new usage is rated, vouchers expire and months are closed."
     )
+    telemetry_session_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        le=2**32 - 1,
+        description="How long a site broker keeps telemetry (billed verdicts) for the control plane while it is "
+        "down: its monitor's MQTT session expiry.",
+    )
     planner_period_s: float = Field(default=30.0, gt=0, description="How often planned floors are applied.")
     broker_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a site broker's answer to a change.")
     telemetry_period_s: float = Field(

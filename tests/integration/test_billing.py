@@ -22,8 +22,13 @@ from control_plane.models import Charge, ChargedUsage, Lease, Site, Slice
 from control_plane.pricing import Source, usage_key
 from tests.integration.cp_fixtures import ControlPlane, ok
 
-CAPACITY_TERMS = {"kind": "capacity", "reserved_per_hour": "1.20", "burst_per_hour": "1.50",
-                  "bank_per_hour": "0.40", "billed_increment_s": 60}  # fmt: skip
+CAPACITY_TERMS = {
+    "kind": "capacity",
+    "reserved_per_hour": "1.20",
+    "burst_per_hour": "1.50",
+    "bank_per_hour": "0.40",
+    "billed_increment_s": 60,
+}
 
 
 def _engine(cp: ControlPlane) -> Any:
@@ -47,10 +52,20 @@ def _capacity(cp: ControlPlane, slice_id: int, node_id: int, start: datetime, mi
     with Session(_engine(cp)) as session:
         item = session.get(Slice, slice_id)
         assert item is not None
-        rows = [dict(key=usage_key(Source.AGENT, item.app_name, f"node-{node_id}", start + timedelta(minutes=m)),
-                     source=metering.CAPACITY, tenant_id=item.tenant_id, slice_id=slice_id, node_id=None,
-                     window_start=start + timedelta(minutes=m), window_s=60, replica_seconds=replicas * 60,
-                     verdicts={}) for m in range(minutes)]  # fmt: skip
+        rows: list[dict[str, Any]] = [
+            dict(
+                key=usage_key(Source.AGENT, item.app_name, f"node-{node_id}", start + timedelta(minutes=m)),
+                source=metering.CAPACITY,
+                tenant_id=item.tenant_id,
+                slice_id=slice_id,
+                node_id=None,
+                window_start=start + timedelta(minutes=m),
+                window_s=60,
+                replica_seconds=replicas * 60,
+                verdicts={},
+            )
+            for m in range(minutes)
+        ]
         new = metering.insert_once(session, rows)
         session.commit()
         return new
@@ -70,9 +85,14 @@ def _charges(cp: ControlPlane, tenant_id: int) -> list[Charge]:
 
 def _unbalanced(cp: ControlPlane) -> list[Any]:
     with Session(_engine(cp)) as session:
-        return list(session.execute(text(
-            "SELECT transaction_id, currency FROM journalentry GROUP BY transaction_id, currency "
-            "HAVING SUM(amount_minor) <> 0")).all())  # fmt: skip
+        return list(
+            session.execute(
+                text(
+                    "SELECT transaction_id, currency FROM journalentry GROUP BY transaction_id, currency "
+                    "HAVING SUM(amount_minor) <> 0"
+                )
+            ).all()
+        )
 
 
 def _eur(amount: Decimal) -> int:
@@ -81,8 +101,14 @@ def _eur(amount: Decimal) -> int:
 
 def _product(cp: ControlPlane, sku: str, terms: dict[str, Any], unit: str = "capacity") -> dict[str, Any]:
     today = datetime.now(UTC).date().isoformat()
-    body = {"sku": sku, "site_id": cp.site_id, "name": sku, "hardware_class": "CPU replica", "unit": unit,
-            "price": {"effective_from": today, "currency": "EUR", "terms": terms}}  # fmt: skip
+    body = {
+        "sku": sku,
+        "site_id": cp.site_id,
+        "name": sku,
+        "hardware_class": "CPU replica",
+        "unit": unit,
+        "price": {"effective_from": today, "currency": "EUR", "terms": terms},
+    }
     return ok(cp.client.post("/catalogue", json=body, headers=cp.op), 201)
 
 
@@ -94,23 +120,42 @@ def test_a_plant_manager_buys_at_the_price_quoted_and_a_changed_price_is_refused
     assert ok(cp.client.post("/catalogue", json={}, headers=cp.a.pm), 403) is not None  # only operators sell
 
     slice_id = cp.a.ids["slice"]
-    quote = ok(cp.client.post("/leases/quote", json={"product_id": product["id"], "slice_id": slice_id},
-                              headers=cp.a.pm))  # fmt: skip
+    quote = ok(
+        cp.client.post("/leases/quote", json={"product_id": product["id"], "slice_id": slice_id}, headers=cp.a.pm)
+    )
     assert quote["terms"]["reserved_per_hour"] == "1.20" and quote["currency"] == "EUR"
     assert list(quote["examples"].values()) == ["1.20 EUR", "1.20 EUR"]  # 1 replica at min and max (defaults)
 
     # The operator announces a new price from tomorrow: leases bought today keep today's price.
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
-    ok(cp.client.post(f"/catalogue/{product['id']}/prices", headers=cp.op,
-                      json={"effective_from": tomorrow, "currency": "EUR", "terms": {**CAPACITY_TERMS,
-                            "reserved_per_hour": "2.00"}}), 201)  # fmt: skip
+    ok(
+        cp.client.post(
+            f"/catalogue/{product['id']}/prices",
+            headers=cp.op,
+            json={
+                "effective_from": tomorrow,
+                "currency": "EUR",
+                "terms": {**CAPACITY_TERMS, "reserved_per_hour": "2.00"},
+            },
+        ),
+        201,
+    )
     yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
-    refused = cp.client.post(f"/catalogue/{product['id']}/prices", headers=cp.op,
-                             json={"effective_from": yesterday, "currency": "EUR", "terms": CAPACITY_TERMS})  # fmt: skip
+    refused = cp.client.post(
+        f"/catalogue/{product['id']}/prices",
+        headers=cp.op,
+        json={"effective_from": yesterday, "currency": "EUR", "terms": CAPACITY_TERMS},
+    )
     assert refused.status_code == 422 and "never back-dated" in refused.json()["detail"]
 
-    lease = ok(cp.client.post("/leases", json={"slice_id": slice_id, "product_id": product["id"],
-                                               "price_id": quote["price_id"]}, headers=cp.a.pm), 201)  # fmt: skip
+    lease = ok(
+        cp.client.post(
+            "/leases",
+            json={"slice_id": slice_id, "product_id": product["id"], "price_id": quote["price_id"]},
+            headers=cp.a.pm,
+        ),
+        201,
+    )
     assert (lease["sku"], lease["price_version"], lease["running"]) == ("cpu-north", 1, True)
     leases = ok(cp.client.get(f"/leases?slice_id={slice_id}", headers=cp.a.pm))
     assert [x["running"] for x in leases] == [False, True]  # the standard lease ended where this one starts
@@ -118,8 +163,11 @@ def test_a_plant_manager_buys_at_the_price_quoted_and_a_changed_price_is_refused
 
     # Two days later version 2 is in force: confirming the old quote is a 409 that says to quote again.
     cp.client.app.state.clock = lambda: datetime.now(UTC) + timedelta(days=2)  # type: ignore[attr-defined]
-    stale = cp.client.post("/leases", json={"slice_id": slice_id, "product_id": product["id"],
-                                            "price_id": quote["price_id"]}, headers=cp.a.pm)  # fmt: skip
+    stale = cp.client.post(
+        "/leases",
+        json={"slice_id": slice_id, "product_id": product["id"], "price_id": quote["price_id"]},
+        headers=cp.a.pm,
+    )
     assert stale.status_code == 409 and stale.json()["code"] == "price_changed"
     assert "quote again" in stale.json()["detail"]
 
@@ -128,8 +176,11 @@ def test_a_plant_manager_buys_at_the_price_quoted_and_a_changed_price_is_refused
         x["tenant_id"] == cp.b.ids["tenant"] for x in ok(cp.client.get("/leases", headers=cp.b.pm))
     )
     assert cp.client.get(f"/leases/{lease['id']}", headers=cp.b.pm).status_code == 404
-    other = cp.client.post("/leases", json={"slice_id": slice_id, "product_id": product["id"],
-                                            "price_id": quote["price_id"]}, headers=cp.b.pm)  # fmt: skip
+    other = cp.client.post(
+        "/leases",
+        json={"slice_id": slice_id, "product_id": product["id"], "price_id": quote["price_id"]},
+        headers=cp.b.pm,
+    )
     assert other.status_code == 404
 
 
@@ -176,8 +227,14 @@ def test_when_funds_run_out_burst_slices_hold_at_their_floor_new_leases_get_402_
     cp = control_plane
     tenant = cp.a.ids["tenant"]
     ok(cp.client.put("/billing/credit-limit", json={"tenant_id": tenant, "credit_limit": "1.00"}, headers=cp.op))
-    body = {"slug": "burst", "line_ids": [cp.a.line_id], "model_version_id": 1, "priority": "burst",
-            "min_replicas": 1, "max_replicas": 4}  # fmt: skip
+    body = {
+        "slug": "burst",
+        "line_ids": [cp.a.line_id],
+        "model_version_id": 1,
+        "priority": "burst",
+        "min_replicas": 1,
+        "max_replicas": 4,
+    }
     burst = ok(cp.client.post("/slices", json=body, headers=cp.a.pm), 201)
     lease = _lease(cp, burst["id"])
     start = _hour_after(lease.starts_at)
@@ -197,8 +254,12 @@ def test_when_funds_run_out_burst_slices_hold_at_their_floor_new_leases_get_402_
         assert spec["replicas"]["max_replicas"] == 1  # held at its floor
         reserved = session.get(Slice, cp.a.ids["slice"])
         assert reserved is not None
-        assert sites.slice_spec(session, cp.settings, reserved, site, secrets=False).content()["spec"]["replicas"][
-            "max_replicas"] == reserved.max_replicas  # reserved slices keep running  # fmt: skip
+        assert (
+            sites.slice_spec(session, cp.settings, reserved, site, secrets=False).content()["spec"]["replicas"][
+                "max_replicas"
+            ]
+            == reserved.max_replicas
+        )  # reserved slices keep running
     refused = cp.client.post("/slices", json={**body, "slug": "more"}, headers=cp.a.pm)
     assert refused.status_code == 402 and "top-up" in refused.json()["detail"]
     other = {**body, "slug": "other", "line_ids": [cp.b.line_id]}
@@ -240,13 +301,24 @@ def test_a_budget_alerts_at_80_and_100_percent_once_each(control_plane: ControlP
 
 def test_a_subscription_fee_is_charged_once_a_month(control_plane: ControlPlane) -> None:
     cp, slice_id = control_plane, control_plane.a.ids["slice"]
-    terms = {"kind": "subscription", "monthly_fee": "99.00", "replica_floor": 1, "included_verdicts": 100000,
-             "overage_per_1000": "0.50"}  # fmt: skip
+    terms = {
+        "kind": "subscription",
+        "monthly_fee": "99.00",
+        "replica_floor": 1,
+        "included_verdicts": 100000,
+        "overage_per_1000": "0.50",
+    }
     product = _product(cp, "sub-north", terms, unit="subscription")
     quote = ok(cp.client.post("/leases/quote", json={"product_id": product["id"]}, headers=cp.a.pm))
     assert quote["examples"] == {"month": "99.00 EUR"}
-    ok(cp.client.post("/leases", json={"slice_id": slice_id, "product_id": product["id"],
-                                       "price_id": quote["price_id"]}, headers=cp.a.pm), 201)  # fmt: skip
+    ok(
+        cp.client.post(
+            "/leases",
+            json={"slice_id": slice_id, "product_id": product["id"], "price_id": quote["price_id"]},
+            headers=cp.a.pm,
+        ),
+        201,
+    )
     lease = _lease(cp, slice_id)
     _rate(cp, as_aware(lease.starts_at) + timedelta(minutes=5))
     _rate(cp, as_aware(lease.starts_at) + timedelta(minutes=50))

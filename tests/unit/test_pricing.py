@@ -152,6 +152,10 @@ def test_usage_keys_are_deterministic_and_do_not_collide() -> None:
     assert usage_key(Source.AGENT, "s1", "n1", at) == "agent/s1/n1/2026-11-01T09:00:00Z"
     assert usage_key(Source.AGENT, "s1", "n1", at) == cap(540, 60).key
     assert usage_key(Source.AGENT, "a/b", "c", at) != usage_key(Source.AGENT, "a", "b/c", at)
+    # Two windows starting within one second are two records (they collided, and one went unbilled).
+    later = at + timedelta(milliseconds=400)
+    assert usage_key(Source.INGRESS, "s1", "l1/r1", later) == "ingress/s1/l1%2Fr1/2026-11-01T09:00:00.400000Z"
+    assert usage_key(Source.INGRESS, "s1", "l1/r1", later) != usage_key(Source.INGRESS, "s1", "l1/r1", at)
     with pytest.raises(ValueError, match="aware"):
         usage_key(Source.AGENT, "s1", "n1", datetime(2026, 11, 1))
 
