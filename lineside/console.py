@@ -2,9 +2,10 @@
 
 On a terminal (and without ``-v``) the demo prints its setup once (URLs, logins), shows each long step
 with a spinner and its time, then one status panel that redraws in place: robots, frames/s, latency
-against the line's budget, verdict accuracy, lost frames, slice replicas. Piped into a file, a test or
-CI, it prints the same facts as plain lines, one progress line a second (``robots.cli.progress_line``),
-which the integration tests and the browser fixture read.
+against the line's budget, verdict accuracy, lost frames, slice replicas, the tenant's money. Piped into
+a file, a test or CI, it prints the same facts as plain lines, one progress line a second
+(``robots.cli.progress_line``), which the integration tests and the browser fixture read, and a
+``money:`` line whenever the tenant's spend or balances change.
 
 Logs (the control plane's, Alembic's, the agent's HTTP requests, Ray's) go to a file whose path is
 printed first; ``-v`` keeps them on the console instead, with plain lines.
@@ -34,6 +35,7 @@ class PlainConsole:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+        self._money = ""
 
     def note(self, text: str) -> None:
         """A line that stays: a URL, a login, a result."""
@@ -54,6 +56,12 @@ class PlainConsole:
     def update(self, report: SimulationReport, replicas: str) -> None:
         """One progress line a second (``replicas`` is for the live view only: the line format is read)."""
         self.note(progress_line(report))
+
+    def money(self, text: str) -> None:
+        """The tenant's month (spend, vouchers): a ``money:`` line each time it changes."""
+        if text and text != self._money:
+            self._money = text
+            self.note(f"money: {text}")
 
 
 class LiveConsole(PlainConsole):
@@ -90,10 +98,13 @@ class LiveConsole(PlainConsole):
 
     def update(self, report: SimulationReport, replicas: str) -> None:
         if self._live is not None:
-            self._live.update(status_view(self._title, report, replicas, self.budget_ms))
+            self._live.update(status_view(self._title, report, replicas, self.budget_ms, self._money))
+
+    def money(self, text: str) -> None:
+        self._money = text or self._money  # shown in the panel at its next redraw
 
 
-def status_view(title: str, report: SimulationReport, replicas: str, budget_ms: float) -> Group:
+def status_view(title: str, report: SimulationReport, replicas: str, budget_ms: float, money: str = "") -> Group:
     """The live panel: what a plant manager would glance at, the latency coloured against the budget."""
     s = report.summary()
     table = Table.grid(padding=(0, 2))
@@ -108,6 +119,8 @@ def status_view(title: str, report: SimulationReport, replicas: str, budget_ms: 
     table.add_row("sent / answered", f"{s['sent']} / {answered}")
     table.add_row("lost frames", Text(str(s["lost"]), style="red bold" if s["lost"] else "green"))
     table.add_row("slice replicas", replicas or "-")
+    if money:
+        table.add_row("money", money)
     return Group(Text(f"{title}   t={report.elapsed_s:.0f}s", style="bold"), table)
 
 

@@ -7,6 +7,12 @@ robots with their own broker credentials and a slice through the REST API;
 an edge agent joins with a one-time token and starts the slice on a local
 Ray; then simulated robots stream generated parts with their credentials.
 It shows live progress (``lineside.console``) and a summary, then shuts everything down.
+
+Money moves too (issue 13): the operator adds a subscription product to the site's catalogue, records
+a top-up and sets up a funder's voucher programme; the plant manager quotes and buys the subscription
+for the slice, redeems a voucher code and sets a monthly budget. The control plane rates every 10 s
+(instead of every minute), so the fee and the verdicts beyond those included show up as spend, and the
+voucher paying its share, within the first minute or so of streaming.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,6 +42,16 @@ log = logging.getLogger(__name__)
 TENANT, LINE = "acme", "line-1"
 LATENCY_BUDGET_MS = 100.0
 """The demo line's latency budget for one verdict, which the live view colours latency against."""
+BILLING_PERIOD_S = 10.0
+"""How often the demo's control plane rates usage (production: every minute), so spend moves visibly."""
+CURRENCY = "EUR"  # the control plane's default billing currency
+SUBSCRIPTION = {
+    "sku": "demo-inspect-monthly", "name": "Inspection subscription, demo-site", "hardware_class": "CPU replica",
+    "unit": "subscription",
+    "terms": {"kind": "subscription", "monthly_fee": "49.00", "replica_floor": 1, "included_verdicts": 1000,
+              "overage_per_1000": "0.50"},
+}  # fmt: skip
+"""Sold to the demo's slice: a monthly fee with one replica and 1,000 verdicts; the robots soon exceed them."""
 
 
 @dataclass
@@ -45,6 +62,7 @@ class DemoSetup:
     logins: dict[str, tuple[str, str]] = field(default_factory=dict)  # role -> (e-mail, dashboard password)
     robots: dict[str, tuple[str, str]] = field(default_factory=dict)  # robot -> (username, password)
     slice_id: int = 0
+    sold: str = ""  # what the plant manager bought and redeemed, in a few words
 
 
 def _call(client: httpx.Client, method: str, path: str, token: str, **kwargs: Any) -> Any:
@@ -88,10 +106,35 @@ def provision(
         }  # two replicas and the ingress fit a 2-core laptop
         setup.slice_id = _call(client, "POST", "/slices", pm, json=body)["id"]
         _call(client, "PUT", f"/lines/{line['id']}/order-plan", pm, json=DEMO_ORDER_PLAN)
+        setup.sold = _sell(client, setup, site["id"], tenant["id"])
     except BaseException:
         broker.stop()
         raise
     return setup, broker
+
+
+def _sell(client: httpx.Client, setup: DemoSetup, site_id: int, tenant_id: int) -> str:
+    """Operator: a subscription product, a top-up, a funder's voucher programme and a code. Plant manager:
+    a quote, the lease change to the subscription at the quoted price, the voucher, a monthly budget."""
+    operator, pm = setup.tokens["operator"], setup.tokens["plant_manager"]
+    today = datetime.now(UTC)
+    price = {"effective_from": today.date().isoformat(), "currency": CURRENCY, "terms": SUBSCRIPTION["terms"]}
+    body = {k: v for k, v in SUBSCRIPTION.items() if k != "terms"} | {"site_id": site_id, "price": price}
+    product = _call(client, "POST", "/catalogue", operator, json=body)
+    top_up = {"tenant_id": tenant_id, "amount": "200.00", "currency": CURRENCY, "reference": "demo-opening-balance"}
+    _call(client, "POST", "/billing/top-ups", operator, json=top_up)
+    programme = _call(client, "POST", "/voucher-programmes", operator, json={
+        "name": "demo-district-sme", "funder": "Demo District SME compute programme", "currency": CURRENCY,
+        "budget": "1000.00", "per_tenant": "100.00", "expires_at": (today + timedelta(days=90)).isoformat(),
+        "product_skus": [product["sku"]], "max_share_bp": 5000})  # fmt: skip
+    code = _call(client, "POST", f"/voucher-programmes/{programme['id']}/codes", operator, json={"count": 1})
+    quote = _call(client, "POST", "/leases/quote", pm, json={"product_id": product["id"], "slice_id": setup.slice_id})
+    _call(client, "POST", "/leases", pm, json={
+        "slice_id": setup.slice_id, "product_id": product["id"], "price_id": quote["price_id"]})  # fmt: skip
+    _call(client, "POST", "/vouchers/redeem", pm, json={"code": code["codes"][0]})
+    _call(client, "PUT", "/billing/budget", pm, json={"monthly_budget": "60.00"})
+    return (f"{product['name']} ({quote['examples']['month']} a month) for slice inspect; "
+            f"voucher of {programme['funder']} (100.00 {CURRENCY}, at most 50% of each charge)")  # fmt: skip
 
 
 DEMO_ORDER_PLAN = {
@@ -119,7 +162,10 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, console: Plai
     previous = signal.signal(signal.SIGINT, on_signal), signal.signal(signal.SIGTERM, on_signal)
     operator = "ls_demo-" + secrets.token_urlsafe(16)
     settings = ControlPlaneSettings(
-        data_dir=workdir / "control-plane", bootstrap_token=operator, secret_key=secrets.token_urlsafe(32)
+        data_dir=workdir / "control-plane",
+        bootstrap_token=operator,
+        secret_key=secrets.token_urlsafe(32),
+        billing_period_s=BILLING_PERIOD_S,
     )
     with console.step("starting the control plane (SQLite, migrations)..."):
         server = BackgroundServer(create_app(settings), "127.0.0.1", port or free_port()).start()
@@ -145,8 +191,10 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, console: Plai
                      f"{replicas_text(status['actual'])})")  # fmt: skip
         with console.step("rendering part images for the robots..."):
             pool = render_pool(96)
-        report = _stream(console, client, setup, broker, pool, duration_s, robots, fps, stop)
+        money = _MoneyWatch(client, setup)
+        report = _stream(console, client, setup, broker, pool, duration_s, robots, fps, stop, money)
         console.note("summary: " + progress_line(report))
+        console.note("money: " + (money.text(force=True) or "unavailable (see the log)"))
         if report.lost:
             console.note(f"FAILED: {report.lost} frames were sent and never answered")
             return 1
@@ -174,12 +222,15 @@ def _print_setup(console: PlainConsole, url: str, broker: MosquittoBroker, setup
     for role, (email, password) in setup.logins.items():
         console.note(f"  {role:<14} login: {email} / {password}   API token: {setup.tokens[role]}")
     console.note(f"  try: curl -H 'Authorization: Bearer {setup.tokens['plant_manager']}' {url}/slices")
+    console.note(f"money: the plant manager bought {setup.sold}; usage is rated every {BILLING_PERIOD_S:g} s "
+                 f"(GET {url}/billing/summary)")  # fmt: skip
 
 
 def _stream(console: PlainConsole, client: httpx.Client, setup: DemoSetup, broker: MosquittoBroker,
             pool: list[tuple[str, bytes]], duration_s: float | None, robots: int, fps: float,
-            stop: threading.Event) -> SimulationReport:  # fmt: skip
-    """The robots stream; each second the console shows their figures and the slice's replicas."""
+            stop: threading.Event, money: _MoneyWatch) -> SimulationReport:  # fmt: skip
+    """The robots stream; each second the console shows their figures and the slice's replicas, and the
+    money line when it changed."""
     simulation = Simulation(
         broker.host, broker.port, tenant=TENANT, line=LINE, robots=robots, fps=fps, pool=pool,
         credentials=lambda name: setup.robots[name],
@@ -188,8 +239,13 @@ def _stream(console: PlainConsole, client: httpx.Client, setup: DemoSetup, broke
     title = f"{robots} robots x {fps:g} fps on {TENANT}/{LINE} " + (
         f"for {duration_s:g}s" if duration_s else "(Ctrl-C to stop)"
     )
+
+    def progress(report: SimulationReport) -> None:
+        console.update(report, replicas.text())
+        console.money(money.text())
+
     with console.streaming(title):
-        return simulation.run(duration_s, progress=lambda r: console.update(r, replicas.text()), stop=stop)
+        return simulation.run(duration_s, progress=progress, stop=stop)
 
 
 class _ReplicaWatch:
@@ -208,6 +264,37 @@ class _ReplicaWatch:
             except (httpx.HTTPError, RuntimeError) as e:  # the view goes on; the log has why
                 log.warning("slice status unavailable: %s", e)
         return self._text
+
+
+class _MoneyWatch:
+    """The tenant's month in one line (spend, forecast, budget, voucher and prepaid balances), asked of the
+    API at most every billing period: what the plant page's money panel shows."""
+
+    def __init__(self, client: httpx.Client, setup: DemoSetup) -> None:
+        self.client, self.setup = client, setup
+        self._text, self._at = "", 0.0
+
+    def text(self, force: bool = False) -> str:
+        if force or time.monotonic() - self._at >= BILLING_PERIOD_S:
+            self._at = time.monotonic()
+            try:
+                summary = _call(self.client, "GET", "/billing/summary", self.setup.tokens["plant_manager"])
+                self._text = money_line(summary)
+            except (httpx.HTTPError, RuntimeError) as e:
+                log.warning("billing summary unavailable: %s", e)
+        return self._text
+
+
+def money_line(summary: dict[str, Any]) -> str:
+    """``GET /billing/summary`` in a few words: "spent 49.24 EUR this month (forecast ...), ..."."""
+    funds, budget = summary["funds"], summary["budget"]
+    text = f"spent {summary['spent']['text']} this month (forecast {summary['forecast_month_end']['text']}"
+    if budget:
+        text += f", budget {budget['text']}"
+        if summary["alerts"]:
+            text += f", alert at {summary['alerts'][-1]['threshold_pct']}%"
+    text += f"); voucher balance {funds['vouchers']['text']}, prepaid {funds['prepaid']['text']}"
+    return text + (" HELD: " + summary["held_reason"] if summary["held"] else "")
 
 
 def _wait_running(client: httpx.Client, setup: DemoSetup, stop: threading.Event, timeout_s: float = 180) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,34 @@ def test_plant_manager_enters_an_order_plan_and_the_floor_chart_changes(page: An
     expect(page.locator("#events tbody tr[data-kind=manual]").first).to_contain_text("1 → 2", timeout=15_000)
 
 
+def test_plant_manager_sees_spend_and_funds_and_buys_a_lease_at_the_quoted_price(page: Any, demo: RunningDemo) -> None:
+    """The demo bought a subscription and redeemed a voucher: its fee shows as spend, the voucher paid its share.
+    Buying another product shows the price first; a price changed meanwhile is refused until quoted again."""
+    _as(page, demo, "plant_manager")
+    expect(page.locator("#spent")).to_contain_text(re.compile(r"[1-9]\d*\.\d\d EUR"), timeout=90_000)  # the fee
+    assert _number(page.locator("[data-fund=vouchers]").inner_text()) < 100  # the voucher paid part of it
+    expect(page.locator("tr[data-voucher=demo-district-sme]")).to_contain_text("EUR")
+    expect(page.locator("[data-fund=prepaid]")).to_contain_text("EUR")
+    expect(page.locator("#line-costs tr[data-line=line-1]")).to_be_visible()
+    expect(page.get_by_test_id("lease-now")).to_contain_text("Inspection subscription")
+    standard = page.locator("#product option", has_text="Standard replica").get_attribute("value")
+    page.get_by_label("Product").select_option(standard)
+    page.get_by_role("button", name="Get quote").click()
+    expect(page.get_by_test_id("quote")).to_contain_text("hour at min replicas")
+    with httpx.Client(base_url=demo.url, headers={"Authorization": f"Bearer {demo.tokens['operator']}"}) as api:
+        terms = {"kind": "capacity", "reserved_per_hour": "0.95", "burst_per_hour": "0.95", "bank_per_hour": "0.40"}
+        price = {"effective_from": datetime.now(UTC).date().isoformat(), "currency": "EUR", "terms": terms}
+        assert api.post(f"/catalogue/{standard}/prices", json=price).status_code == 201  # repriced meanwhile
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#lease-error")).to_contain_text("quote again")
+    page.get_by_role("button", name="Get quote").click()
+    expect(page.get_by_test_id("quote")).to_contain_text("0.95")
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#flash")).to_contain_text("Lease confirmed")
+    expect(page.get_by_test_id("lease-now")).to_contain_text("Standard replica")
+    expect(page.locator("#lease")).to_contain_text("Standard replica", timeout=15_000)  # the capacity card's lease
+
+
 def test_a_user_of_another_tenant_sees_none_of_it(page: Any, demo: RunningDemo) -> None:
     op = {"Authorization": f"Bearer {demo.tokens['operator']}"}
     with httpx.Client(base_url=demo.url, headers=op) as api:
@@ -199,6 +227,15 @@ def test_operator_sees_the_node_issues_a_join_token_and_drains_it(page: Any, dem
     expect(page.locator("#alerts tbody tr").first).to_contain_text("add or undrain nodes", timeout=20_000)
     node.get_by_role("button", name="Undrain").click()  # give the demo its node back
     expect(node.locator("[data-field=status]")).to_contain_text("online")
+
+
+def test_operator_sees_revenue_receivables_and_voucher_programmes(page: Any, demo: RunningDemo) -> None:
+    _as(page, demo, "operator")
+    subscription = page.locator("#revenue tr[data-sku=demo-inspect-monthly]")
+    expect(subscription).to_contain_text("demo-site")
+    assert _number(subscription.locator("td").nth(2).inner_text()) >= 49  # this month: at least the fee
+    expect(page.locator("#programmes tr[data-programme=demo-district-sme]")).to_contain_text("100.00 EUR (10 %)")
+    expect(page.get_by_label("Tenant")).to_contain_text("Acme Auto Parts")
 
 
 @pytest.mark.parametrize("viewport", [(1280, 800), (1920, 1080)], ids=["laptop", "office-monitor"])

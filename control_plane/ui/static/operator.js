@@ -1,6 +1,8 @@
-/* Edge operator: sites and nodes (status, utilization, placement), join tokens, contribution windows, drain, alerts. */
+/* Edge operator: sites and nodes (status, utilization, placement), join tokens, contribution windows, drain, alerts;
+ * money: revenue per site and product, receivables, voucher programmes, top-ups. */
 "use strict";
 const { api, flash, poll, el, fmt, copyButton } = Lineside;
+const day = (iso) => new Date(iso).toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" });
 const DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 let sites = [];
 
@@ -54,6 +56,30 @@ async function refresh() {
   document.getElementById("sites-updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
 
+async function refreshMoney() {
+  const [revenue, tenants, programmes] = await Promise.all([api("GET", "/billing/revenue"), api("GET", "/tenants"),
+    api("GET", "/voucher-programmes")]);
+  const names = Object.fromEntries(tenants.map((t) => [t.id, `${t.name} (${t.slug})`]));
+  document.getElementById("revenue-period").textContent = `this month: ${revenue.period}`;
+  document.querySelector("#revenue tbody").replaceChildren(...revenue.products.map((p) => el("tr", { "data-sku": p.sku },
+    el("td", {}, p.site), el("td", {}, p.sku), el("td", { class: "num" }, p.this_month.text), el("td", { class: "num" }, p.all_time.text))));
+  document.getElementById("revenue-empty").hidden = revenue.products.length > 0;
+  document.querySelector("#receivables tbody").replaceChildren(...revenue.receivables.map((r) => el("tr", {},
+    el("td", {}, names[r.tenant_id] || `tenant ${r.tenant_id}`), el("td", { class: "num bad" }, r.owed.text))));
+  document.getElementById("receivables-empty").hidden = revenue.receivables.length > 0;
+  const select = document.getElementById("topup-tenant");
+  if (select.options.length !== tenants.length) select.replaceChildren(...tenants.map((t) => el("option", { value: t.id }, names[t.id])));
+  const reports = await Promise.all(programmes.map((p) => api("GET", `/voucher-programmes/${p.id}/report`)));
+  document.querySelector("#programmes tbody").replaceChildren(...reports.map(({ programme: p, totals }) => {
+    const used = p.budget.minor ? Math.round((100 * totals.granted.minor) / p.budget.minor) : 0;
+    return el("tr", { "data-programme": p.name }, el("td", {}, p.name), el("td", {}, p.funder),
+      el("td", { class: "num" }, p.budget.formatted), el("td", { class: "num" }, `${totals.granted.formatted} (${used} %)`),
+      el("td", { class: "num" }, totals.spent.formatted), el("td", { class: "num" }, String(totals.redemptions)),
+      el("td", {}, day(p.expires_at)), el("td", {}, el("a", { href: `/voucher-programmes/${p.id}/report?format=csv`, download: "" }, "CSV")));
+  }));
+  document.getElementById("programmes-empty").hidden = programmes.length > 0;
+}
+
 function loadContribution() {
   const node = sites.flatMap((s) => s.nodes).find((n) => String(n.id) === document.getElementById("contrib-node").value);
   if (!node) return;
@@ -92,5 +118,19 @@ document.addEventListener("DOMContentLoaded", () => {
       await refresh();
     } catch (err) { error.textContent = err.message; }
   });
+  document.getElementById("topup-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const error = document.getElementById("topup-error");
+    error.textContent = "";
+    const value = (id) => document.getElementById(id).value.trim();
+    try {
+      const done = await api("POST", "/billing/top-ups", { tenant_id: Number(value("topup-tenant")), amount: value("topup-amount"),
+        currency: value("topup-currency"), reference: value("topup-reference") });
+      flash(`Top-up of ${done.amount} recorded; prepaid balance ${done.funds.prepaid.text}`);
+      document.getElementById("topup-reference").value = "";
+      await refreshMoney();
+    } catch (err) { error.textContent = err.message; }
+  });
   poll(refresh, 3000);
+  poll(refreshMoney, 10000);
 });

@@ -1,4 +1,4 @@
-/* Plant manager: line health, failed parts, capacity chart, scaling, order plans, scale events. */
+/* Plant manager: line health, failed parts, capacity chart, scaling, order plans, scale events (money: money.js). */
 "use strict";
 const { api, flash, poll, el, fmt, chart, legend } = Lineside;
 
@@ -73,8 +73,9 @@ async function refreshCapacity() {
   const floor = document.getElementById("floor");
   floor.max = currentSlice.max_replicas;
   if (document.activeElement !== floor) floor.value = currentSlice.min_replicas;
-  document.getElementById("lease").textContent =
-    `Lease: up to ${currentSlice.max_replicas} replicas at ${currentSlice.price_per_replica_hour.toFixed(2)} per replica-hour`;
+  const lease = (await api("GET", `/leases?slice_id=${currentSlice.id}`)).filter((l) => l.running).pop();
+  document.getElementById("lease").textContent = `Lease: up to ${currentSlice.max_replicas} replicas, ` +
+    (lease ? `${lease.product} (${lease.sku}) from ${fmt.time(lease.starts_at)}` : "no product leased");
   const events = await api("GET", `/slices/${currentSlice.id}/events`);
   document.getElementById("events-empty").hidden = events.length > 0;
   document.querySelector("#events tbody").replaceChildren(...events.slice(0, 30).map((e) => el("tr", { "data-kind": e.kind },
