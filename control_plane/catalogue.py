@@ -13,7 +13,7 @@ its buyer can read before confirming.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -142,16 +142,16 @@ def current_lease(session: Session, slice_id: int) -> Lease | None:
     return session.exec(select(Lease).where(Lease.slice_id == slice_id, col(Lease.ends_at).is_(None))).first()
 
 
-def next_minute(at: datetime) -> datetime:
-    """Leases change on minute boundaries, where usage records start and end."""
-    at = as_utc(at).astimezone(UTC)
-    floor = at.replace(second=0, microsecond=0)
-    return floor if floor == at else floor + timedelta(minutes=1)
+def lease_start(at: datetime) -> datetime:
+    """A lease starts at the second it is bought (usage records start on whole seconds), so a slice is
+    leased from the moment it exists and a lease change splits usage exactly: a record belongs to the
+    lease in force at its start. (Starting at the next minute left a new slice's first seconds unbilled.)"""
+    return as_utc(at).astimezone(UTC).replace(microsecond=0)
 
 
 def buy(session: Session, item: Slice, product: Product, *, price_id: int | None, now: datetime,
         user_id: int | None) -> Lease:  # fmt: skip
-    """Lease ``product`` for slice ``item`` from the next minute at the price in force now, ending the
+    """Lease ``product`` for slice ``item`` from now (``lease_start``) at the price in force now, ending the
     slice's current lease then. ``price_id``: the version the buyer was quoted (None: whatever is in force)."""
     if product.site_id != item.site_id:
         raise InvalidInput(f"product {product.sku} is sold on another site than slice {item.slug}'s")
@@ -167,7 +167,7 @@ def buy(session: Session, item: Slice, product: Product, *, price_id: int | None
         floor = terms_of(price).replica_floor  # type: ignore[union-attr]
         if item.min_replicas < floor:
             raise InvalidInput(f"{product.sku} includes {floor} replicas; set min_replicas to at least {floor} first")
-    start = next_minute(now)
+    start = lease_start(now)
     running = current_lease(session, item.id) if item.id is not None else None
     if running is not None:
         if running.product_id == product.id and running.price_id == price.id:
@@ -206,7 +206,7 @@ def quote(session: Session, product: Product, item: Slice | None, now: datetime)
     return {
         "product_id": product.id, "sku": product.sku, "unit": product.unit, "price_id": price.id,
         "version": price.version, "effective_from": price.effective_from, "currency": price.currency,
-        "terms": price.terms, "examples": examples, "starts_at": next_minute(now),
+        "terms": price.terms, "examples": examples, "starts_at": lease_start(now),
     }  # fmt: skip
 
 

@@ -26,7 +26,9 @@ How a heartbeat becomes replica-seconds:
 Verdicts come from the ingress's telemetry: one message is one ingress replica's window of one line.
 Its record is keyed by (slice, line/replica, the window's exact start), so the same message delivered
 twice is stored once while the windows of several replicas (or several windows in one minute) add up.
-``window_start`` is the line-minute the monitor files the message under (the minute of its end).
+``window_start`` is the window's own start, so the verdicts belong to the lease in force when the window
+began (filing them under the minute of the window's end put verdicts given after a lease change under
+the lease before it, where a usage product never billed them); ``window_s`` is the window's length.
 The counts are ``pass``, ``fail``, ``errors`` (the total) and ``error_codes`` (``{code: n}``), from which
 rating bills the codes a usage product counts (``pricing.ROBOT_ERRORS``: the robot's bad input, never
 ``internal``). An older ingress sends no ``error_codes``: its errors are stored as an empty mapping, so
@@ -160,12 +162,12 @@ def record_verdicts(session: Session, line: Line, app_name: str, report: wire.Te
         log.warning("verdicts of line %s from unknown slice %r not metered", line.id, app_name[:80])
         return 0
     window = datetime.fromtimestamp(report.start, UTC)
-    minute = datetime.fromtimestamp(report.end, UTC).replace(second=0, microsecond=0)
     counts: dict[str, Any] = {"pass": report.frames - report.fails, "fail": report.fails, "errors": report.errors}
     counts["error_codes"] = {code.value: n for code, n in sorted(report.error_codes.items()) if n > 0}
     row = dict(
         key=usage_key(Source.INGRESS, item.app_name, f"{line.slug}/{report.replica}", window), source=VERDICTS,
-        tenant_id=item.tenant_id, slice_id=item.id, line_id=line.id, window_start=minute, window_s=60,
+        tenant_id=item.tenant_id, slice_id=item.id, line_id=line.id, window_start=window,
+        window_s=max(0, round(report.end - report.start)),
         replica_seconds=0, verdicts=counts,
     )  # fmt: skip
     return insert_once(session, [row])

@@ -37,4 +37,4 @@ def ray_cluster() -> Iterator[int]:
     cluster.stop()
 
 
-from tests.integration.cp_fixtures import control_plane, database_url, postgres_url  # noqa: E402, F401
+from tests.integration.cp_fixtures import control_plane, cp_overrides, database_url, postgres_url  # noqa: E402, F401

@@ -119,11 +119,17 @@ def _tenancy(c: TestClient, op: dict[str, str], slug: str, site_id: int) -> Tena
 
 
 @pytest.fixture
-def control_plane(database_url: str, tmp_path: Path) -> Iterator[ControlPlane]:
+def cp_overrides() -> dict[str, object]:
+    """Settings a test module wants different in ``control_plane`` (override this fixture there)."""
+    return {}
+
+
+@pytest.fixture
+def control_plane(database_url: str, tmp_path: Path, cp_overrides: dict[str, object]) -> Iterator[ControlPlane]:
     """The app on ``database_url`` with a dynsec Mosquitto as its one site and tenants ``acme`` and ``globex``."""
-    settings = ControlPlaneSettings(
-        data_dir=tmp_path / "data", database_url=database_url, bootstrap_token=BOOT, heartbeat_timeout_s=1.0
-    )
+    base: dict[str, object] = {"heartbeat_timeout_s": 1.0, **cp_overrides}
+    settings = ControlPlaneSettings(data_dir=tmp_path / "data", database_url=database_url, bootstrap_token=BOOT,
+                                    **base)  # type: ignore[arg-type]  # fmt: skip
     app = create_app(settings)
     with TestClient(app) as c:
         op = bearer(BOOT)

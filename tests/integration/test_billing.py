@@ -156,6 +156,7 @@ def test_a_plant_manager_buys_at_the_price_quoted_and_a_changed_price_is_refused
         ),
         201,
     )
+    assert datetime.fromisoformat(lease["starts_at"]).replace(tzinfo=UTC) <= datetime.now(UTC)  # from now, not later
     assert (lease["sku"], lease["price_version"], lease["running"]) == ("cpu-north", 1, True)
     leases = ok(cp.client.get(f"/leases?slice_id={slice_id}", headers=cp.a.pm))
     assert [x["running"] for x in leases] == [False, True]  # the standard lease ended where this one starts

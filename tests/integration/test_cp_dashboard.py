@@ -220,7 +220,8 @@ def test_order_plan_preview_shows_floors_and_cost_and_saves_nothing(control_plan
     # 144,000 parts x 4 views / 8 h = 20 frames/s; x 1.25 / 10 per replica = 3 wanted; the lease has 1.
     assert {w["wanted_replicas"] for w in windows} == {3} and {w["floor"] for w in windows} == {1}
     assert entry["cost_7_days"]["shortfall_replica_hours"] > 0 and entry["cost_7_days"]["replica_hours"] > 0
-    assert entry["cost_7_days"]["shortfall_cost"].endswith(" EUR") and entry["cost_7_days"]["shortfall_cost"] != "0.00 EUR"
+    shortfall = entry["cost_7_days"]["shortfall_cost"]
+    assert shortfall.endswith(" EUR") and shortfall != "0.00 EUR"
     assert max(p["demand"] for p in entry["capacity"]["points"]) == 3
     assert "more than the lease allows" in entry["capacity"]["summary"]
     assert cp.client.get(f"/lines/{a.line_id}/order-plan", headers=a.pm).status_code == 404

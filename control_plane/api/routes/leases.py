@@ -60,7 +60,7 @@ def buy(
     caller: Annotated[Principal, allowed(Permission.BUY_LEASES, "buying a lease")],
     now: UtcNowDep,
 ) -> dict[str, Any]:
-    """Lease a product for your slice (or change its lease) from the next minute, at the quoted price."""
+    """Lease a product for your slice (or change its lease) from now, at the quoted price."""
     item = scoped_get(session, Slice, body.slice_id, caller)
     funds.refuse_if_out_of_funds(session, item.tenant_id)
     product = get_or_404(session, Product, body.product_id)
