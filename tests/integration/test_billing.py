@@ -334,3 +334,22 @@ def test_a_subscription_fee_is_charged_once_a_month(control_plane: ControlPlane)
 
 def as_aware(at: datetime) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def test_money_is_each_tenants_own(control_plane: ControlPlane) -> None:
+    """Every money route answers another tenant's objects as missing and lists only the caller's own."""
+    cp, a, b = control_plane, control_plane.a, control_plane.b
+    lease = _lease(cp, a.ids["slice"])
+    _capacity(cp, a.ids["slice"], 1, _hour_after(lease.starts_at), 5, replicas=1)
+    _rate(cp, _hour_after(lease.starts_at, 2))
+    for path in (f"/leases/{lease.id}", f"/billing/summary?tenant_id={a.tenant_id}"):
+        response = cp.client.get(path, headers=b.pm)
+        assert (response.status_code, response.json()["code"]) == (404, "not_found"), path
+    assert all(x["tenant_id"] == b.tenant_id for x in ok(cp.client.get("/leases", headers=b.pm)))
+    assert ok(cp.client.get("/billing/charges", headers=b.pm)) == []
+    assert [c["tenant_id"] for c in ok(cp.client.get("/billing/charges", headers=a.pm))] == [a.tenant_id]
+    quote = {"product_id": lease.product_id, "slice_id": a.ids["slice"]}
+    assert cp.client.post("/leases/quote", json=quote, headers=b.pm).status_code == 404
+    assert cp.client.get("/billing/summary", headers=a.it).status_code == 403  # factory IT sees no bills
+    assert cp.client.get("/billing/revenue", headers=a.pm).status_code == 403  # the operator's view
+    assert ok(cp.client.get(f"/billing/summary?tenant_id={a.tenant_id}", headers=cp.op))["spent"]["minor"] >= 0
