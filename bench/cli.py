@@ -103,5 +103,30 @@ def bench_dashboard(
     _emit(measure(robots, loads, database_url), as_json)
 
 
+@bench_app.command("billing")
+def bench_billing(
+    preset: Annotated[
+        str, typer.Option(help="full (issue 13's 1,000 tenants x 10 slices x 2 nodes x 100 minutes) or small.")
+    ] = "full",
+    tenants: Annotated[int | None, typer.Option(min=1, help="Tenants (default: the preset's).")] = None,
+    slices: Annotated[int | None, typer.Option(min=1, help="Slices per tenant (default: the preset's).")] = None,
+    nodes: Annotated[int | None, typer.Option(min=1, help="Nodes each slice runs on (default: the preset's).")] = None,
+    minutes: Annotated[
+        int | None, typer.Option(min=1, max=1440, help="Per-minute records per slice and node (default: the preset's).")
+    ] = None,
+    database_url: Annotated[
+        str, typer.Option(help="PostgreSQL server to create the throwaway database on (trust auth).")
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    as_json: JsonOption = False,
+) -> None:
+    """Idempotent ingest and rating of per-minute usage (5% repeated, 2% late), then a month's invoices."""
+    from bench.billing import PRESETS, measure, shape_of
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"choose one of {sorted(PRESETS)}", param_hint="--preset")
+    shape = shape_of(preset, tenants=tenants, slices=slices, nodes=nodes, minutes=minutes)
+    _emit(measure(shape, database_url), as_json)
+
+
 if __name__ == "__main__":  # python -m bench.cli bench ...; after every command is registered
     app()

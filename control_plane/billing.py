@@ -15,6 +15,7 @@ How a rating run works (``rate_pending``), and why it can run any number of time
   usage or subscription product) are marked with no charge.
 - A subscription's monthly fee is charged once per lease and month (its first hour in the month).
 
+Records are rated in batches by ``rating`` (the volume path: plain columns, a few queries per batch).
 Who pays a charge is ``funds.fund``'s answer (vouchers, bank credits, prepaid and credit, then debt).
 After a run, a tenant whose prepaid balance, credit, vouchers and credits are used up is ``held``: its
 ``burst`` and ``bank`` slices are held at their floor (``sites.slice_spec``) and new leases are refused
@@ -23,187 +24,61 @@ with 402 until funds return. Reserved slices keep running; their usage is record
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from contracts.wire import ErrorCode
-from control_plane import catalogue, funds, ledger, ledger_store, pricing
+from control_plane import catalogue, funds, ledger, ledger_store, pricing, rating
 from control_plane.ledger import AccountKind, Posting
 from control_plane.models import (
     Account,
     BudgetAlert,
     Charge,
-    ChargedUsage,
     Lease,
     Product,
-    ProductPrice,
     ScaleEvent,
     ScaleKind,
     Slice,
     TenantBilling,
-    UsageRecord,
     as_utc,
     utcnow,
 )
 from control_plane.money import Money, rate
+from control_plane.rating import Group, RatingRun
 from control_plane.scheduler import Priority
 from control_plane.states import SliceStatus, transition
 
 log = logging.getLogger(__name__)
+__all__ = ["BATCH", "RatingRun", "alert_counts", "rate_pending", "review", "run_due", "spent"]
 
 BATCH = 20_000
 """Usage records read per rating round; a run loops until none is left."""
 BUDGET_THRESHOLDS = (80, 100)
-RATED_SOURCES = ("capacity", "verdicts")  # metering also stores "gap" records: shown on bills, never rated
 HELD_PRIORITIES = (Priority.BURST, Priority.BANK)
-
-
-@dataclass
-class RatingRun:
-    """What one ``rate_pending`` call did."""
-
-    records: int = 0  # usage records rated (billed or marked as included)
-    charges: int = 0
-    amount_minor: dict[str, int] = field(default_factory=dict)  # per currency
-    unleased: int = 0  # records of slices with no lease at their time: left unbilled
-    tenants: set[int] = field(default_factory=set)
-
-
-# --- rating ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Group:
-    lease: Lease
-    product: Product
-    price: ProductPrice
-    period: date
-    hours: dict[datetime, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))  # key, quantity
 
 
 def rate_pending(session: Session, now: datetime, *, batch: int = BATCH) -> RatingRun:
     """Rate every usage record not rated yet (window start before ``now``), and charge subscription fees
-    due by ``now``; the caller commits. Safe to run again at any time: what is rated is never rated twice."""
+    due by ``now``; the caller commits. Safe to run again at any time: what is rated is never rated twice.
+    The records are rated in batches of ``batch`` by ``rating.rate_records``."""
     now = as_utc(now)
     run = RatingRun()
     _subscription_fees(session, now, run)
-    while True:
-        rows = session.exec(
-            select(UsageRecord)
-            .outerjoin(ChargedUsage, col(ChargedUsage.usage_key) == col(UsageRecord.key))
-            .where(col(ChargedUsage.usage_key).is_(None), col(UsageRecord.window_start) < now)
-            .where(col(UsageRecord.source).in_(RATED_SOURCES))
-            .order_by(col(UsageRecord.slice_id), col(UsageRecord.window_start), col(UsageRecord.id))
-            .limit(batch)
-        ).all()
-        before = run.records
-        _rate(session, rows, run)
-        if len(rows) < batch or run.records == before:
-            break
+    payers = rating.rate_records(session, now, run, batch)
     for tenant_id in sorted(run.tenants):
-        review(session, tenant_id, now)
+        review(session, tenant_id, now, payers)
     return run
 
 
-def _rate(session: Session, rows: Iterable[UsageRecord], run: RatingRun) -> None:
-    leases = _leases(session, {row.slice_id for row in rows})
-    slices = {s.id: s for s in session.exec(select(Slice).where(col(Slice.id).in_({row.slice_id for row in rows})))}
-    groups: dict[tuple[int, date, str], _Group] = {}
-    included: list[str] = []
-    prices: dict[tuple[int, date], tuple[Product, ProductPrice]] = {}
-    for row in rows:
-        start = as_utc(row.window_start)
-        lease = next((x for x in leases.get(row.slice_id, []) if _covers(x, start)), None)
-        if lease is None:
-            run.unleased += 1
-            continue
-        assert lease.id is not None
-        period = pricing.month_start(start)
-        if (lease.id, period) not in prices:
-            prices[lease.id, period] = catalogue.price_for_period(session, lease, period)
-        product, price = prices[lease.id, period]
-        terms = catalogue.terms_of(price)
-        record = _as_pricing_record(row, slices[row.slice_id])
-        measure = pricing.measure_of(record, terms)
-        run.records += 1
-        if measure is None:
-            included.append(row.key)
-            continue
-        quantity = pricing.quantities([record], terms).get(measure, 0)
-        group = groups.setdefault((lease.id, period, measure), _Group(lease, product, price, period))
-        group.hours[start.replace(minute=0, second=0, microsecond=0)].append((row.key, quantity))
-    for (_, _, measure), group in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
-        _charge_group(session, group, measure, run)
-    for key in included:
-        session.add(ChargedUsage(usage_key=key, charge_id=None))
-    session.flush()
-
-
-def _covers(lease: Lease, at: datetime) -> bool:
-    return as_utc(lease.starts_at) <= at and (lease.ends_at is None or at < as_utc(lease.ends_at))
-
-
-def _leases(session: Session, slice_ids: set[int]) -> dict[int, list[Lease]]:
-    result: dict[int, list[Lease]] = defaultdict(list)
-    for lease in session.exec(select(Lease).where(col(Lease.slice_id).in_(slice_ids)).order_by(col(Lease.id))):
-        result[lease.slice_id].append(lease)
-    return result
-
-
-def _as_pricing_record(row: UsageRecord, item: Slice) -> pricing.CapacityRecord | pricing.VerdictRecord:
-    start = as_utc(row.window_start)
-    if row.source == "capacity":
-        return pricing.CapacityRecord(
-            str(row.slice_id), str(row.node_id), start, row.replica_seconds, Priority(item.priority)
-        )
-    counts = {k: int(v) for k, v in row.verdicts.items() if k in pricing.VERDICTS}
-    for code, number in (row.verdicts.get("error_codes") or {}).items():
-        if code in set(ErrorCode):
-            counts[code] = int(number)
-    return pricing.VerdictRecord(str(row.slice_id), str(row.line_id), start, counts)
-
-
-def _posted(session: Session, lease_id: int, period: date, measure: str) -> int:
-    total = session.exec(
-        select(func.coalesce(func.sum(Charge.quantity), 0)).where(
-            Charge.lease_id == lease_id, Charge.period == period, Charge.measure == measure
-        )
-    ).one()
-    return int(total)
-
-
-def _charge_group(session: Session, group: _Group, measure: str, run: RatingRun) -> None:
-    assert group.lease.id is not None
-    terms = catalogue.terms_of(group.price)
-    currency = group.price.currency
-    so_far = _posted(session, group.lease.id, group.period, measure)
-    for hour in sorted(group.hours):
-        items = group.hours[hour]
-        quantity = sum(q for _, q in items)
-        after = so_far + quantity
-        amount = pricing.amount_to_date(terms, measure, after, currency) - pricing.amount_to_date(
-            terms, measure, so_far, currency
-        )
-        unit, price, per = pricing.unit_price(terms, measure, after)
-        keys = sorted(key for key, _ in items)
-        digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
-        key = f"charge:{group.lease.id}:{measure}:{hour:%Y%m%dT%H}:{digest}"
-        charge = _post_charge(session, group, hour, measure, quantity, unit, price, per, amount, key, run)
-        session.add_all([ChargedUsage(usage_key=k, charge_id=charge.id) for k in keys])
-        so_far = after
+# --- subscription fees -----------------------------------------------------------------------------
 
 
 def _post_charge(
     session: Session,
-    group: _Group,
+    group: Group,
     hour: datetime,
     measure: str,
     quantity: int,
@@ -285,7 +160,7 @@ def _subscription_fees(session: Session, now: datetime, run: RatingRun) -> None:
                     minute=0, second=0, microsecond=0
                 )
                 fee = rate(terms.monthly_fee, Decimal(1), price.currency)
-                group = _Group(lease, product, price, period)
+                group = Group(lease, product, price, period)
                 _post_charge(
                     session,
                     group,
@@ -315,12 +190,13 @@ def spent(session: Session, tenant_id: int, period: date) -> int:
     return int(total)
 
 
-def review(session: Session, tenant_id: int, now: datetime) -> list[BudgetAlert]:
+def review(session: Session, tenant_id: int, now: datetime, payers: funds.Payers | None = None) -> list[BudgetAlert]:
     """After charges: raise the month's budget alerts that are due, and hold or release the tenant's
-    burst and bank slices as its funds ran out or returned. Returns the alerts raised now."""
+    burst and bank slices as its funds ran out or returned. Returns the alerts raised now. ``payers``:
+    the rating run's, whose balances are current (``funds.Payers``)."""
     billing = funds.settings_for(session, tenant_id)
     alerts = _budget_alerts(session, billing, pricing.month_start(now))
-    available = funds.funds(session, tenant_id, now)
+    available = funds.funds(session, tenant_id, now, payers)
     held = available.available <= 0
     if held != billing.held:
         reason = (

@@ -14,15 +14,20 @@ retry finds the winner's transaction.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
-from sqlalchemy import Engine, func, text
+from sqlalchemy import Engine, func, insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
 from control_plane import ledger
 from control_plane.ledger import AccountKind, LedgerError, Posting, Transaction
+from control_plane.models._common import utcnow
 from control_plane.models.ledger import Account, JournalEntry, JournalTransaction
 from control_plane.money import Money
+
+CHUNK = 500
+"""Ids per IN (...) list, small enough for any database."""
 
 
 class IdempotencyConflict(LedgerError):
@@ -100,6 +105,120 @@ def record(session: Session, transaction: Transaction) -> JournalTransaction:
     session.flush()
     check_balanced(session, row.id)
     return row
+
+
+def record_many(session: Session, transactions: Sequence[Transaction]) -> list[int]:
+    """``record`` for many transactions (a rating batch), in order; their stored ids. The same checks
+    (idempotency key, balance, accounts' currencies, credit limits in order, the SQL balance check)
+    in a handful of queries instead of six per transaction. A reversal goes through ``record``."""
+    ids: list[int | None] = [None] * len(transactions)
+    stored = _stored(session, [t.key for t in transactions])
+    new: dict[str, int] = {}  # key -> position of its first new transaction
+    for i, transaction in enumerate(transactions):
+        if transaction.reverses:
+            ids[i] = record(session, transaction).id
+        elif transaction.key in stored:
+            if sorted(stored[transaction.key][1], key=repr) != sorted(transaction.postings, key=repr):
+                raise IdempotencyConflict(f"key {transaction.key!r} already names a transaction with other postings")
+            ids[i] = stored[transaction.key][0]
+        elif transaction.key in new:
+            if sorted(transactions[new[transaction.key]].postings, key=repr) != sorted(transaction.postings, key=repr):
+                raise IdempotencyConflict(f"key {transaction.key!r} already names a transaction with other postings")
+        else:
+            if ledger.imbalance(transaction.postings):
+                raise ledger.Unbalanced(f"transaction {transaction.key!r} does not balance")
+            new[transaction.key] = i
+    if new:
+        fresh = [transactions[i] for i in new.values()]
+        _check_accounts(session, fresh)
+        rows = _insert(session, fresh)
+        for key, position in new.items():
+            ids[position] = rows[key]
+        for i, transaction in enumerate(transactions):
+            if ids[i] is None:
+                ids[i] = rows[transaction.key]
+    assert all(i is not None for i in ids)
+    return [i for i in ids if i is not None]
+
+
+def _stored(session: Session, keys: list[str]) -> dict[str, tuple[int, tuple[Posting, ...]]]:
+    """Transactions stored under any of ``keys``, with their postings."""
+    found: dict[str, tuple[int, tuple[Posting, ...]]] = {}
+    unique = sorted(set(keys))
+    for start in range(0, len(unique), CHUNK):
+        rows = session.exec(
+            select(JournalTransaction.id, JournalTransaction.idempotency_key).where(
+                col(JournalTransaction.idempotency_key).in_(unique[start : start + CHUNK])
+            )
+        ).all()
+        for row_id, key in rows:
+            assert row_id is not None
+            found[key] = (row_id, stored_postings(session, row_id))
+    return found
+
+
+def _check_accounts(session: Session, transactions: list[Transaction]) -> None:
+    """Lock the accounts posted to, check their currencies, and the prepaid credit limits in order."""
+    ids = sorted({p.account for t in transactions for p in t.postings})
+    accounts: dict[int, Account] = {}
+    for start in range(0, len(ids), CHUNK):
+        rows = session.exec(
+            select(Account)
+            .where(col(Account.id).in_(ids[start : start + CHUNK]))
+            .order_by(col(Account.id))
+            .with_for_update()
+        )
+        accounts |= {a.id: a for a in rows if a.id is not None}
+    for transaction in transactions:
+        for posting in transaction.postings:
+            account = accounts.get(posting.account)
+            if account is None:
+                raise LedgerError(f"transaction {transaction.key!r} posts to unknown account {posting.account}")
+            if account.currency != posting.amount.currency:
+                raise LedgerError(f"account {account.id} holds {account.currency}, not {posting.amount.currency}")
+    prepaid_ids = [i for i, a in accounts.items() if a.kind == AccountKind.PREPAID]
+    sums = dict(
+        session.exec(
+            select(JournalEntry.account_id, func.sum(JournalEntry.amount_minor))
+            .where(col(JournalEntry.account_id).in_(prepaid_ids))
+            .group_by(col(JournalEntry.account_id))
+        ).all()
+    ) if prepaid_ids else {}  # fmt: skip
+    balances = {i: Money(int(sums.get(i, 0) or 0), accounts[i].currency) for i in prepaid_ids}
+    limits = {i: a.credit_limit_minor for i, a in accounts.items()}
+    for transaction in transactions:
+        mine = {p.account for p in transaction.postings}
+        ledger.check_credit(transaction, {i: b for i, b in balances.items() if i in mine}, limits)
+        for account_id, change in ledger.net_change(transaction).items():
+            if account_id in balances:
+                balances[account_id] = balances[account_id] + change
+
+
+def _insert(session: Session, transactions: list[Transaction]) -> dict[str, int]:
+    """Write the transactions and their entries; check each balances in SQL; their ids by key."""
+    session.flush()
+    now = utcnow()
+    heads = [{"idempotency_key": t.key, "kind": t.kind, "memo": t.memo, "created_at": now, "reverses_id": None}
+             for t in transactions]  # fmt: skip
+    table = JournalTransaction.__table__  # type: ignore[attr-defined]
+    returned = session.connection().execute(
+        insert(table).returning(table.c.id, table.c.idempotency_key, sort_by_parameter_order=True), heads
+    )
+    rows = {key: int(row_id) for row_id, key in returned.all()}
+    entries = [{"transaction_id": rows[t.key], "account_id": p.account, "amount_minor": p.amount.minor,
+                "currency": p.amount.currency} for t in transactions for p in t.postings]  # fmt: skip
+    session.connection().execute(insert(JournalEntry.__table__), entries)  # type: ignore[attr-defined]
+    ids = sorted(rows.values())
+    for start in range(0, len(ids), CHUNK):
+        off = session.execute(
+            select(JournalEntry.transaction_id, JournalEntry.currency, func.sum(JournalEntry.amount_minor))
+            .where(col(JournalEntry.transaction_id).in_(ids[start : start + CHUNK]))
+            .group_by(col(JournalEntry.transaction_id), col(JournalEntry.currency))
+            .having(func.sum(JournalEntry.amount_minor) != 0)
+        ).all()
+        if off:
+            raise ledger.Unbalanced(f"journal transactions do not balance: {[tuple(r) for r in off][:5]}")
+    return rows
 
 
 def check_balanced(session: Session, transaction_id: int) -> None:
