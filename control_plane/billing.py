@@ -238,6 +238,10 @@ def _budget_alerts(session: Session, billing: TenantBilling, period: date) -> li
             )
             session.add(alert)
             alerts.append(alert)
+            note = (f"budget: {pct}% of the {Money(billing.monthly_budget_minor, billing.currency)} monthly budget "
+                    f"spent ({Money(used, billing.currency)}) in {period:%Y-%m}")  # fmt: skip
+            for item in _live_slices(session, billing.tenant_id):
+                _event(session, item, note, item.max_replicas)  # the slices' events: what the plant page lists
             log.warning(
                 "tenant %s spent %s of its %s budget for %s (%s%%)",
                 billing.tenant_id,
@@ -251,33 +255,30 @@ def _budget_alerts(session: Session, billing: TenantBilling, period: date) -> li
 
 def _apply_hold(session: Session, tenant_id: int, held: bool, reason: str) -> None:
     """A new generation for each live burst/bank slice, whose spec now holds (or frees) it at its floor."""
-    items = session.exec(
-        select(Slice).where(
-            Slice.tenant_id == tenant_id,
-            col(Slice.priority).in_(HELD_PRIORITIES),
-            col(Slice.status).not_in([SliceStatus.DELETING, SliceStatus.DELETED]),
-        )
-    ).all()
-    for item in items:
-        assert item.id is not None
+    for item in _live_slices(session, tenant_id):
+        if item.priority not in HELD_PRIORITIES:
+            continue
         why = f"held at its floor: {reason}" if held else "funds returned: no longer held at its floor"
-        session.add(
-            ScaleEvent(
-                tenant_id=tenant_id,
-                slice_id=item.id,
-                kind=ScaleKind.BILLING,
-                min_before=item.min_replicas,
-                min_after=item.min_replicas,
-                max_before=item.max_replicas,
-                max_after=item.min_replicas if held else item.max_replicas,
-                reason=why[:500],
-            )
-        )
+        _event(session, item, why, item.min_replicas if held else item.max_replicas)
         item.status = transition(item.status, SliceStatus.PENDING, what=f"slice {item.slug}")
         item.generation += 1
         item.updated_at = utcnow()
         session.add(item)
         log.warning("slice %s of tenant %s %s", item.slug, tenant_id, why)
+
+
+def _live_slices(session: Session, tenant_id: int) -> list[Slice]:
+    return list(session.exec(select(Slice).where(
+        Slice.tenant_id == tenant_id, col(Slice.status).not_in([SliceStatus.DELETING, SliceStatus.DELETED])
+    ).order_by(col(Slice.id))).all())  # fmt: skip
+
+
+def _event(session: Session, item: Slice, reason: str, max_after: int) -> None:
+    """A billing event on the slice's event list (its bounds as stored; ``max_after``: what runs now)."""
+    assert item.id is not None
+    session.add(ScaleEvent(tenant_id=item.tenant_id, slice_id=item.id, kind=ScaleKind.BILLING,
+                           min_before=item.min_replicas, min_after=item.min_replicas, max_before=item.max_replicas,
+                           max_after=max_after, reason=reason[:500]))  # fmt: skip
 
 
 def alert_counts(session: Session) -> tuple[dict[int, int], int]:

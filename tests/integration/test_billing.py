@@ -294,6 +294,9 @@ def test_a_budget_alerts_at_80_and_100_percent_once_each(control_plane: ControlP
     _rate(cp, first + timedelta(hours=1))
     summary = ok(cp.client.get("/billing/summary", headers=cp.a.pm))
     assert [a["threshold_pct"] for a in summary["alerts"]] == [80, 100]  # once each
+    events = ok(cp.client.get(f"/slices/{slice_id}/events", headers=cp.a.pm))
+    budget = [e["reason"] for e in events if e["kind"] == "billing"]
+    assert len(budget) == 2 and all("monthly budget spent" in r for r in budget)
     assert summary["budget_used_pct"] >= 100
     assert ok(cp.client.get("/billing/summary", headers=cp.b.pm))["alerts"] == []  # globex's month is its own
     metrics = cp.client.get("/metrics").text
