@@ -13,16 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlmodel import Session, col, func, select
 
-from control_plane import ledger, ledger_store
+from control_plane import ledger, ledger_store, pricing
 from control_plane.errors import PaymentRequired
 from control_plane.ledger import AccountKind, Posting
 from control_plane.models import (
     Account,
+    Charge,
     JournalEntry,
+    Lease,
     Product,
     TenantBilling,
     Voucher,
@@ -183,6 +185,7 @@ class Payers:
         self.vouchers: dict[tuple[int, str], list[tuple[Account, VoucherProgramme]]] = {}  # soonest expiry first
         self.balances: dict[int, int] = {}  # account id -> minor units
         self.kinds: dict[int, str] = {}  # account id -> AccountKind
+        self.months: dict[tuple[int, date], list[int]] = {}  # (voucher account, month) -> [eligible, paid]
 
     def load(self, tenant_ids: Iterable[int], currency: str) -> None:
         """Make ready the tenants (in ``currency``) not loaded yet: settings, accounts, locks, balances."""
@@ -261,25 +264,57 @@ class Payers:
 
     def fund(self, tenant_id: int, product: Product, amount: Money, at: datetime) -> list[tuple[int, int]]:
         """As ``fund`` answers, for a tenant ``load`` made ready; the answer counts as paid."""
-        sources = self._split(tenant_id, product, amount, at)
+        sources, eligible = self._split(tenant_id, product, amount, at)
         for account, minor in sources:
             self.balances[account] -= minor
+        paid = dict(sources)
+        for account_id, totals in eligible:
+            totals[0] += amount.minor
+            totals[1] += paid.get(account_id, 0)
         return sources
 
-    def _split(self, tenant_id: int, product: Product, amount: Money, at: datetime) -> list[tuple[int, int]]:
+    def _month(self, account: Account, programme: VoucherProgramme, period: date) -> list[int]:
+        """What the voucher's month has so far: [charges it may pay a share of, what it paid of them]."""
+        assert account.id is not None
+        key = (account.id, period)
+        if key not in self.months:
+            eligible = (
+                select(func.coalesce(func.sum(Charge.amount_minor), 0))
+                .join(Lease, col(Lease.id) == col(Charge.lease_id))
+                .join(Product, col(Product.id) == col(Lease.product_id))
+                .where(Charge.tenant_id == account.tenant_id, Charge.period == period,
+                       Charge.currency == programme.currency, col(Charge.amount_minor) > 0)
+            )  # fmt: skip
+            if programme.product_skus:
+                eligible = eligible.where(col(Product.sku).in_(programme.product_skus))
+            paid = (
+                select(func.coalesce(func.sum(JournalEntry.amount_minor), 0))
+                .join(Charge, col(Charge.transaction_id) == col(JournalEntry.transaction_id))
+                .where(JournalEntry.account_id == account.id, Charge.period == period)
+            )
+            self.months[key] = [int(self.session.exec(eligible).one()), -int(self.session.exec(paid).one())]
+        return self.months[key]
+
+    def _split(self, tenant_id: int, product: Product, amount: Money, at: datetime
+               ) -> tuple[list[tuple[int, int]], list[tuple[int, list[int]]]]:  # fmt: skip
+        """The payers of ``amount``, and the month totals of the vouchers that could pay a share of it."""
         currency = amount.currency
         prepaid = self.accounts[tenant_id, AccountKind.PREPAID, currency]
         assert prepaid.id is not None
         if amount.minor < 0:
-            return [(prepaid.id, amount.minor)]
-        left, sources = amount.minor, []
+            return [(prepaid.id, amount.minor)], []
+        left, sources, eligible = amount.minor, [], []
         for account, programme in self.vouchers[tenant_id, currency]:
             if as_utc(programme.expires_at) <= as_utc(at) or account.id is None:
                 continue  # expired by the charge's time (``vouchers`` asks for expires_at > at)
             if programme.product_skus and product.sku not in programme.product_skus:
                 continue
-            cap = amount.minor * programme.max_share_bp // 10_000  # this programme's share of this charge, at most
-            take = min(left, cap, max(0, self.balances[account.id]))
+            # Its share of the invoice (the month): of everything eligible so far, this charge included,
+            # minus what it paid already; per charge alone, rounding down lost a cent on many small charges.
+            totals = self._month(account, programme, pricing.month_start(at))
+            eligible.append((account.id, totals))
+            cap = (totals[0] + amount.minor) * programme.max_share_bp // 10_000 - totals[1]
+            take = min(left, max(0, cap), max(0, self.balances[account.id]))
             if take > 0:
                 sources.append((account.id, take))
                 left -= take
@@ -294,4 +329,4 @@ class Payers:
             receivable = self._account(tenant_id, AccountKind.RECEIVABLE, currency)
             assert receivable.id is not None
             sources.append((receivable.id, left))
-        return sources
+        return sources, eligible

@@ -7,8 +7,8 @@ After every step, read from the database and checked against a model the test ke
   lease, month and measure equals the model's, from unique records after the billed increment;
 - each month's charges of a lease and measure add up to its month-to-date amount rounded once;
 - every balance equals the sum of its entries; no prepaid balance is below minus its credit limit;
-- vouchers pay only for their products and at most their share of a charge, never go negative, and after
-  expiry hold nothing (the funder's account shows what was granted less what came back).
+- vouchers pay only for their products and at most their share of the month's charges (the invoice),
+  never go negative, and after expiry hold nothing (the funder's account shows what was granted less what came back).
 
 SQLite only (the same code paths as PostgreSQL; the database-level checks run on both in
 ``test_ledger_store.py``): a migrated database is copied per example, and rows are written directly, so
@@ -344,12 +344,23 @@ class Books(RuleBasedStateMachine):
                 .join(Account, col(Account.id) == col(JournalEntry.account_id))
                 .where(Account.kind == AccountKind.VOUCHER)
             ).all()
+            paid_in: dict[tuple[int, Any], int] = {}  # (voucher account, month) -> paid
             for charge, entry, account in rows:
                 programme = programmes[account.name]
                 paid = -entry.amount_minor
-                assert 0 <= paid <= charge.amount_minor * programme.max_share_bp // 10_000
+                assert 0 <= paid <= charge.amount_minor
                 sku = skus[leases[charge.lease_id].product_id]
                 assert not programme.product_skus or sku in programme.product_skus
+                key = (entry.account_id, charge.period)
+                paid_in[key] = paid_in.get(key, 0) + paid
+            accounts = {a.id: a for a in session.exec(select(Account)).all()}
+            for (account_id, period), paid in paid_in.items():  # at most its share of the month (the invoice)
+                programme = programmes[accounts[account_id].name]
+                month = [c for c in session.exec(select(Charge).where(Charge.period == period)).all()
+                         if c.tenant_id == accounts[account_id].tenant_id and c.amount_minor > 0 and (
+                             not programme.product_skus
+                             or skus[leases[c.lease_id].product_id] in programme.product_skus)]  # fmt: skip
+                assert paid <= sum(c.amount_minor for c in month) * programme.max_share_bp // 10_000
             for programme in programmes.values():
                 assert programme.id is not None
                 held = session.exec(

@@ -211,3 +211,34 @@ def test_redemption_refusals_say_what_to_do(control_plane: ControlPlane) -> None
     assert too_many.status_code == 422
     bad_sku = body | {"name": "skus", "max_share_bp": 1, "product_skus": ["no-such-product"]}
     assert cp.client.post("/voucher-programmes", json=bad_sku, headers=cp.op).status_code == 422
+
+
+def test_a_voucher_pays_its_share_of_the_month_not_a_rounded_down_share_of_each_charge(
+    control_plane: ControlPlane,
+) -> None:
+    """Ten hourly charges of 3 cents at a 50% share: the voucher pays 15 cents of the month's 30 (it paid 10
+    when each charge's share was rounded down on its own)."""
+    cp, now = control_plane, datetime.now(UTC)
+    with Session(_engine(cp), expire_on_commit=False) as session:
+        product = catalogue.add_product(session, sku="vq-odd", site_id=cp.site_id, name="odd", hardware_class="r",
+                                        unit="capacity")  # fmt: skip
+        terms = {"kind": "capacity", "reserved_per_hour": "1.80", "burst_per_hour": "1.80", "bank_per_hour": "1.00"}
+        catalogue.add_price(session, product, effective_from=now.date(), currency="EUR", terms=terms, today=now.date())
+        session.commit()
+    programme = _programme(cp, name="half", budget="10.00", per_tenant="10.00", max_share_bp=5000,
+                           expires_at=(now + timedelta(days=40)).isoformat())  # fmt: skip
+    ok(cp.client.post("/vouchers/redeem", json={"code": _codes(cp, programme["id"], 1)[0]}, headers=cp.a.pm), 201)
+    first = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    if (first + timedelta(hours=10)).month != first.month:  # keep the ten hours in one month (one invoice)
+        first -= timedelta(hours=12)
+    with Session(_engine(cp)) as session:
+        item = session.get(Slice, cp.a.ids["slice"])
+        assert item is not None
+        catalogue.buy(session, item, product, price_id=None, now=min(now, first), user_id=None)
+        for h in range(10):  # one replica-minute an hour: 3 cents each
+            _usage(session, item, first + timedelta(hours=h), 1, 1)
+            billing.rate_pending(session, first + timedelta(hours=h + 1))  # each hour rated on its own
+        session.commit()
+        charges = session.exec(select(Charge).where(Charge.tenant_id == cp.a.tenant_id)).all()
+    assert [c.amount_minor for c in charges] == [3] * 10
+    assert sum(c.voucher_minor for c in charges) == 15  # half of the month's 30 cents
