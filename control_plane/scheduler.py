@@ -10,6 +10,15 @@ higher one needs:
 A node is eligible when it is online and, if contributed, inside one of its
 windows at ``now``. Draining, drained, offline and removed nodes hold nothing.
 
+Owners and residency: a node belongs to the operator (``owner`` None) or to a
+tenant. A tenant's own slices may use its nodes at any time, whatever their
+class, and go there first. Another tenant's node is usable only while it is
+lent (contributed, inside a window) and only by ``bank`` slices whose
+residency is ``any_bank``. Each slice's ``Residency`` narrows that further
+(``own_nodes``: only its tenant's; ``operator_nodes``: only the operator's);
+replicas the rule keeps off nodes that had room are reported as a
+``RESIDENCY`` event, never placed there.
+
 ``place`` is incremental and deterministic: within each class, replicas stay
 on the nodes they already run on when those are still eligible and the
 capacity is still theirs; the rest go, one at a time in (slice id) order, to
@@ -39,6 +48,15 @@ class Priority(StrEnum):
 PRIORITY_ORDER = (Priority.RESERVED, Priority.BURST, Priority.BANK)
 
 
+class Residency(StrEnum):
+    """Where a slice's frames may be judged, whoever owns the hardware."""
+
+    OWN_NODES = "own_nodes"  # only nodes its tenant owns
+    OPERATOR_NODES = "operator_nodes"  # only the operator's nodes
+    SITE = "site"  # any node of its site that its class may use, other tenants' excepted (the default)
+    ANY_BANK = "any_bank"  # also other owners' nodes while they lend them (bank slices)
+
+
 class EventKind(StrEnum):
     """What happened to a slice's replicas. Callers decide on the kind, never on the reason's wording."""
 
@@ -47,6 +65,7 @@ class EventKind(StrEnum):
     PREEMPTED = "preempted"  # a higher-priority slice took their room on a node that is still eligible
     UNPLACED = "unplaced"  # burst or bank replicas that fit nowhere (best effort: no alert)
     ALERT = "alert"  # reserved replicas that fit nowhere: operators must add capacity
+    RESIDENCY = "residency"  # replicas unplaced while nodes the slice's residency forbids had room
 
 
 @dataclass(frozen=True)
@@ -86,13 +105,17 @@ class NodeSpec:
     contributed: bool = False
     windows: tuple[Window, ...] = ()
     holidays: frozenset[date] = frozenset()  # contributed nodes are available all day on these dates
+    owner: int | None = None  # the tenant that owns it; None: the operator
+
+    def lent(self, now: datetime) -> bool:
+        """Online, contributed and inside a window (or on a holiday): the bank may use it now."""
+        if not self.online or not self.contributed:
+            return False
+        return now.date() in self.holidays or any(w.contains(now) for w in self.windows)
 
     def eligible(self, now: datetime) -> bool:
-        if not self.online:
-            return False
-        if not self.contributed:
-            return True
-        return now.date() in self.holidays or any(w.contains(now) for w in self.windows)
+        """Usable now by slices of the operator's classes (its owner's slices may use it whenever it is online)."""
+        return self.online and (not self.contributed or self.lent(now))
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,8 @@ class SliceDemand:
     memory_mb: int = 1024
     gpu_fraction: float = 0.0  # of one GPU; 0 = CPU replica
     gpu_memory_mb: int = 0
+    tenant_id: int | None = None  # whose slice: its own nodes come first
+    residency: Residency = Residency.SITE
 
 
 @dataclass(frozen=True)
@@ -132,10 +157,11 @@ class Placement:
 class _Room:
     """Free capacity of one node while placing."""
 
-    __slots__ = ("cpus", "gpu_free", "gpu_memory", "memory_mb", "node")
+    __slots__ = ("cpus", "gpu_free", "gpu_memory", "lent", "memory_mb", "node")
 
-    def __init__(self, node: NodeSpec) -> None:
+    def __init__(self, node: NodeSpec, now: datetime) -> None:
         self.node = node
+        self.lent = node.lent(now)
         self.cpus = node.cpus
         self.memory_mb = node.memory_mb
         self.gpu_free = [1.0] * len(node.gpus)
@@ -149,13 +175,17 @@ class _Room:
                 return index
         return None
 
-    def take(self, demand: SliceDemand) -> bool:
-        """Reserve room for one replica if it fits."""
+    def fits(self, demand: SliceDemand) -> bool:
         if self.cpus + 1e-9 < demand.cpus or self.memory_mb < demand.memory_mb:
             return False
-        gpu = self._gpu_for(demand)
-        if gpu is None:
+        return self._gpu_for(demand) is not None
+
+    def take(self, demand: SliceDemand) -> bool:
+        """Reserve room for one replica if it fits."""
+        if not self.fits(demand):
             return False
+        gpu = self._gpu_for(demand)
+        assert gpu is not None
         self.cpus -= demand.cpus
         self.memory_mb -= demand.memory_mb
         if gpu >= 0:
@@ -169,12 +199,73 @@ class _Room:
         return self.cpus / max(self.node.cpus, 1e-9) + self.memory_mb / max(self.node.memory_mb, 1) + gpu
 
 
-def _allowed(node: NodeSpec, priority: Priority) -> bool:
+def _class_allows(room: _Room, priority: Priority) -> bool:
+    """The operator's rule for a class on a node that is not the slice's own."""
     if priority is Priority.RESERVED:
-        return not node.contributed
+        return not room.node.contributed
     if priority is Priority.BANK:
-        return node.contributed
-    return True
+        return room.lent
+    return not room.node.contributed or room.lent
+
+
+def _usable(room: _Room, demand: SliceDemand, residency: Residency | None = None) -> bool:
+    """May one of the demand's replicas run on this (online) node, under ``residency`` (default: its own)?"""
+    rule = demand.residency if residency is None else residency
+    owner = room.node.owner
+    own = owner is not None and owner == demand.tenant_id
+    if rule is Residency.OWN_NODES:
+        return own
+    if rule is Residency.OPERATOR_NODES:
+        return owner is None and _class_allows(room, demand.priority)
+    if own:
+        return True
+    if owner is not None:  # another tenant's node: only the bank's, only while lent, only if the slice allows
+        return rule is Residency.ANY_BANK and demand.priority is Priority.BANK and room.lent
+    return _class_allows(room, demand.priority)
+
+
+Heap = list[tuple[float, int, _Room]]
+
+
+class _Pools:
+    """Free rooms of one class's pass, in heaps by who may use them: the operator's nodes the class may use,
+    each tenant's own nodes, and tenants' nodes lent now. A room may sit in two heaps (its owner's and the
+    lent one); its score there may be stale, which only affects spreading: ``take`` checks the real room."""
+
+    def __init__(self, rooms: Iterable[_Room], priority: Priority) -> None:
+        self.priority = priority
+        operator: list[_Room] = []
+        owned: dict[int, list[_Room]] = {}
+        lent: list[_Room] = []
+        for room in rooms:
+            owner = room.node.owner
+            if owner is None:
+                if _class_allows(room, priority):
+                    operator.append(room)
+                continue
+            owned.setdefault(owner, []).append(room)
+            if priority is Priority.BANK and room.lent:
+                lent.append(room)
+        self.operator, self.lent = _heap(operator), _heap(lent)
+        self.owned = {owner: _heap(rooms) for owner, rooms in owned.items()}
+
+    def for_demand(self, demand: SliceDemand) -> list[Heap]:
+        """The heaps to draw from, in order: the tenant's own nodes first."""
+        rule = demand.residency
+        heaps: list[Heap] = []
+        if demand.tenant_id in self.owned and rule is not Residency.OPERATOR_NODES:
+            heaps.append(self.owned[demand.tenant_id])
+        if rule is not Residency.OWN_NODES:
+            heaps.append(self.operator)
+        if rule is Residency.ANY_BANK and demand.priority is Priority.BANK:
+            heaps.append(self.lent)
+        return heaps
+
+
+def _heap(rooms: Iterable[_Room]) -> Heap:
+    heap = [(-room.score(), room.node.node_id, room) for room in rooms]
+    heapq.heapify(heap)
+    return heap
 
 
 def place(
@@ -186,7 +277,7 @@ def place(
 ) -> Placement:
     """Assign every wanted replica to a node, keeping ``current`` assignments where they still hold."""
     current = current or {}
-    rooms = {n.node_id: _Room(n) for n in nodes if n.eligible(now)}
+    rooms = {n.node_id: _Room(n, now) for n in nodes if n.online}
     by_priority: dict[Priority, list[SliceDemand]] = {p: [] for p in PRIORITY_ORDER}
     for demand in sorted(demands, key=lambda d: d.slice_id):
         by_priority[demand.priority].append(demand)
@@ -198,7 +289,11 @@ def place(
             result.assignments[demand.slice_id] = kept
             if len(kept) < demand.replicas:
                 pending.append((demand, demand.replicas - len(kept)))
-        _fill(pending, [r for r in rooms.values() if _allowed(r.node, priority)], result)
+        pools = _Pools(rooms.values(), priority)
+        for demand, missing in pending:
+            short = _fill(demand, missing, pools.for_demand(demand), result)
+            if short:
+                _report_short(demand, short, rooms.values(), result)
     return result
 
 
@@ -206,8 +301,8 @@ def _keep(demand: SliceDemand, previous: Sequence[int], rooms: dict[int, _Room],
     kept: list[int] = []
     for node_id in sorted(previous)[: demand.replicas]:
         room = rooms.get(node_id)
-        if room is None or not _allowed(room.node, demand.priority):
-            reason = "node is no longer eligible (offline, draining or outside its window)"
+        if room is None or not _usable(room, demand):
+            reason = "node is no longer eligible (offline, draining, outside its window or closed to the slice)"
             result.events.append(Event(EventKind.MOVED, demand.slice_id, node_id, reason))
         elif room.take(demand):
             kept.append(node_id)
@@ -217,15 +312,14 @@ def _keep(demand: SliceDemand, previous: Sequence[int], rooms: dict[int, _Room],
     return kept
 
 
-def _fill(pending: list[tuple[SliceDemand, int]], rooms: list[_Room], result: Placement) -> None:
-    heap = [(-room.score(), room.node.node_id, room) for room in rooms]
-    heapq.heapify(heap)
-    for demand, missing in pending:
-        placed: Counter[int] = Counter()
-        count = 0
+def _fill(demand: SliceDemand, missing: int, heaps: list[Heap], result: Placement) -> int:
+    """Place up to ``missing`` replicas from the heaps in order, each on its heap's roomiest node; the shortfall."""
+    placed: Counter[int] = Counter()
+    count = 0
+    for heap in heaps:
         # Room only shrinks while one demand is placed: a node too small for one of its
         # replicas is too small for the next, so it stays aside until the demand is done.
-        too_small: list[tuple[float, int, _Room]] = []
+        too_small: Heap = []
         while count < missing and heap:
             entry = heapq.heappop(heap)
             room = entry[2]
@@ -238,11 +332,27 @@ def _fill(pending: list[tuple[SliceDemand, int]], rooms: list[_Room], result: Pl
             heapq.heappush(heap, (-room.score(), room.node.node_id, room))
         for entry in too_small:
             heapq.heappush(heap, entry)
-        for node_id, on_node in sorted(placed.items()):
-            result.events.append(Event(EventKind.PLACED, demand.slice_id, node_id, f"{on_node} replica(s) placed"))
-        short = missing - count
-        if short:
-            result.unplaced[demand.slice_id] = short
-            kind = EventKind.ALERT if demand.priority is Priority.RESERVED else EventKind.UNPLACED
-            reason = f"{short} {demand.priority.value} replica(s) do not fit on this site's eligible nodes"
-            result.events.append(Event(kind, demand.slice_id, None, reason))
+    for node_id, on_node in sorted(placed.items()):
+        result.events.append(Event(EventKind.PLACED, demand.slice_id, node_id, f"{on_node} replica(s) placed"))
+    return missing - count
+
+
+def _report_short(demand: SliceDemand, short: int, rooms: Iterable[_Room], result: Placement) -> None:
+    result.unplaced[demand.slice_id] = short
+    kind = EventKind.ALERT if demand.priority is Priority.RESERVED else EventKind.UNPLACED
+    reason = f"{short} {demand.priority.value} replica(s) do not fit on this site's eligible nodes"
+    result.events.append(Event(kind, demand.slice_id, None, reason))
+    if demand.residency in (Residency.SITE, Residency.ANY_BANK):
+        return
+    # Would the class's usual nodes have had room? Then the rule, not the site, left the slice short.
+    widest = Residency.SITE if demand.priority is not Priority.BANK else Residency.ANY_BANK
+    forbidden = [
+        r.node.node_id for r in rooms if not _usable(r, demand) and _usable(r, demand, widest) and r.fits(demand)
+    ]
+    if forbidden:
+        allowed = "its tenant's own" if demand.residency is Residency.OWN_NODES else "the operator's"
+        reason = (
+            f"residency {demand.residency.value}: {short} replica(s) do not fit on {allowed} nodes; "
+            f"{len(forbidden)} node(s) with room are not allowed to run them"
+        )
+        result.events.append(Event(EventKind.RESIDENCY, demand.slice_id, None, reason))

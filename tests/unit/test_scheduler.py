@@ -13,7 +13,18 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from control_plane.models import ScaleKind
 from control_plane.placement import scale_kind
-from control_plane.scheduler import Event, EventKind, GpuSpec, NodeSpec, Placement, Priority, SliceDemand, Window, place
+from control_plane.scheduler import (
+    Event,
+    EventKind,
+    GpuSpec,
+    NodeSpec,
+    Placement,
+    Priority,
+    Residency,
+    SliceDemand,
+    Window,
+    place,
+)
 
 MONDAY_NOON = datetime(2026, 11, 30, 12, 0)
 NIGHTS = Window(frozenset(range(5)), time(20, 0), time(7, 0))  # weekdays 20:00-07:00
@@ -177,6 +188,154 @@ def test_replicas_of_a_slice_spread_over_nodes() -> None:
     nodes = [NodeSpec(i, 8, 16000) for i in range(4)]
     result = place(nodes, [SliceDemand(1, Priority.RESERVED, replicas=4)], now=MONDAY_NOON)
     assert sorted(result.assignments[1]) == [0, 1, 2, 3]
+
+
+ACME, GLOBEX = 7, 8  # tenants: a factory with its own edge server, a lab that lends its GPU server at night
+NIGHT = datetime(2026, 11, 30, 22, 0)
+
+
+def test_an_owners_slices_run_on_its_own_nodes_first() -> None:
+    operator = NodeSpec(1, cpus=16, memory_mb=64000)  # roomier: where replicas would go if nobody owned nodes
+    acme_edge = NodeSpec(2, cpus=2, memory_mb=8000, owner=ACME)
+    acme = SliceDemand(10, Priority.RESERVED, replicas=3, tenant_id=ACME)
+    other = SliceDemand(11, Priority.BURST, replicas=2, tenant_id=GLOBEX)
+    result = place([operator, acme_edge], [acme, other], now=MONDAY_NOON)
+    assert sorted(result.assignments[10]) == [1, 2, 2]  # its own node filled first, the rest on the operator's
+    assert result.assignments[11] == [1, 1]  # nobody else's slice goes on acme's node
+
+
+def test_another_owners_node_is_only_for_any_bank_slices_while_lent() -> None:
+    lab = NodeSpec(3, cpus=8, memory_mb=32000, contributed=True, windows=(NIGHTS,), owner=GLOBEX)
+    wanted = [
+        SliceDemand(1, Priority.BANK, 1, tenant_id=ACME, residency=Residency.ANY_BANK),
+        SliceDemand(2, Priority.BANK, 1, tenant_id=ACME),  # site: the operator's bank nodes only
+        SliceDemand(3, Priority.BURST, 1, tenant_id=ACME, residency=Residency.ANY_BANK),  # not a bank slice
+        SliceDemand(4, Priority.RESERVED, 1, tenant_id=GLOBEX, residency=Residency.OWN_NODES),  # the lab's own
+    ]
+    night = place([lab], wanted, now=NIGHT)
+    assert {k: v for k, v in night.assignments.items() if v} == {1: [3], 4: [3]}
+    day = place([lab], wanted, night.assignments, now=MONDAY_NOON)
+    assert {k: v for k, v in day.assignments.items() if v} == {4: [3]}  # the owner keeps using it by day
+    assert [e.kind for e in day.events if e.slice_id == 1] == [EventKind.MOVED, EventKind.UNPLACED]
+
+
+def test_a_residency_rule_leaves_a_slice_short_with_an_event_never_on_a_forbidden_node() -> None:
+    acme_edge = NodeSpec(2, cpus=2, memory_mb=8000, owner=ACME)
+    lab = NodeSpec(3, cpus=32, memory_mb=64000, contributed=True, windows=(NIGHTS,), owner=GLOBEX)
+    operator = NodeSpec(1, cpus=32, memory_mb=64000)
+    own = SliceDemand(10, Priority.BANK, replicas=5, tenant_id=ACME, residency=Residency.OWN_NODES)
+    result = place([operator, acme_edge, lab], [own], now=NIGHT)
+    assert result.assignments[10] == [2, 2] and result.unplaced[10] == 3
+    [event] = [e for e in result.events if e.kind is EventKind.RESIDENCY]
+    assert event.slice_id == 10 and event.reason.startswith("residency own_nodes: 3 replica(s) do not fit")
+    operator_only = SliceDemand(11, Priority.RESERVED, 2, tenant_id=ACME, residency=Residency.OPERATOR_NODES)
+    result = place([acme_edge], [operator_only], now=NIGHT)
+    assert result.assignments[11] == [] and [e.kind for e in result.events] == [EventKind.ALERT, EventKind.RESIDENCY]
+    # No room anywhere the class could go: the site is short, not the rule; no residency event.
+    tiny = place([NodeSpec(2, cpus=1, memory_mb=512, owner=ACME)], [own], now=NIGHT)
+    assert tiny.unplaced[10] == 5 and not [e for e in tiny.events if e.kind is EventKind.RESIDENCY]
+
+
+TENANTS = [ACME, GLOBEX, 9]
+owned_nodes_st = st.lists(
+    st.builds(
+        NodeSpec,
+        node_id=st.integers(0, 10**6),
+        cpus=st.sampled_from([2.0, 4.0, 8.0]),
+        memory_mb=st.sampled_from([4000, 8000, 32000]),
+        gpus=st.lists(st.builds(GpuSpec, memory_mb=st.just(24000)), max_size=2).map(tuple),
+        online=st.booleans(),
+        contributed=st.booleans(),
+        windows=st.just((NIGHTS,)),
+        owner=st.sampled_from([None, *TENANTS]),
+    ),
+    max_size=12,
+    unique_by=lambda n: n.node_id,
+)
+ruled_demands_st = st.lists(
+    st.builds(
+        SliceDemand,
+        slice_id=st.integers(0, 10**6),
+        priority=st.sampled_from(list(Priority)),
+        replicas=st.integers(0, 6),
+        cpus=st.sampled_from([0.5, 1.0, 2.0]),
+        memory_mb=st.sampled_from([500, 1000, 4000]),
+        gpu_fraction=st.sampled_from([0.0, 0.0, 0.5]),
+        tenant_id=st.sampled_from(TENANTS),
+        residency=st.sampled_from(list(Residency)),
+    ),
+    max_size=10,
+    unique_by=lambda d: d.slice_id,
+)
+
+
+def breaks_a_rule(node: NodeSpec, demand: SliceDemand, now: datetime) -> str | None:
+    """Why a replica of ``demand`` must not be on ``node`` (written from the rules, not from the scheduler)."""
+    lent = node.online and node.contributed and any(w.contains(now) for w in node.windows)
+    if not node.online:
+        return "offline node"
+    if demand.residency is Residency.OWN_NODES and node.owner != demand.tenant_id:
+        return "own_nodes slice on a node its tenant does not own"
+    if demand.residency is Residency.OPERATOR_NODES and node.owner is not None:
+        return "operator_nodes slice on a tenant's node"
+    if node.owner == demand.tenant_id:
+        return None  # a tenant's own hardware runs its slices whenever it is up
+    if node.owner is not None and not (lent and demand.priority is Priority.BANK):
+        return "another owner's node outside its lending windows or for a non-bank slice"
+    if node.owner is not None and demand.residency is not Residency.ANY_BANK:
+        return "another owner's node for a slice that is not any_bank"
+    if node.owner is None and demand.priority is Priority.RESERVED and node.contributed:
+        return "reserved replica on a contributed node"
+    if node.owner is None and node.contributed and not lent:
+        return "contributed node outside its windows"
+    if node.owner is None and demand.priority is Priority.BANK and not node.contributed:
+        return "bank replica outside the compute bank"
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=owned_nodes_st, demands=ruled_demands_st, now=moments_st)
+def test_no_placement_ever_breaks_a_residency_or_ownership_rule(
+    nodes: list[NodeSpec], demands: list[SliceDemand], now: datetime
+) -> None:
+    by_id = {n.node_id: n for n in nodes}
+    result = place(nodes, demands, now=now)
+    used: dict[int, float] = {}
+    for demand in demands:
+        assigned = result.assignments[demand.slice_id]
+        assert len(assigned) + result.unplaced.get(demand.slice_id, 0) == demand.replicas
+        for node_id in assigned:
+            assert breaks_a_rule(by_id[node_id], demand, now) is None, (breaks_a_rule(by_id[node_id], demand, now),)
+            used[node_id] = used.get(node_id, 0.0) + demand.cpus
+    assert all(cpus <= by_id[n].cpus + 1e-6 for n, cpus in used.items())
+    for event in result.events:
+        if event.kind is EventKind.RESIDENCY:
+            demand = next(d for d in demands if d.slice_id == event.slice_id)
+            assert demand.residency in (Residency.OWN_NODES, Residency.OPERATOR_NODES)
+            assert result.unplaced[demand.slice_id] > 0
+    # Re-placing with nothing changed moves nothing, rules included.
+    stable = place(nodes, demands, result.assignments, now=now)
+    assert {k: Counter(v) for k, v in stable.assignments.items()} == {
+        k: Counter(v) for k, v in result.assignments.items()
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(nodes=owned_nodes_st, demand=ruled_demands_st.filter(bool).map(lambda ds: ds[0]), now=moments_st)
+def test_a_slice_kept_short_by_its_rule_says_so(nodes: list[NodeSpec], demand: SliceDemand, now: datetime) -> None:
+    """Alone on a site: if it is short while an empty node its class could use but its rule forbids would
+    hold a replica, the placement carries a residency event (the user learns why, not just that)."""
+    result = place(nodes, [demand], now=now)
+    if not result.unplaced.get(demand.slice_id):
+        return
+    widest = Residency.ANY_BANK if demand.priority is Priority.BANK else Residency.SITE
+    wider = SliceDemand(demand.slice_id, demand.priority, 1, demand.cpus, demand.memory_mb, demand.gpu_fraction,
+                        demand.gpu_memory_mb, demand.tenant_id, widest)  # fmt: skip
+    fits_empty = [n for n in nodes if n.cpus >= demand.cpus and n.memory_mb >= demand.memory_mb
+                  and (demand.gpu_fraction == 0 or n.gpus)]  # fmt: skip
+    forbidden_with_room = [n for n in fits_empty if breaks_a_rule(n, demand, now) and not breaks_a_rule(n, wider, now)]
+    kinds = [e.kind for e in result.events]
+    assert (EventKind.RESIDENCY in kinds) is bool(forbidden_with_room), (forbidden_with_room, result.events)
 
 
 class SiteLifecycle(RuleBasedStateMachine):
