@@ -6,6 +6,11 @@ replicas), and the agent pins the model replicas there when every chosen
 node's Ray resource is present. Called when nodes drain, fail or change their
 windows, when slices change, and on the planner's period (windows open and
 close with time).
+
+Each node's owner and each slice's tenant and residency rule go to the
+scheduler: a tenant's slices fill its own nodes first, and a slice its rule
+keeps short gets one alert event saying so (repeated only when the reason
+changes, so the planner's period does not fill the slice's history).
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ def node_spec(node: Node) -> scheduler.NodeSpec:
     return scheduler.NodeSpec(
         node.id, float(node.cpus), node.memory_mb, gpus, online=node.status is NodeStatus.ONLINE,
         contributed=node.contributed, windows=windows, holidays=frozenset(date.fromisoformat(d) for d in node.holidays),
+        owner=node.owner_tenant_id,
     )  # fmt: skip
 
 
 def demand(item: Slice) -> scheduler.SliceDemand:
     assert item.id is not None
     return scheduler.SliceDemand(item.id, item.priority, item.max_replicas, cpus=item.cpus_per_replica,
-                                 memory_mb=1024, gpu_fraction=item.gpus_per_replica)  # fmt: skip
+                                 memory_mb=1024, gpu_fraction=item.gpus_per_replica, tenant_id=item.tenant_id,
+                                 residency=item.residency)  # fmt: skip
 
 
 def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placement:
@@ -53,9 +60,11 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
     for item in slices:
         assert item.id is not None
         placed = {str(n): k for n, k in sorted(Counter(result.assignments.get(item.id, [])).items())}
+        _residency_alert(session, item, result, placed)
         if placed == item.placement:
             continue
-        changes = [e for e in result.events if e.slice_id == item.id and e.kind is not scheduler.EventKind.PLACED]
+        quiet = (scheduler.EventKind.PLACED, scheduler.EventKind.RESIDENCY)
+        changes = [e for e in result.events if e.slice_id == item.id and e.kind not in quiet]
         reasons = [e.reason + (f" (node {e.node_id})" if e.node_id is not None else "") for e in changes]
         before, after = sum(item.placement.values()), sum(placed.values())
         if changes:  # new replicas merely placed are explained by the event that asked for them
@@ -77,6 +86,30 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
     _finish_drains(nodes, result)
     session.commit()
     return result
+
+
+def _residency_alert(session: Session, item: Slice, result: scheduler.Placement, placed: dict[str, int]) -> None:
+    """Record that the slice's residency rule keeps it short (it is never placed where the rule forbids):
+    when its placement changes, or when the reason differs from the last such alert."""
+    assert item.id is not None
+    rule = [e.reason for e in result.events if e.slice_id == item.id and e.kind is scheduler.EventKind.RESIDENCY]
+    if not rule:
+        return
+    runs = sum(placed.values())
+    below = f", below its floor of {item.min_replicas}" if runs < item.min_replicas else ""
+    reason = f"{'; '.join(rule)}; it runs {runs} of {item.max_replicas} replica(s){below}"
+    last = session.exec(
+        select(ScaleEvent.reason)
+        .where(ScaleEvent.slice_id == item.id, ScaleEvent.kind == ScaleKind.ALERT,
+               col(ScaleEvent.reason).startswith("residency "))
+        .order_by(col(ScaleEvent.id).desc())
+        .limit(1)
+    ).first()  # fmt: skip
+    if placed != item.placement or last != reason:
+        session.add(ScaleEvent(
+            tenant_id=item.tenant_id, slice_id=item.id, kind=ScaleKind.ALERT, min_before=item.min_replicas,
+            min_after=item.min_replicas, max_before=sum(item.placement.values()), max_after=runs, reason=reason,
+        ))  # fmt: skip
 
 
 def scale_kind(changes: Sequence[scheduler.Event]) -> ScaleKind:

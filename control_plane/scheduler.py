@@ -342,7 +342,7 @@ def _report_short(demand: SliceDemand, short: int, rooms: Iterable[_Room], resul
     kind = EventKind.ALERT if demand.priority is Priority.RESERVED else EventKind.UNPLACED
     reason = f"{short} {demand.priority.value} replica(s) do not fit on this site's eligible nodes"
     result.events.append(Event(kind, demand.slice_id, None, reason))
-    if demand.residency in (Residency.SITE, Residency.ANY_BANK):
+    if demand.residency is Residency.ANY_BANK:
         return
     # Would the class's usual nodes have had room? Then the rule, not the site, left the slice short.
     widest = Residency.SITE if demand.priority is not Priority.BANK else Residency.ANY_BANK
@@ -350,7 +350,9 @@ def _report_short(demand: SliceDemand, short: int, rooms: Iterable[_Room], resul
         r.node.node_id for r in rooms if not _usable(r, demand) and _usable(r, demand, widest) and r.fits(demand)
     ]
     if forbidden:
-        allowed = "its tenant's own" if demand.residency is Residency.OWN_NODES else "the operator's"
+        allowed = {Residency.OWN_NODES: "its tenant's own", Residency.OPERATOR_NODES: "the operator's"}.get(
+            demand.residency, "the operator's or its tenant's own"
+        )
         reason = (
             f"residency {demand.residency.value}: {short} replica(s) do not fit on {allowed} nodes; "
             f"{len(forbidden)} node(s) with room are not allowed to run them"

@@ -121,7 +121,8 @@ class Permission(StrEnum):
     MANAGE_TENANTS = "manage_tenants"
     MANAGE_USERS = "manage_users"
     MANAGE_SITES = "manage_sites"
-    MANAGE_NODES = "manage_nodes"
+    MANAGE_NODES = "manage_nodes"  # every node of every owner, capacity alerts, the operators' dashboard
+    LEND_NODES = "lend_nodes"  # join, read, lend and take back nodes: operators any, edge operators their tenant's
     READ_SITES = "read_sites"
     MANAGE_LINES = "manage_lines"
     MANAGE_ROBOTS = "manage_robots"
@@ -150,7 +151,8 @@ ROLES_FOR: Mapping[Permission, tuple[Role, ...]] = MappingProxyType({
     Permission.MANAGE_USERS: (Role.OPERATOR, Role.PLANT_MANAGER),
     Permission.MANAGE_SITES: (Role.OPERATOR,),
     Permission.MANAGE_NODES: (Role.OPERATOR,),
-    Permission.READ_SITES: (Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT),
+    Permission.LEND_NODES: (Role.OPERATOR, Role.EDGE_OPERATOR),
+    Permission.READ_SITES: (Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT, Role.EDGE_OPERATOR),
     Permission.MANAGE_LINES: (Role.PLANT_MANAGER, Role.FACTORY_IT),
     Permission.MANAGE_ROBOTS: (Role.FACTORY_IT,),
     Permission.READ_ROBOTS: (Role.FACTORY_IT, Role.PLANT_MANAGER, Role.OPERATOR),

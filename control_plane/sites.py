@@ -91,11 +91,17 @@ def ingress_node_id(session: Session, site: Site) -> int | None:
     """The node whose agent applies the site's slices, so runs their ingress: the Ray head.
 
     A head joins without ``--ray-address`` (workers name the head's); with several (a reinstalled
-    head), the one heard from last. Only this node is sent the ingress's broker password.
+    head), the one heard from last. Only this node is sent the ingress's broker password, so it is always
+    one of the operator's: a tenant's node (a lab's, a factory's) never is, whatever it claims.
     """
     head = session.exec(
         select(Node)
-        .where(Node.site_id == site.id, Node.status != NodeStatus.REMOVED, col(Node.ray_address).is_(None))
+        .where(
+            Node.site_id == site.id,
+            Node.status != NodeStatus.REMOVED,
+            col(Node.ray_address).is_(None),
+            col(Node.owner_tenant_id).is_(None),
+        )
         .order_by(col(Node.last_heartbeat_at).desc(), col(Node.id).desc())
     ).first()
     return head.id if head else None

@@ -22,6 +22,7 @@ class Role(StrEnum):
     OPERATOR = "operator"
     PLANT_MANAGER = "plant_manager"
     FACTORY_IT = "factory_it"
+    EDGE_OPERATOR = "edge_operator"  # runs its tenant's own nodes: joins them, lends their windows, takes them back
 
 
 class TenantCreate(Input):
@@ -46,7 +47,7 @@ class TenantPublic(SQLModel):
 
 class UserCreate(Input):
     email: str = Field(max_length=320, description="Login name (an e-mail address).")
-    role: Role = Field(description="operator, plant_manager or factory_it.")
+    role: Role = Field(description="operator, plant_manager, factory_it or edge_operator.")
     tenant_id: RowId | None = Field(default=None, description="Operators only: the tenant of the new user.")
     password: str | None = Field(
         default=None, min_length=10, max_length=200, description="Dashboard password (10+ characters); optional."

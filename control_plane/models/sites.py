@@ -1,5 +1,8 @@
 """Sites (a plant with its MQTT broker), join tokens, and the edge nodes that join them, with the
-compute bank's lending windows and the statuses an operator may set."""
+compute bank's lending windows and the statuses an operator may set.
+
+A node belongs to the platform operator (``owner_tenant_id`` null) or to a tenant: a factory's own edge
+servers, or a lab that lends its GPUs. The owner comes from the join token that joined it."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class BrokerAdmin(SQLModel):
 class JoinToken(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     site_id: int = Field(foreign_key="site.id", index=True)
+    owner_tenant_id: int | None = Field(default=None, foreign_key="tenant.id")  # the nodes it joins are this tenant's
     token_hash: str = Field(unique=True, index=True, max_length=64)
     expires_at: datetime
     used_at: datetime | None = None
@@ -51,6 +55,7 @@ class JoinToken(SQLModel, table=True):
 
 class JoinTokenIssued(SQLModel):
     site_id: int
+    owner_tenant_id: int | None = Field(description="The tenant that will own the node it joins; null: the operator.")
     token: str = Field(description="One-time token for `lineside edge-node join`; shown once.")
     expires_at: datetime
 
@@ -58,6 +63,7 @@ class JoinTokenIssued(SQLModel):
 class Node(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     site_id: int = Field(foreign_key="site.id", index=True)
+    owner_tenant_id: int | None = Field(default=None, foreign_key="tenant.id", index=True)  # None: the operator's
     hostname: str = Field(max_length=255)
     cpus: int
     memory_mb: int
@@ -77,6 +83,7 @@ class Node(SQLModel, table=True):
 class NodePublic(SQLModel):
     id: int
     site_id: int
+    owner_tenant_id: int | None = Field(description="The tenant that owns the node; null: the platform operator.")
     hostname: str
     cpus: int
     memory_mb: int

@@ -15,7 +15,7 @@ from sqlmodel import Field, SQLModel
 
 from contracts.slice_spec import BatchSpec, ReplicaSpec, ResourceSpec, check_replica_bounds
 from control_plane.models._common import Input, RowId, field_from, topic_safe_name, utcnow
-from control_plane.scheduler import Priority
+from control_plane.scheduler import Priority, Residency
 from control_plane.states import SliceStatus
 
 
@@ -66,6 +66,13 @@ class SliceKnobs(SQLModel):
     upscale_delay_s: float = field_from(ReplicaSpec, "upscale_delay_s")
     downscale_delay_s: float = field_from(ReplicaSpec, "downscale_delay_s")
     priority: Priority = Field(default=Priority.RESERVED, description="reserved, burst or bank (compute bank).")
+    residency: Residency = Field(
+        default=Residency.SITE,
+        description="Where its frames may be judged: own_nodes (only nodes its tenant owns), operator_nodes (only "
+        "the operator's), site (the operator's nodes its class may use and its tenant's own) or any_bank (also "
+        "other owners' nodes while they lend them, for bank slices). Never broken: if the rule leaves the slice "
+        "short, it runs with what fits and an alert event says why.",
+    )
 
 
 class SliceCreate(SliceKnobs, Input):

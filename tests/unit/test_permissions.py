@@ -14,7 +14,7 @@ from control_plane.api import deps
 from control_plane.models import Role, SliceScale
 from control_plane.security import ROLES_FOR, Permission, Principal
 
-OP, PM, IT = Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT
+OP, PM, IT, EO = Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT, Role.EDGE_OPERATOR
 
 # Who may do what, as the API has promised since roles existed (the old CAN table, by value).
 MATRIX = {
@@ -22,7 +22,9 @@ MATRIX = {
     "manage_users": {OP, PM},
     "manage_sites": {OP},
     "manage_nodes": {OP},
-    "read_sites": {OP, PM, IT},
+    # the compute bank (issue 14): a tenant's edge operators join, lend and take back its own nodes
+    "lend_nodes": {OP, EO},
+    "read_sites": {OP, PM, IT, EO},
     "manage_lines": {PM, IT},
     "manage_robots": {IT},
     "read_robots": {OP, PM, IT},
@@ -85,7 +87,7 @@ def test_the_dependency_gives_the_caller_to_a_role_that_may() -> None:
     assert response.status_code == 200 and response.json() == {"user_id": 3, "role": "plant_manager"}
 
 
-@pytest.mark.parametrize("role", [OP, IT])
+@pytest.mark.parametrize("role", [OP, IT, EO])
 def test_the_dependency_answers_403_naming_the_role_that_may(role: Role) -> None:
     response = _app(role).post("/slices")
     assert response.status_code == 403

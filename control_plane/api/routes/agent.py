@@ -46,10 +46,15 @@ def join(body: NodeJoin, session: SessionDep) -> NodeJoined:
     if session.execute(spend).rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise Unauthenticated("join token unknown, used or expired; ask an operator for a new one")
-    site_id = session.exec(select(JoinToken.site_id).where(JoinToken.token_hash == hashed)).one()
+    site_id, owner = session.exec(
+        select(JoinToken.site_id, JoinToken.owner_tenant_id).where(JoinToken.token_hash == hashed)
+    ).one()
+    if owner is not None and body.ray_address is None:  # the Ray head is sent every slice's broker password
+        session.rollback()
+        raise InvalidInput("a node a tenant owns joins as a worker of the site's Ray head: give --ray-address")
     node_token = new_token("node")
     node = Node(
-        site_id=site_id, hostname=body.hostname, cpus=body.cpus, memory_mb=body.memory_mb,
+        site_id=site_id, owner_tenant_id=owner, hostname=body.hostname, cpus=body.cpus, memory_mb=body.memory_mb,
         gpus=[gpu.model_dump() for gpu in body.gpus], ray_address=body.ray_address,
         token_hash=token_hash(node_token), last_heartbeat_at=utcnow(),
     )  # fmt: skip

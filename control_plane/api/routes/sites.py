@@ -1,4 +1,5 @@
-"""Sites (``/sites``): one Ray cluster and one broker each, with their join tokens. Operators provision.
+"""Sites (``/sites``): one Ray cluster and one broker each, with their join tokens. Operators provision;
+a tenant's edge operators issue join tokens for nodes their tenant will own, on a site the operator runs.
 
 The nodes that joined a site are under ``/nodes``; capacity that no longer fits on a site under ``/alerts``.
 """
@@ -8,12 +9,23 @@ from __future__ import annotations
 from datetime import UTC, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from sqlmodel import select
 
 from control_plane import broker_sync, catalogue
 from control_plane.api.deps import IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed, get_or_404, insert
-from control_plane.models import BrokerAdmin, JoinToken, JoinTokenIssued, Site, SiteCreate, SitePublic, utcnow
+from control_plane.errors import NotFound
+from control_plane.models import (
+    MAX_ID,
+    BrokerAdmin,
+    JoinToken,
+    JoinTokenIssued,
+    Site,
+    SiteCreate,
+    SitePublic,
+    Tenant,
+    utcnow,
+)
 from control_plane.security import Permission, Principal, new_token, token_hash
 from control_plane.sites import broker_admin_password, sync_broker
 
@@ -78,17 +90,34 @@ def sync_site_broker(
     return sync_broker(session, settings, get_or_404(session, Site, site_id))
 
 
+OwnerQuery = Annotated[
+    int | None,
+    Query(ge=1, le=MAX_ID, description="The tenant that will own the node (operators; default: the operator). "
+          "An edge operator's tokens always join nodes its own tenant owns."),
+]  # fmt: skip
+
+
 @router.post("/{site_id}/join-tokens", response_model=JoinTokenIssued, status_code=201)
 def create_join_token(
     site_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
-    caller: Annotated[Principal, allowed(Permission.MANAGE_NODES, "creating join tokens")],
+    caller: Annotated[Principal, allowed(Permission.LEND_NODES, "creating join tokens")],
+    owner_tenant_id: OwnerQuery = None,
 ) -> JoinTokenIssued:
-    """A one-time token for ``lineside edge-node join``; shown once."""
+    """A one-time token for ``lineside edge-node join``; shown once. The node it joins belongs to the token's
+    owner: the operator, or a tenant (an edge operator's own tenant, or the one an operator names)."""
     get_or_404(session, Site, site_id)
+    if caller.is_operator:
+        owner = owner_tenant_id
+        if owner is not None:
+            get_or_404(session, Tenant, owner)
+    elif owner_tenant_id not in (None, caller.tenant_id):
+        raise NotFound(f"tenant {owner_tenant_id} not found")
+    else:
+        owner = caller.tenant_id
     token = new_token("join")
     expires = utcnow() + timedelta(seconds=settings.join_token_ttl_s)
-    session.add(JoinToken(site_id=site_id, token_hash=token_hash(token), expires_at=expires))
+    session.add(JoinToken(site_id=site_id, owner_tenant_id=owner, token_hash=token_hash(token), expires_at=expires))
     session.commit()
-    return JoinTokenIssued(site_id=site_id, token=token, expires_at=expires)
+    return JoinTokenIssued(site_id=site_id, owner_tenant_id=owner, token=token, expires_at=expires)
