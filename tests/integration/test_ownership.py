@@ -32,7 +32,7 @@ def join(client: TestClient, token: str, hostname: str, cpus: int, *, worker: bo
     return dict(node)
 
 
-def site_of_owners(cp: ControlPlane) -> tuple[dict[str, str], dict[str, str], int, int, int]:
+def site_of_owners(cp: ControlPlane) -> tuple[dict[str, str], dict[str, str], int, int, int, dict[str, str]]:
     """The operator's 8-CPU head node, acme's 2-CPU edge server, globex's 16-CPU lab server lent on weekday nights."""
     cp.client.app.state.clock = lambda: MONDAY_NIGHT  # type: ignore[attr-defined]
     acme_eo = edge_operator(cp, cp.a.tenant_id, cp.a.pm, "edge@acme.example")  # a plant manager may add one
@@ -50,12 +50,13 @@ def site_of_owners(cp: ControlPlane) -> tuple[dict[str, str], dict[str, str], in
     lab = join(cp.client, lab_token, "lab-gpu-1", cpus=16)
     assert (acme_node["owner_tenant_id"], lab["owner_tenant_id"]) == (cp.a.tenant_id, cp.b.tenant_id)
     ok(cp.client.put(f"/nodes/{lab['id']}/contribution", json=NIGHTS, headers=lab_eo))
-    return acme_eo, lab_eo, int(str(head["id"])), int(str(acme_node["id"])), int(str(lab["id"]))
+    ids = int(str(head["id"])), int(str(acme_node["id"])), int(str(lab["id"]))
+    return acme_eo, lab_eo, *ids, bearer(str(lab["node_token"]))
 
 
 def test_edge_operators_join_see_lend_and_take_back_only_their_own_nodes(control_plane: ControlPlane) -> None:
     cp = control_plane
-    acme_eo, lab_eo, head, acme_node, lab = site_of_owners(cp)
+    acme_eo, lab_eo, head, acme_node, lab, _ = site_of_owners(cp)
     assert [n["id"] for n in ok(cp.client.get("/nodes", headers=acme_eo))] == [acme_node]
     assert [n["id"] for n in ok(cp.client.get(f"/nodes?site_id={cp.site_id}", headers=lab_eo))] == [lab]
     every = {n["id"]: n["owner_tenant_id"] for n in ok(cp.client.get("/nodes", headers=cp.op))}
@@ -92,7 +93,7 @@ def test_edge_operators_join_see_lend_and_take_back_only_their_own_nodes(control
 
 def test_an_own_nodes_slice_never_runs_on_a_lent_node_of_another_owner(control_plane: ControlPlane) -> None:
     cp = control_plane
-    acme_eo, _, head, acme_node, lab = site_of_owners(cp)
+    acme_eo, _, head, acme_node, lab, _ = site_of_owners(cp)
     base = {"line_ids": [cp.a.line_id], "model_version_id": 1, "priority": "bank", "max_replicas": 4}
     # Acme's new slices go to its own server first, though the operator's head has more room.
     first = ok(cp.client.post("/slices", json={**base, "slug": "first", "priority": "reserved", "max_replicas": 1},
@@ -123,3 +124,16 @@ def test_an_own_nodes_slice_never_runs_on_a_lent_node_of_another_owner(control_p
     body = {**base, "slug": "operator-only", "residency": "operator_nodes", "priority": "burst", "max_replicas": 2}
     operator_only = ok(cp.client.post("/slices", json=body, headers=cp.a.pm), 201)
     assert set(operator_only["placement"]) <= {str(head)}
+
+
+def test_a_lent_node_running_a_tenants_slice_gets_no_broker_password(control_plane: ControlPlane) -> None:
+    """The lab's server runs acme's bank replicas, not their ingress: no slice's broker password reaches it."""
+    cp = control_plane
+    *_, acme_node, lab, lab_agent = site_of_owners(cp)
+    body = {"slug": "night", "line_ids": [cp.a.line_id], "model_version_id": 1, "priority": "bank",
+            "residency": "any_bank", "max_replicas": 4}  # fmt: skip
+    night = ok(cp.client.post("/slices", json=body, headers=cp.a.pm), 201)
+    assert night["placement"] == {str(acme_node): 2, str(lab): 2}  # its own server first, then the lab's
+    slices = ok(cp.client.get("/agent/v1/desired", headers=lab_agent))["slices"]
+    assert night["id"] in {s["slice_id"] for s in slices}
+    assert all(s["spec"]["broker"]["password"] is None for s in slices)
