@@ -36,7 +36,7 @@ PAGES: dict[str, tuple[str, Role]] = {
     "it": ("Robots", Role.FACTORY_IT),
     "operator": ("Edge operations", Role.OPERATOR),
 }
-HOME = {role: page for page, (_, role) in PAGES.items()}
+HOME = {role: page for page, (_, role) in PAGES.items()}  # edge operators have no page yet: the API's docs
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 static = StaticFiles(directory=STATIC)
@@ -54,8 +54,9 @@ def render(page: str, title: str, caller: Principal | None, email: str = "") -> 
     """The layout around ``pages/<page>.html``; the nav shows the caller's own page only."""
     nav = ""
     if caller is not None:
-        home = HOME[caller.role]
-        nav = (f'<nav aria-label="Pages"><a href="/ui/{home}" aria-current="page">{PAGES[home][0]}</a>'
+        home = HOME.get(caller.role)
+        own = f'<a href="/ui/{home}" aria-current="page">{PAGES[home][0]}</a>' if home else ""
+        nav = (f'<nav aria-label="Pages">{own}'
                f'<a href="/docs">API</a></nav><span class="who">{html.escape(email)} · {caller.role.value}</span>'
                '<button type="button" id="logout" class="quiet">Log out</button>')  # fmt: skip
     return (_file("layout.html").replace("{{title}}", title).replace("{{nav}}", nav)
@@ -80,7 +81,7 @@ def login_page() -> str:
 @router.get("/", response_class=RedirectResponse)
 def home(request: Request) -> Response:
     found = _caller(request)
-    target = f"/ui/{HOME[found[0].role]}" if found else "/ui/login"
+    target = ("/ui/" + HOME[found[0].role] if found[0].role in HOME else "/docs") if found else "/ui/login"
     return RedirectResponse(target, status_code=303)
 
 
