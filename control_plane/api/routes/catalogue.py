@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from sqlmodel import col, select
 
 from control_plane import catalogue
-from control_plane.api.deps import IdFilter, IdPath, SessionDep, UtcNowDep, allowed, get_or_404
+from control_plane.api.deps import IdFilter, IdPath, PageDep, SessionDep, UtcNowDep, allowed, get_or_404
 from control_plane.errors import Conflict, InvalidInput
 from control_plane.models import PriceCreate, Product, ProductCreate, ProductPrice, Site
 from control_plane.security import Permission, Principal
@@ -50,16 +50,17 @@ def list_products(
     session: SessionDep,
     caller: Annotated[Principal, allowed(Permission.READ_CATALOGUE, "reading the catalogue")],
     now: UtcNowDep,
+    page: PageDep,
     site_id: IdFilter = None,
 ) -> list[dict[str, Any]]:
-    """Products with the price in force now (and any announced for later); plant managers see those on
-    sale, operators also the retired ones."""
-    query = select(Product).order_by(col(Product.id))
+    """Products with the price in force now (and any announced for later), by id, a page at a time
+    (X-Next-Cursor); plant managers see those on sale, operators also the retired ones."""
+    query = select(Product)
     if site_id is not None:
         query = query.where(Product.site_id == site_id)
     if not caller.is_operator:
         query = query.where(col(Product.active).is_(True))
-    return [_shown(session, p, now) for p in session.exec(query).all()]
+    return [_shown(session, p, now) for p in page.of(session, query, Product)]
 
 
 @router.get("/{product_id}")

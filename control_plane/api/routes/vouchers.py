@@ -12,10 +12,10 @@ from typing import Annotated
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from control_plane import ledger_store, vouchers
-from control_plane.api.deps import NowDep, SessionDep, allowed
+from control_plane.api.deps import NowDep, PageDep, SessionDep, allowed, own_tenant
 from control_plane.errors import Forbidden
 from control_plane.models import Account, Voucher, VoucherProgramme, as_utc
 from control_plane.models._common import Input
@@ -80,7 +80,16 @@ def list_vouchers(
     session: SessionDep,
     now: NowDep,
     caller: Annotated[Principal, allowed(Permission.READ_BILLING, "reading vouchers")],
+    page: PageDep,
 ) -> list[VoucherPublic]:
-    """Your factory's vouchers with what each has left (operators: every factory's), oldest first."""
-    tenant = None if caller.is_operator else caller.tenant_id
-    return [_public(session, *row, now) for row in vouchers.held_by(session, tenant)]
+    """Your factory's redeemed vouchers with what each has left (operators: every factory's), by id, a page
+    at a time (X-Next-Cursor)."""
+    query = own_tenant(select(Voucher).where(col(Voucher.account_id).is_not(None)), Voucher, caller)
+    shown = []
+    for voucher in page.of(session, query, Voucher):
+        programme = session.get(VoucherProgramme, voucher.programme_id)
+        account = session.get(Account, voucher.account_id)
+        assert programme is not None
+        assert account is not None
+        shown.append(_public(session, voucher, programme, account, now))
+    return shown
