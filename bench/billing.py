@@ -64,8 +64,7 @@ TERMS = {"kind": "capacity", "reserved_per_hour": "0.90", "burst_per_hour": "1.1
          "billed_increment_s": 60}  # fmt: skip
 PRIORITIES = (Priority.RESERVED, Priority.BURST, Priority.BANK)
 INGEST_BATCH = 5_000  # rows per INSERT: 10 columns a row stays under the driver's 65,535 parameters
-REPEATED = 0.05
-LATE = 0.02
+REPEATED, LATE = 0.05, 0.02  # shares of the records sent twice, and sent only after a first rating pass
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def _progress(message: str) -> None:
     print(f"[bench billing {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-# --- the throwaway database ------------------------------------------------------------------------
+# --- the throwaway database --------------------------------------------------------------------------
 
 
 def _admin(server: str) -> psycopg.Connection[Any]:
@@ -240,8 +239,7 @@ def ingest(
 
 
 def analyze(engine: Engine) -> float:
-    """``ANALYZE``, as autovacuum does after a bulk load (the test server runs with autovacuum off), so the
-    planner knows the usage table's size; counted in the ingest time."""
+    """``ANALYZE`` as autovacuum would after a bulk load (off on the test server); counted as ingest time."""
     started = time.perf_counter()
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("ANALYZE"))
@@ -331,14 +329,16 @@ def measure(shape: Shape, server: str = DEFAULT_SERVER, seed: int = 13) -> dict[
     name, url = _create_database(server)
     engine = make_engine(url)
     workdir = Path(tempfile.mkdtemp(prefix="lineside-bench-billing-"))
-    quiet = logging.getLogger("control_plane")  # holds and alerts of 1,000 tenants would drown the progress lines
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    quiet = [logging.getLogger(name) for name in ("control_plane", "alembic")]  # 1,000 tenants' holds drown progress
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
     try:
         return _measure(engine, ControlPlaneSettings(data_dir=workdir, database_url=url, monitor_sites=False), shape,
                         random.Random(seed))  # fmt: skip
     finally:
-        quiet.setLevel(level)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
         engine.dispose()
         _drop_database(server, name)
         shutil.rmtree(workdir, ignore_errors=True)
