@@ -41,13 +41,15 @@ so metering can neither fail a heartbeat nor lose telemetry.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col, select
+from sqlalchemy import text
+from sqlalchemy.dialects import sqlite
+from sqlmodel import Session, select
 
 from contracts import wire
 from contracts.agent_api import SliceReport
@@ -77,15 +79,35 @@ def guarded(session: Session, what: str, write: Callable[[], Any]) -> None:
         log.exception("metering %s failed; the report itself was kept", what)
 
 
+COLUMNS = ("key", "source", "tenant_id", "slice_id", "node_id", "line_id", "window_start", "window_s",
+           "replica_seconds", "verdicts")  # fmt: skip
+_UNNEST = text(
+    "INSERT INTO usagerecord (key, source, tenant_id, slice_id, node_id, line_id, window_start, window_s, "
+    "replica_seconds, verdicts, received_at) "
+    "SELECT k, s, t, sl, n, l, w, ws, rs, CAST(v AS json), :now FROM unnest("
+    "CAST(:key AS text[]), CAST(:source AS text[]), CAST(:tenant_id AS integer[]), CAST(:slice_id AS integer[]), "
+    "CAST(:node_id AS integer[]), CAST(:line_id AS integer[]), CAST(:window_start AS timestamptz[]), "
+    "CAST(:window_s AS integer[]), CAST(:replica_seconds AS bigint[]), CAST(:verdicts AS text[])"
+    ") AS u(k, s, t, sl, n, l, w, ws, rs, v) ON CONFLICT (key) DO NOTHING RETURNING id"
+)
+
+
 def insert_once(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert records whose key is new; returns how many were new (duplicates are dropped silently)."""
+    """Insert records whose key is new; returns how many were new (duplicates are dropped silently).
+
+    One statement whatever the number of rows: on PostgreSQL the rows travel as one array per column
+    (``unnest``), on SQLite as the parameters of one prepared INSERT run for each row. (A multi-row
+    VALUES statement compiled afresh for every call cost about half a millisecond a row.)"""
     if not rows:
         return 0
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = insert(UsageRecord).values([{**row, "received_at": utcnow()} for row in rows])
-    statement = values.on_conflict_do_nothing(index_elements=["key"]).returning(col(UsageRecord.id))
-    return len(session.connection().execute(statement).all())  # RETURNING: rowcount varies by driver
+    connection, now = session.connection(), utcnow()
+    if connection.dialect.name == "postgresql":
+        columns = {name: [row.get(name) for row in rows] for name in COLUMNS}
+        columns["verdicts"] = [json.dumps(row.get("verdicts") or {}) for row in rows]
+        return len(connection.execute(_UNNEST, {**columns, "now": now}).all())  # RETURNING: only the new ones
+    statement = sqlite.insert(UsageRecord).on_conflict_do_nothing(index_elements=["key"])
+    result = connection.execute(statement, [{**row, "received_at": now} for row in rows])  # executemany
+    return int(result.rowcount)  # sqlite3 sums the rows each execution inserted (0 for an ignored duplicate)
 
 
 def running_replicas(report: SliceReport) -> int:
