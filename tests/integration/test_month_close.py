@@ -40,6 +40,7 @@ from control_plane.api.routes import agent as agent_routes
 from control_plane.app import create_app
 from control_plane.models import Invoice, Lease, Site, UsageRecord
 from control_plane.pricing import ROBOT_ERRORS
+from edge_node import cluster
 from edge_node.agent import Agent, join
 from robots.sdk import RobotClient
 from tests.integration.cp_fixtures import ControlPlane, ok
@@ -289,3 +290,5 @@ def test_a_month_closes_to_the_cent_of_what_really_ran(
         assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     finally:
         plant.stop()
+        if app_name in cluster.applications():
+            cluster.delete_slice(app_name)  # the session's Ray has two CPUs: the next slice test needs them

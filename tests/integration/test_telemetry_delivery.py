@@ -25,6 +25,7 @@ def _verdict_records(cp: ControlPlane) -> list[UsageRecord]:
         return list(session.exec(select(UsageRecord).where(UsageRecord.source == "verdicts")).all())
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the broker's session is the subject
 def test_telemetry_sent_while_the_control_plane_is_away_is_stored_once_when_it_returns(
     control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
