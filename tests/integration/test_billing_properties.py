@@ -382,6 +382,6 @@ def test_any_sequence_of_usage_money_and_rating_keeps_the_books(tmp_path: Path) 
     Books.template = _migrated(tmp_path)
     run_state_machine_as_test(
         Books,
-        settings=settings(max_examples=20, stateful_step_count=40, deadline=None,
+        settings=settings(max_examples=12, stateful_step_count=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]),
     )  # fmt: skip

@@ -212,12 +212,12 @@ def test_a_month_closes_to_the_cent_of_what_really_ran(
         edge = agent()
         beat(edge)  # applies the slice on Ray
         wait_until(lambda: _running_in_serve(app_name) >= 1, 180, "the slice to run on Ray")
-        for k in range(8):  # phase 1: the capacity lease, across minute boundaries
+        for k in range(5):  # phase 1: the capacity lease, across a minute boundary
             time.sleep(9)
             beat(edge)
-            if k == 2:
+            if k == 1:
                 edge = agent()  # the agent restarts (state from its disk only)
-            if k == 5:
+            if k == 3:
                 plant.restart()  # the control plane restarts between reports and rating
                 edge = agent()
 
