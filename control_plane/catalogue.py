@@ -91,20 +91,13 @@ def seed_site_product(session: Session, site: Site, settings: ControlPlaneSettin
     price = settings.replica_hour_price
     product = add_product(session, sku=standard_sku(site), site_id=site.id, name=f"Standard replica, {site.name}",
                           hardware_class="replica", unit=pricing.UnitKind.CAPACITY)  # fmt: skip
-    terms = {"kind": "capacity", "reserved_per_hour": str(price), "burst_per_hour": str(price),
-             "bank_per_hour": str((price / 2).quantize(Decimal("0.0001")))}  # fmt: skip
-    if price == 0:
-        terms = {**terms, "bank_per_hour": "0"}
-    add_price(session, product, effective_from=today, currency=settings.currency, terms=_bank_rule(terms), today=today)
+    # Bank replicas are preemptible, so bank must be the cheapest rate; a free standard product prices bank
+    # at zero and the rest at a cent a thousand hours, which charges nobody a minor unit.
+    paid = str(price) if price else "0.00001"
+    bank = str((price / 2).quantize(Decimal("0.0001"))) if price else "0"
+    terms = {"kind": "capacity", "reserved_per_hour": paid, "burst_per_hour": paid, "bank_per_hour": bank}
+    add_price(session, product, effective_from=today, currency=settings.currency, terms=terms, today=today)
     return product
-
-
-def _bank_rule(terms: dict[str, str]) -> dict[str, str]:
-    """A free standard product has nothing cheaper for the bank: price bank at zero and the rest at a cent
-    a thousand hours, so the rule that bank is cheapest holds without charging anyone a minor unit."""
-    if Decimal(terms["reserved_per_hour"]) == 0:
-        return {**terms, "reserved_per_hour": "0.00001", "burst_per_hour": "0.00001"}
-    return terms
 
 
 def price_in_force(session: Session, product: Product, at: datetime) -> ProductPrice:
