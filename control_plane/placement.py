@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlmodel import Session, col, select
 
@@ -30,7 +30,22 @@ from control_plane.states import NodeStatus, transition
 log = logging.getLogger(__name__)
 
 
-def node_spec(node: Node) -> scheduler.NodeSpec:
+def deadline(now: datetime, notice_s: int) -> datetime:
+    """``notice_s`` after ``now`` (the control plane's plant-local clock), stored as an aware time."""
+    return (now + timedelta(seconds=notice_s)).astimezone(UTC)
+
+
+def _held_until(node: Node, now: datetime) -> datetime | None:
+    """A draining node's deadline on the scheduler's clock; one without notice (or past it) holds nothing."""
+    if node.status is not NodeStatus.DRAINING:
+        return None
+    if node.held_until is None:
+        return now
+    local = node.held_until.astimezone()
+    return local if now.tzinfo is not None else local.replace(tzinfo=None)
+
+
+def node_spec(node: Node, now: datetime) -> scheduler.NodeSpec:
     assert node.id is not None
     windows = tuple(
         scheduler.Window(frozenset(w["days"]), time.fromisoformat(w["start"]), time.fromisoformat(w["end"]))
@@ -38,9 +53,10 @@ def node_spec(node: Node) -> scheduler.NodeSpec:
     )
     gpus = tuple(scheduler.GpuSpec(int(g.get("memory_mb", 0))) for g in node.gpus)
     return scheduler.NodeSpec(
-        node.id, float(node.cpus), node.memory_mb, gpus, online=node.status is NodeStatus.ONLINE,
-        contributed=node.contributed, windows=windows, holidays=frozenset(date.fromisoformat(d) for d in node.holidays),
-        owner=node.owner_tenant_id,
+        node.id, float(node.cpus), node.memory_mb, gpus,
+        online=node.status in (NodeStatus.ONLINE, NodeStatus.DRAINING), contributed=node.contributed,
+        windows=windows, holidays=frozenset(date.fromisoformat(d) for d in node.holidays), owner=node.owner_tenant_id,
+        held_until=_held_until(node, now), notice=timedelta(seconds=node.notice_s),
     )  # fmt: skip
 
 
@@ -56,12 +72,19 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
     nodes = session.exec(select(Node).where(Node.site_id == site.id, Node.status != NodeStatus.REMOVED)).all()
     slices = session.exec(select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES))).all()
     current = {s.id: [int(n) for n, k in s.placement.items() for _ in range(k)] for s in slices if s.id is not None}
-    result = scheduler.place([node_spec(n) for n in nodes], [demand(s) for s in slices], current, now=now)
+    result = scheduler.place([node_spec(n, now) for n in nodes], [demand(s) for s in slices], current, now=now)
     for item in slices:
         assert item.id is not None
         placed = {str(n): k for n, k in sorted(Counter(result.assignments.get(item.id, [])).items())}
         _residency_alert(session, item, result, placed)
-        if placed == item.placement:
+        if placed == item.placement:  # e.g. a drain with notice and no room elsewhere: say so, once
+            alerts = [e.reason for e in result.alerts if e.slice_id == item.id]
+            notices = [e.reason + f" (node {e.node_id})" for e in result.events
+                       if e.slice_id == item.id and e.kind is scheduler.EventKind.NOTICE]  # fmt: skip
+            if alerts and notices:
+                reason = (f"reserved slice {item.slug}: " + "; ".join(alerts) + " once the notice ends: "
+                          + "; ".join(notices) + "; add or undrain nodes on this site")  # fmt: skip
+                _alert_once(session, item, reason, sum(placed.values()))
             continue
         quiet = (scheduler.EventKind.PLACED, scheduler.EventKind.RESIDENCY)
         changes = [e for e in result.events if e.slice_id == item.id and e.kind not in quiet]
@@ -106,10 +129,25 @@ def _residency_alert(session: Session, item: Slice, result: scheduler.Placement,
         .limit(1)
     ).first()  # fmt: skip
     if placed != item.placement or last != reason:
-        session.add(ScaleEvent(
-            tenant_id=item.tenant_id, slice_id=item.id, kind=ScaleKind.ALERT, min_before=item.min_replicas,
-            min_after=item.min_replicas, max_before=sum(item.placement.values()), max_after=runs, reason=reason,
-        ))  # fmt: skip
+        _alert(session, item, reason, runs)
+
+
+def _alert_once(session: Session, item: Slice, reason: str, runs: int) -> None:
+    """An alert event unless the slice's last one says the same (the planner's period re-places often)."""
+    last = session.exec(
+        select(ScaleEvent.reason).where(ScaleEvent.slice_id == item.id, ScaleEvent.kind == ScaleKind.ALERT)
+        .order_by(col(ScaleEvent.id).desc()).limit(1)
+    ).first()  # fmt: skip
+    if last != reason:
+        _alert(session, item, reason, runs)
+
+
+def _alert(session: Session, item: Slice, reason: str, runs: int) -> None:
+    assert item.id is not None
+    session.add(ScaleEvent(
+        tenant_id=item.tenant_id, slice_id=item.id, kind=ScaleKind.ALERT, min_before=item.min_replicas,
+        min_after=item.min_replicas, max_before=sum(item.placement.values()), max_after=runs, reason=reason,
+    ))  # fmt: skip
 
 
 def scale_kind(changes: Sequence[scheduler.Event]) -> ScaleKind:

@@ -8,7 +8,15 @@ higher one needs:
     bank       only on contributed nodes inside their availability windows; preempted first
 
 A node is eligible when it is online and, if contributed, inside one of its
-windows at ``now``. Draining, drained, offline and removed nodes hold nothing.
+windows at ``now``. Drained, offline and removed nodes hold nothing.
+
+Notice (preemption that loses nothing): a node its owner reclaims (draining,
+``held_until`` in the future) and a lent node whose window ends within its
+``notice`` take no new replicas but keep the ones they run until then, while
+their replacements are placed elsewhere where room exists. The agent starts the
+replacements at once and stops the old replicas (the ingress answers their
+frames) only when the notice is over; without room elsewhere the slice drops to
+what fits at that moment, and the ``NOTICE`` event says so beforehand.
 
 Owners and residency: a node belongs to the operator (``owner`` None) or to a
 tenant. A tenant's own slices may use its nodes at any time, whatever their
@@ -66,6 +74,7 @@ class EventKind(StrEnum):
     UNPLACED = "unplaced"  # burst or bank replicas that fit nowhere (best effort: no alert)
     ALERT = "alert"  # reserved replicas that fit nowhere: operators must add capacity
     RESIDENCY = "residency"  # replicas unplaced while nodes the slice's residency forbids had room
+    NOTICE = "notice"  # replicas kept on a leaving node until its notice ends (their replacement: MOVED + PLACED)
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,8 @@ class NodeSpec:
     windows: tuple[Window, ...] = ()
     holidays: frozenset[date] = frozenset()  # contributed nodes are available all day on these dates
     owner: int | None = None  # the tenant that owns it; None: the operator
+    held_until: datetime | None = None  # draining: takes no new replicas, keeps the ones it has until then
+    notice: timedelta = timedelta(0)  # how long before a window ends its bank replicas start to leave
 
     def lent(self, now: datetime) -> bool:
         """Online, contributed and inside a window (or on a holiday): the bank may use it now."""
@@ -116,6 +127,22 @@ class NodeSpec:
     def eligible(self, now: datetime) -> bool:
         """Usable now by slices of the operator's classes (its owner's slices may use it whenever it is online)."""
         return self.online and (not self.contributed or self.lent(now))
+
+    def leaving_until(self, now: datetime) -> datetime | None:
+        """While the node is leaving with notice, the moment its replicas must be gone; else None.
+
+        Draining: until ``held_until``. Lent: from ``notice`` before its window ends (looked up to the
+        minute) until the end, when it no longer holds bank replicas anyway.
+        """
+        if self.held_until is not None:
+            return self.held_until if now < self.held_until else None
+        if not self.notice or not self.lent(now) or self.lent(now + self.notice):
+            return None
+        end = now + self.notice
+        step = timedelta(minutes=1)
+        while end - step > now and not self.lent(end - step):
+            end -= step
+        return end
 
 
 @dataclass(frozen=True)
@@ -277,7 +304,8 @@ def place(
 ) -> Placement:
     """Assign every wanted replica to a node, keeping ``current`` assignments where they still hold."""
     current = current or {}
-    rooms = {n.node_id: _Room(n, now) for n in nodes if n.online}
+    leaving = {n.node_id: until for n in nodes if (until := n.leaving_until(now)) is not None}
+    rooms = {n.node_id: _Room(n, now) for n in nodes if n.online and n.held_until is None and n.node_id not in leaving}
     by_priority: dict[Priority, list[SliceDemand]] = {p: [] for p in PRIORITY_ORDER}
     for demand in sorted(demands, key=lambda d: d.slice_id):
         by_priority[demand.priority].append(demand)
@@ -294,16 +322,50 @@ def place(
             short = _fill(demand, missing, pools.for_demand(demand), result)
             if short:
                 _report_short(demand, short, rooms.values(), result)
+    _hold_leaving(nodes, leaving, [d for p in PRIORITY_ORDER for d in by_priority[p]], current, result, now)
     return result
+
+
+def _hold_leaving(
+    nodes: Sequence[NodeSpec],
+    leaving: Mapping[int, datetime],
+    demands: Sequence[SliceDemand],
+    current: Mapping[int, Sequence[int]],
+    result: Placement,
+    now: datetime,
+) -> None:
+    """Keep each leaving node's replicas (in class order, as far as its room goes) until its notice ends:
+    their replacements were placed elsewhere above, so for the notice both run."""
+    for node in sorted((n for n in nodes if n.node_id in leaving), key=lambda n: n.node_id):
+        room = _Room(node, now)
+        until = leaving[node.node_id]
+        for demand in demands:
+            wanted = sum(1 for n in current.get(demand.slice_id, ()) if n == node.node_id)
+            kept = 0
+            while kept < min(wanted, demand.replicas) and _usable(room, demand) and room.take(demand):
+                kept += 1
+            if kept:
+                result.assignments[demand.slice_id].extend([node.node_id] * kept)
+                reason = f"{kept} replica(s) kept until {until:%Y-%m-%d %H:%M:%S} while the node leaves with notice"
+                result.events.append(Event(EventKind.NOTICE, demand.slice_id, node.node_id, reason))
 
 
 def _keep(demand: SliceDemand, previous: Sequence[int], rooms: dict[int, _Room], result: Placement) -> list[int]:
     kept: list[int] = []
-    for node_id in sorted(previous)[: demand.replicas]:
+
+    def gone(node_id: int) -> bool:
         room = rooms.get(node_id)
-        if room is None or not _usable(room, demand):
+        return room is None or not _usable(room, demand)
+
+    # Usable nodes first, so that a slice with replacements running beside replicas on a leaving node
+    # keeps the replacements (a lower lease drops the surplus).
+    for node_id in sorted(previous, key=lambda n: (gone(n), n)):
+        room = rooms.get(node_id)
+        if room is None or gone(node_id):
             reason = "node is no longer eligible (offline, draining, outside its window or closed to the slice)"
             result.events.append(Event(EventKind.MOVED, demand.slice_id, node_id, reason))
+        elif len(kept) >= demand.replicas:
+            continue
         elif room.take(demand):
             kept.append(node_id)
         else:

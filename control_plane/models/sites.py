@@ -78,6 +78,8 @@ class Node(SQLModel, table=True):
     joined_at: datetime = Field(default_factory=utcnow)
     last_heartbeat_at: datetime | None = None
     utilization: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    notice_s: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # replicas' notice before they leave
+    held_until: datetime | None = None  # draining: its replicas stay until then while replacements start elsewhere
 
 
 class NodePublic(SQLModel):
@@ -95,6 +97,9 @@ class NodePublic(SQLModel):
     windows: list[dict[str, Any]]
     holidays: list[str]
     utilization: dict[str, Any] = Field(description="{'cpu': 0..1, 'gpus': [0..1, ...]} from the last heartbeat.")
+    notice_s: int = Field(description="Seconds its replicas keep running after a reclaim or before a window ends, "
+                                      "while their replacements start elsewhere.")  # fmt: skip
+    held_until: datetime | None = Field(description="Draining: when its last replicas stop (null: drained at once).")
 
 
 class NodeJoined(NodePublic):
@@ -110,12 +115,22 @@ class WindowIn(Input):
     _times = field_validator("start", "end")(hhmm)
 
 
+MAX_NOTICE_S = 7 * 24 * 3600
+
+
 class NodeContribution(Input):
     """A contributed node (the compute bank) and when its owner lends it."""
 
     contributed: bool = Field(description="True: the node runs only bank slices, inside its windows.")
     windows: list[WindowIn] = Field(default_factory=list, max_length=50)
     holidays: list[date] = Field(default_factory=list, max_length=400, description="Whole days available.")
+    notice_s: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_NOTICE_S,
+        description="Notice its bank replicas get before a "
+        "window ends or a reclaim, in seconds (their replacements start elsewhere meanwhile).",
+    )
 
 
 OPERATOR_NODE_STATUSES = (NodeStatus.DRAINING, NodeStatus.ONLINE, NodeStatus.REMOVED)
@@ -124,6 +139,9 @@ OPERATOR_NODE_STATUSES = (NodeStatus.DRAINING, NodeStatus.ONLINE, NodeStatus.REM
 
 class NodeStatusChange(Input):
     status: NodeStatus = Field(description="draining, online (undrain) or removed.")
+    notice_s: int | None = Field(default=None, ge=0, le=MAX_NOTICE_S, description="Draining: seconds the node's "
+                                 "replicas keep running while replacements start elsewhere; default its notice_s, "
+                                 "0 = move them now.")  # fmt: skip
 
     @field_validator("status")
     @classmethod

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from sqlmodel import Session
+
+from control_plane import placement
 from tests.integration.cp_fixtures import ControlPlane, bearer, ok
 
 MONDAY_NOON, MONDAY_NIGHT = datetime(2026, 11, 30, 12, 0), datetime(2026, 11, 30, 21, 0)
@@ -96,3 +99,43 @@ def test_worker_node_agent_only_reports(control_plane: ControlPlane, tmp_path: o
     assert worker.step() == []
     joined = ok(cp.client.get(f"/nodes/{node['id']}", headers=cp.op))
     assert joined["status"] == "online" and joined["ray_address"] == "10.0.0.1:6379"
+
+
+def test_a_drain_with_notice_keeps_replicas_until_it_ends_and_undrain_changes_nothing(
+    control_plane: ControlPlane,
+) -> None:
+    cp = control_plane
+    clock = {"now": MONDAY_NOON}
+    cp.client.app.state.clock = lambda: clock["now"]  # type: ignore[attr-defined]
+    own, own_agent = _node(cp, "own-1")
+    ok(cp.client.post("/agent/v1/heartbeat", json={}, headers=own_agent))
+    reserved = cp.a.ids["slice"]
+    assert _slice(cp, reserved)["placement"] == {str(own): 1}
+    generation = _slice(cp, reserved)["generation"]
+    # The owner sets a notice of 10 minutes; a drain then leaves the replica running (nowhere else to go).
+    lend = {"contributed": False, "notice_s": 600}
+    assert ok(cp.client.put(f"/nodes/{own}/contribution", json=lend, headers=cp.op))["notice_s"] == 600
+    node = ok(cp.client.post(f"/nodes/{own}/status", json={"status": "draining"}, headers=cp.op))
+    assert node["status"] == "draining" and node["held_until"] is not None
+    assert _slice(cp, reserved)["placement"] == {str(own): 1}
+    assert _slice(cp, reserved)["generation"] == generation  # the agent redeploys nothing
+    [alert] = [a for a in ok(cp.client.get("/alerts", headers=cp.op)) if a["slice_id"] == reserved]
+    assert "once the notice ends" in alert["reason"] and "add or undrain nodes" in alert["reason"]
+    # Undrain within the notice: nothing moved, nothing to redeploy.
+    assert ok(cp.client.post(f"/nodes/{own}/status", json={"status": "online"}, headers=cp.op))["held_until"] is None
+    assert _slice(cp, reserved)["generation"] == generation
+    # Drain again, this time for good: at the notice's end the planner's period moves the replica off.
+    ok(cp.client.post(f"/nodes/{own}/status", json={"status": "draining", "notice_s": 60}, headers=cp.op))
+    clock["now"] = MONDAY_NOON + timedelta(seconds=59)
+    with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
+        placement.place_all(session, clock["now"])
+    assert _slice(cp, reserved)["placement"] == {str(own): 1}
+    clock["now"] = MONDAY_NOON + timedelta(seconds=60)
+    with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
+        placement.place_all(session, clock["now"])
+    assert _slice(cp, reserved)["placement"] == {}
+    assert ok(cp.client.get(f"/nodes/{own}", headers=cp.op))["status"] == "drained"
+    [drain] = [e for e in ok(cp.client.get(f"/slices/{reserved}/events", headers=cp.a.pm)) if e["kind"] == "drain"]
+    assert "no longer eligible" in drain["reason"]
+    too_long = cp.client.post(f"/nodes/{own}/status", json={"status": "draining", "notice_s": 10**9}, headers=cp.op)
+    assert too_long.status_code == 422

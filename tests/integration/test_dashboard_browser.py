@@ -211,20 +211,26 @@ def test_operator_sees_the_node_issues_a_join_token_and_drains_it(page: Any, dem
     expect(node.locator("[data-field=status]")).to_contain_text("online")
     expect(node.locator("[data-field=placement]")).to_contain_text("t1-inspect")
     expect(node.get_by_role("meter", name="CPU utilization")).to_have_count(1)
-    # Contribution windows: saved and shown again (not contributed, so the demo's reserved slice stays).
+    # Contribution windows and a notice: saved and shown again (not contributed, so the demo's reserved slice
+    # stays). With a notice the drain below keeps the demo's only replica serving: its robots lose nothing.
     page.get_by_label("Available from").fill("20:00")
     page.get_by_label("until").fill("06:00")
     page.get_by_label("Whole days available (YYYY-MM-DD, comma separated)").fill("2026-12-24, 2026-12-25")
+    page.get_by_label("Notice before its replicas leave (minutes)").fill("10")
     page.get_by_role("button", name="Save contribution").click()
     expect(page.locator("#flash")).to_contain_text("Contribution saved")
     with httpx.Client(base_url=demo.url, headers={"Authorization": f"Bearer {demo.tokens['operator']}"}) as api:
         saved = api.get("/nodes").json()[0]
     assert saved["holidays"] == ["2026-12-24", "2026-12-25"] and saved["windows"][0]["start"] == "20:00"
+    assert saved["notice_s"] == 600
     page.get_by_role("button", name="Create join token").click()
     expect(page.get_by_test_id("join-command")).to_contain_text(f"--control-plane {demo.url} --token lsj_")
     node.get_by_role("button", name="Drain").click()
-    expect(node.locator("[data-field=status]")).to_contain_text(re.compile("draining|drained"))
-    expect(page.locator("#alerts tbody tr").first).to_contain_text("add or undrain nodes", timeout=20_000)
+    expect(page.locator("#flash")).to_contain_text("its replicas stay until")
+    expect(node.locator("[data-field=status]")).to_contain_text("draining")
+    expect(node.locator("[data-field=placement]")).to_contain_text("t1-inspect")  # still serving
+    expect(page.locator("#alerts tbody tr").first).to_contain_text("once the notice ends", timeout=20_000)
+    expect(page.locator("#alerts tbody tr").first).to_contain_text("add or undrain nodes")
     node.get_by_role("button", name="Undrain").click()  # give the demo its node back
     expect(node.locator("[data-field=status]")).to_contain_text("online")
 

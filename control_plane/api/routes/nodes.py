@@ -71,6 +71,9 @@ def change_node_status(
     """Drain (``draining``: an owner taking its node back), undrain (``online``) or remove a node (operators
     only); illegal moves answer 409 (a status only the agent sets is refused by ``NodeStatusChange``: 422).
 
+    A drain with notice (``notice_s``, default the node's) keeps the node's replicas running until
+    ``held_until`` while their replacements start elsewhere; undraining before then changes nothing.
+
     Draining and removing rotate the site's slice-ingress credentials: a node leaving the operators'
     hands must not keep a password that reads tenants' frames.
     """
@@ -78,6 +81,8 @@ def change_node_status(
     if body.status is NodeStatus.REMOVED and not caller.is_operator:
         raise Forbidden(f"removing a node needs the operator role; your token is {caller.role.value} (drain it)")
     node.status = transition(node.status, body.status, what=f"node {node.id} ({node.hostname})")
+    notice = node.notice_s if body.notice_s is None else body.notice_s
+    node.held_until = placement.deadline(now, notice) if body.status is NodeStatus.DRAINING and notice else None
     session.commit()
     site = get_or_404(session, Site, node.site_id)
     unsynced = None
@@ -111,6 +116,7 @@ def set_contribution(
     node.contributed = body.contributed
     node.windows = [w.model_dump() for w in body.windows]
     node.holidays = [d.isoformat() for d in body.holidays]
+    node.notice_s = body.notice_s
     session.commit()
     placement.place_site(session, get_or_404(session, Site, node.site_id), now)
     session.refresh(node)

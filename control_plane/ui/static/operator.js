@@ -14,8 +14,9 @@ function bar(share, label) {
 
 async function setStatus(node, status) {
   try {
-    await api("POST", `/nodes/${node.id}/status`, { status });
-    flash(`${node.hostname}: ${status === "draining" ? "draining, its replicas move" : status}`);
+    const done = await api("POST", `/nodes/${node.id}/status`, { status });
+    const until = done.held_until ? `its replicas stay until ${fmt.time(done.held_until)} while replacements start elsewhere` : "its replicas move";
+    flash(`${node.hostname}: ${status === "draining" ? `draining, ${until}` : status}`);
     await refresh();
   } catch (e) { flash(e.message, true); }
 }
@@ -28,7 +29,8 @@ function nodeRow(node) {
     : ["draining", "drained"].includes(node.status) ? el("button", { type: "button", class: "quiet", onclick: () => setStatus(node, "online") }, "Undrain") : "";
   return el("tr", { "data-node": node.id },
     el("td", {}, node.hostname, el("br"), el("span", { class: "hint" }, `node ${node.id}${node.contributed ? " · contributed" : ""}`)),
-    el("td", { "data-field": "status" }, el("span", { class: `dot ${node.status === "online" ? "online" : node.status === "offline" ? "offline" : "unknown"}`, "aria-hidden": "true" }), node.status),
+    el("td", { "data-field": "status" }, el("span", { class: `dot ${node.status === "online" ? "online" : node.status === "offline" ? "offline" : "unknown"}`, "aria-hidden": "true" }), node.status,
+      node.held_until && node.status === "draining" ? el("span", { class: "hint", "data-field": "held-until" }, ` · replicas until ${fmt.time(node.held_until)}`) : ""),
     el("td", {}, bar(util.cpu, "CPU utilization"), el("br"), el("span", { class: "hint" }, `${node.cpus} CPUs, ${Math.round(node.memory_mb / 1024)} GiB`)),
     el("td", {}, gpus.length ? gpus : node.gpus.length ? node.gpus.map((g) => g.model).join(", ") : "no GPU"),
     el("td", { "data-field": "placement" }, placed),
@@ -89,6 +91,7 @@ function loadContribution() {
   document.getElementById("win-end").value = window.end;
   document.querySelectorAll("#win-days input").forEach((c) => (c.checked = window.days.includes(Number(c.value))));
   document.getElementById("holidays").value = node.holidays.join(", ");
+  document.getElementById("notice").value = Math.round((node.notice_s || 0) / 60);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -111,6 +114,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const days = [...document.querySelectorAll("#win-days input:checked")].map((c) => Number(c.value));
     const holidays = document.getElementById("holidays").value.split(",").map((s) => s.trim()).filter(Boolean);
     const body = { contributed: document.getElementById("contributed").checked, holidays,
+      notice_s: 60 * Number(document.getElementById("notice").value || 0),
       windows: days.length ? [{ days, start: document.getElementById("win-start").value, end: document.getElementById("win-end").value }] : [] };
     try {
       await api("PUT", `/nodes/${document.getElementById("contrib-node").value}/contribution`, body);
