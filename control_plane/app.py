@@ -49,6 +49,7 @@ from control_plane.api.routes import (
     voucher_programmes,
     vouchers,
 )
+from control_plane.api.routes import bank as bank_routes
 from control_plane.api.routes import billing as billing_routes
 from control_plane.api.routes import invoices as invoice_routes
 from control_plane.api.routes import sites as site_routes
@@ -248,8 +249,8 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     errors.install(app)
     web_headers.install(app, settings)
     for module in (health, auth, tenants, users, site_routes, nodes, alerts, lines, robots, models, slices,
-                   catalogue, leases, billing_routes, voucher_programmes, vouchers, invoice_routes, dashboard,
-                   failed_parts, agent, ui):  # fmt: skip
+                   catalogue, leases, billing_routes, voucher_programmes, vouchers, invoice_routes, bank_routes,
+                   dashboard, failed_parts, agent, ui):  # fmt: skip
         app.include_router(module.router)
     app.mount("/ui/static", ui.static, name="static")
     app.include_router(ui.docs_router)

@@ -139,6 +139,8 @@ class Permission(StrEnum):
     MANAGE_FUNDS = "manage_funds"  # top-ups, credit limits (what a tenant paid or may owe)
     MANAGE_VOUCHERS = "manage_vouchers"  # programmes, codes, reports (for a funder)
     REDEEM_VOUCHERS = "redeem_vouchers"
+    READ_BANK = "read_bank"  # a contributor's page (its own nodes' hours and credits), the bank's rules
+    BANK_PAYOUT = "bank_payout"  # turn one's own bank credits into a payable
 
     @property
     def roles(self) -> tuple[Role, ...]:
@@ -168,6 +170,8 @@ ROLES_FOR: Mapping[Permission, tuple[Role, ...]] = MappingProxyType({
     Permission.MANAGE_FUNDS: (Role.OPERATOR,),
     Permission.MANAGE_VOUCHERS: (Role.OPERATOR,),
     Permission.REDEEM_VOUCHERS: (Role.PLANT_MANAGER,),
+    Permission.READ_BANK: (Role.OPERATOR, Role.EDGE_OPERATOR, Role.PLANT_MANAGER),
+    Permission.BANK_PAYOUT: (Role.EDGE_OPERATOR, Role.PLANT_MANAGER),
 })  # fmt: skip
 """Who may do what: one row per permission (a permission without one fails at import, below)."""
 if missing := set(Permission) - set(ROLES_FOR):

@@ -21,6 +21,7 @@ here, so ``from control_plane.models import Slice`` works as before:
     ledger      the double-entry ledger: accounts, journal transactions, entries
     usage       metered usage records (capacity and verdicts), unique by idempotency key
     billing     products, price versions, leases, charges, budgets, voucher programmes, invoices
+    bank        the compute bank's rule per site (contributors' share) and the credits they earned
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ from control_plane.models.accounts import (
     UserCreate,
     UserPublic,
     UserWithToken,
+)
+from control_plane.models.bank import (
+    BankCredit,
+    BankRule,
+    BankRuleIn,
+    BankRulePublic,
+    PayoutIn,
+    SettleAs,
 )
 from control_plane.models.billing import (
     BudgetAlert,
@@ -131,6 +140,10 @@ __all__ = [
     "ROBOT_MAX_FRAME_BYTES_HELP",
     "Account",
     "ApiToken",
+    "BankCredit",
+    "BankRule",
+    "BankRuleIn",
+    "BankRulePublic",
     "BrokerAdmin",
     "BudgetAlert",
     "BudgetIn",
@@ -165,6 +178,7 @@ __all__ = [
     "OrderPlan",
     "OrderPlanIn",
     "PasswordSet",
+    "PayoutIn",
     "PriceCreate",
     "Product",
     "ProductCreate",
@@ -179,6 +193,7 @@ __all__ = [
     "ScaleEvent",
     "ScaleEventPublic",
     "ScaleKind",
+    "SettleAs",
     "ShiftIn",
     "Site",
     "SiteCreate",

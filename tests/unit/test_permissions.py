@@ -42,6 +42,8 @@ MATRIX = {
     "manage_funds": {OP},
     "manage_vouchers": {OP},
     "redeem_vouchers": {PM},
+    "read_bank": {OP, EO, PM},
+    "bank_payout": {EO, PM},
 }
 
 
