@@ -181,6 +181,8 @@ class InvoicedCharge(SQLModel, table=True):
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
 MoneyText = Annotated[str, StringConstraints(pattern=r"^\d{1,12}(\.\d{1,6})?$", max_length=20)]
+MONTH_PATTERN = r"^(000[1-9]|00[1-9]\d|0[1-9]\d{2}|[1-9]\d{3})-(0[1-9]|1[0-2])$"
+"""A month, YYYY-MM, from 0001-01 on (year 0 is no date: it answered 500 before this said so)."""
 """An amount in major units as text ("12.50"); floats are refused, so no 0.1 + 0.2 reaches a bill."""
 
 

@@ -356,3 +356,12 @@ def test_money_is_each_tenants_own(control_plane: ControlPlane) -> None:
     assert cp.client.get("/billing/summary", headers=a.it).status_code == 403  # factory IT sees no bills
     assert cp.client.get("/billing/revenue", headers=a.pm).status_code == 403  # the operator's view
     assert ok(cp.client.get(f"/billing/summary?tenant_id={a.tenant_id}", headers=cp.op))["spent"]["minor"] >= 0
+
+
+def test_a_month_that_is_no_date_is_refused_not_a_server_error(control_plane: ControlPlane) -> None:
+    """The API fuzzer found ``?period=0000-01`` answering 500 (``date(0, 1, 1)``); it is a 422 now."""
+    cp = control_plane
+    for path in ("/billing/charges?period=0000-01", "/invoices?period=0000-12"):
+        response = cp.client.get(path, headers=cp.op)
+        assert response.status_code == 422, (path, response.text)
+    assert cp.client.get("/billing/charges?period=0001-01", headers=cp.op).status_code == 200

@@ -14,6 +14,7 @@ from control_plane import billing, billing_views, funds, ledger
 from control_plane.api.deps import IdFilter, PageDep, SessionDep, UtcNowDep, allowed, get_or_404, own_tenant
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.models import BudgetIn, Charge, CreditLimitIn, Tenant, TopUpIn
+from control_plane.models.billing import MONTH_PATTERN
 from control_plane.money import Money
 from control_plane.security import Permission, Principal
 
@@ -71,9 +72,7 @@ def list_charges(
     session: SessionDep,
     caller: Annotated[Principal, allowed(Permission.READ_BILLING, "reading charges")],
     page: PageDep,
-    period: Annotated[
-        str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="Only this month, YYYY-MM.")
-    ] = None,
+    period: Annotated[str | None, Query(pattern=MONTH_PATTERN, description="Only this month, YYYY-MM.")] = None,
 ) -> list[dict[str, Any]]:
     """Rated lines, newest first (paged): what each hour of each lease cost and who paid it."""
     query = own_tenant(select(Charge), Charge, caller)

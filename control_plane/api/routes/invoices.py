@@ -19,16 +19,17 @@ from control_plane.api.deps import IdFilter, IdPath, NowDep, PageDep, SessionDep
 from control_plane.invoice_render import InvoicePublic
 from control_plane.models import Invoice, Tenant
 from control_plane.models._common import Input
+from control_plane.models.billing import MONTH_PATTERN
 from control_plane.security import Permission, Principal
 
 router = APIRouter(prefix="/invoices", tags=["invoices"])
 
-MONTH = r"^\d{4}-(0[1-9]|1[0-2])$"
+
 Reader = Annotated[Principal, allowed(Permission.READ_BILLING, "reading invoices")]
 
 
 class CloseIn(Input):
-    period: str = Field(pattern=MONTH, description="The month to close, YYYY-MM; it must be over (UTC).")
+    period: str = Field(pattern=MONTH_PATTERN, description="The month to close, YYYY-MM; it must be over (UTC).")
 
 
 def _shown(session: Session, invoice: Invoice) -> InvoicePublic:
@@ -48,7 +49,7 @@ def list_invoices(
     caller: Reader,
     page: PageDep,
     tenant_id: IdFilter = None,
-    period: Annotated[str | None, Query(pattern=MONTH, description="Only this month, YYYY-MM.")] = None,
+    period: Annotated[str | None, Query(pattern=MONTH_PATTERN, description="Only this month, YYYY-MM.")] = None,
 ) -> list[InvoicePublic]:
     """Your tenant's invoices, newest first (operators: every tenant's, or ``?tenant_id``); paged."""
     query = own_tenant(select(Invoice), Invoice, caller)
