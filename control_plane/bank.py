@@ -168,6 +168,15 @@ def _credit_charge(session: Session, charge: Charge, item: Slice) -> int:
     return count
 
 
+def credits_earned(session: Session, tenant_id: int, currency: str) -> int:
+    """Everything the tenant's nodes earned from the bank, as credits or payables, in minor units."""
+    total = session.exec(
+        select(func.coalesce(func.sum(BankCredit.amount_minor), 0))
+        .where(BankCredit.owner_tenant_id == tenant_id, BankCredit.currency == currency)
+    ).one()  # fmt: skip
+    return int(total)
+
+
 def pay_out(session: Session, tenant_id: int, amount: Money, reference: str) -> int:
     """Turn ``amount`` of the owner's bank credits into a payable (the operator owes it that money);
     idempotent by ``reference``. The journal transaction's id."""

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, func, select, text
 
-from control_plane import billing_cycle, catalogue, metering
+from control_plane import bank, billing_cycle, catalogue, metering
 from control_plane.models import BankCredit, Charge, JournalEntry, Slice
 from control_plane.pricing import Source, usage_key
 from tests.integration.cp_fixtures import ControlPlane, ok
@@ -74,6 +74,8 @@ def test_a_lab_earns_credits_from_bank_slices_on_its_node_and_draws_on_them(cont
     page = ok(cp.client.get("/bank/contributor", headers=lab_eo))
     assert page["credits"]["earned"]["minor"] == earned and page["credits"]["left"]["minor"] == earned
     assert page["ran"] == {"slices": 1, "replica_hours": 2.0}
+    with Session(_engine(cp)) as session:
+        assert bank.credits_earned(session, cp.b.tenant_id, "EUR") == earned
     [node] = page["nodes"]
     assert node["node_id"] == lab and node["hours_used"] == 1 and node["hours_offered"] >= 1
     assert "acme" not in str(page).lower() and "night" not in str(page)  # whose slice ran stays unsaid
