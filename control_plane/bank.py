@@ -239,8 +239,9 @@ def contributor(session: Session, tenant_id: int, now: datetime, currency: str) 
         assert node.id is not None
         spec = node_spec(node, now)
         offered: set[datetime] = set()
-        hour = month
-        while hour < now:
+        joined = as_utc(node.joined_at).astimezone(now.tzinfo) if now.tzinfo else as_utc(node.joined_at).astimezone()
+        hour = max(month, joined.replace(minute=0, second=0, microsecond=0, tzinfo=now.tzinfo))
+        while hour < now:  # from the hour it joined: hours before it existed were not offered
             if spec.contributed and (hour.date() in spec.holidays or any(w.contains(hour) for w in spec.windows)):
                 offered.add(hour.astimezone(UTC))  # a naive hour is the machine's local time
             hour += timedelta(hours=1)

@@ -15,7 +15,7 @@ from typing import Any
 from tests.integration.browser import RunningDemo, chromium_path, login
 
 OUT = Path(__file__).parent / "screenshots"
-PAGES = {"plant_manager": "plant", "factory_it": "it", "operator": "operator"}
+PAGES = {"plant_manager": "plant", "factory_it": "it", "operator": "operator", "edge_operator": "contributor"}
 
 
 def take(browser: Any, demo: RunningDemo, out: Path, settle_s: float = 6.0) -> list[Path]:

@@ -90,6 +90,12 @@ def provision(
             body = {"email": email, "role": role, "tenant_id": tenant["id"], "password": password}
             setup.tokens[role] = _call(client, "POST", "/users", operator, json=body)["token"]
             setup.logins[role] = (email, password)
+        # A lab that lends its GPU servers to the compute bank: its edge operator's page is the contributor's.
+        lab = _call(client, "POST", "/tenants", operator, json={"slug": "lab", "name": "University lab"})
+        email, password = "edge-operator@lab.example", secrets.token_urlsafe(9)
+        body = {"email": email, "role": "edge_operator", "tenant_id": lab["id"], "password": password}
+        setup.tokens["edge_operator"] = _call(client, "POST", "/users", operator, json=body)["token"]
+        setup.logins["edge_operator"] = (email, password)
         it, pm = setup.tokens["factory_it"], setup.tokens["plant_manager"]
         body = {"slug": LINE, "site_id": site["id"], "latency_budget_ms": LATENCY_BUDGET_MS}
         line = _call(client, "POST", "/lines", it, json=body)

@@ -35,8 +35,9 @@ PAGES: dict[str, tuple[str, Role]] = {
     "plant": ("Plant", Role.PLANT_MANAGER),
     "it": ("Robots", Role.FACTORY_IT),
     "operator": ("Edge operations", Role.OPERATOR),
+    "contributor": ("Compute bank", Role.EDGE_OPERATOR),
 }
-HOME = {role: page for page, (_, role) in PAGES.items()}  # edge operators have no page yet: the API's docs
+HOME = {role: page for page, (_, role) in PAGES.items()}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 static = StaticFiles(directory=STATIC)

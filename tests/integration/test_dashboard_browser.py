@@ -244,11 +244,47 @@ def test_operator_sees_revenue_receivables_and_voucher_programmes(page: Any, dem
     expect(page.get_by_label("Tenant")).to_contain_text("Acme Auto Parts")
 
 
+def test_a_contributor_lends_its_server_sees_its_hours_and_takes_it_back(page: Any, demo: RunningDemo) -> None:
+    """The demo's lab: its edge operator joins a server of its own (as its agent would, through the API), lends
+    it on the contributor's page, is refused a payout it has no credits for, and takes the server back."""
+    with httpx.Client(base_url=demo.url, headers={"Authorization": f"Bearer {demo.tokens['edge_operator']}"}) as api:
+        site = api.get("/sites").json()[0]["id"]
+        token = api.post(f"/sites/{site}/join-tokens").json()["token"]
+        body = {"token": token, "hostname": "lab-gpu-1", "cpus": 8, "memory_mb": 32000, "ray_address": "10.9.9.9:6379"}
+        node = api.post("/agent/v1/join", json=body).json()
+        agent = {"Authorization": f"Bearer {node['node_token']}"}
+        assert api.post("/agent/v1/heartbeat", json={}, headers=agent).status_code == 200
+    _as(page, demo, "edge_operator")
+    row = page.locator(f"tr[data-node='{node['id']}']")
+    expect(row).to_contain_text("lab-gpu-1")
+    expect(row).to_contain_text("not lent")
+    assert page.locator("tr[data-node]").count() == 1  # the operator's node is not the lab's to see
+    page.get_by_label("Lent from").fill("00:00")
+    page.get_by_label("until").fill("23:59")
+    for day in ("Sat", "Sun"):
+        page.get_by_role("group", name="Days lent").get_by_label(day).check()
+    page.get_by_label("Notice when you take it back (minutes)").fill("15")
+    page.get_by_role("button", name="Lend on these terms").click()
+    expect(page.locator("#flash")).to_contain_text("Lent on these terms")
+    expect(row).to_contain_text("notice 15 min")
+    expect(page.get_by_test_id("hours-offered")).not_to_have_text("0")  # this hour, at least
+    expect(page.locator("[data-credit=earned]")).to_contain_text("0.00 EUR")  # nothing ran on it yet
+    page.get_by_label("Amount").fill("1.00")
+    page.get_by_label("Reference").fill("first")
+    page.get_by_role("button", name="Request payout").click()
+    expect(page.locator("#payout-error")).to_contain_text("exceeds your bank credits of 0.00 EUR")
+    row.get_by_role("button", name="Take back").click()
+    expect(page.locator("#flash")).to_contain_text("taken back")
+    expect(row.locator("[data-field=status]")).to_contain_text(re.compile("draining|drained"))
+    row.get_by_role("button", name="Lend again").click()
+    expect(row.locator("[data-field=status]")).to_contain_text("online")
+
+
 @pytest.mark.parametrize("viewport", [(1280, 800), (1920, 1080)], ids=["laptop", "office-monitor"])
 def test_every_page_fits_the_screen_and_labels_its_controls(browser: Any, demo: RunningDemo,
                                                             viewport: tuple[int, int]) -> None:  # fmt: skip
     """No sideways scrolling on a laptop or a factory-office monitor; every control has an accessible name."""
-    for role in ("plant_manager", "factory_it", "operator"):
+    for role in ("plant_manager", "factory_it", "operator", "edge_operator"):
         context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
         page = context.new_page()
         login(page, demo.url, *demo.logins[role])
@@ -267,7 +303,7 @@ def test_screenshots_script_writes_one_per_role(tmp_path: Path, demo: RunningDem
     from docs.screenshots import take
 
     paths = take(browser, demo, tmp_path)
-    assert sorted(p.name for p in paths) == ["factory_it.png", "operator.png", "plant_manager.png"]
+    assert sorted(p.name for p in paths) == ["edge_operator.png", "factory_it.png", "operator.png", "plant_manager.png"]
     assert all(p.stat().st_size > 20_000 for p in paths)
 
 
