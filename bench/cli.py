@@ -128,5 +128,21 @@ def bench_billing(
     _emit(measure(shape, database_url), as_json)
 
 
+@bench_app.command("economics")
+def bench_economics(
+    days: Annotated[
+        int | None, typer.Option(min=1, max=31, help="Days of the month to simulate (default: all).")
+    ] = None,
+    factories: Annotated[
+        int | None, typer.Option(min=1, help="The first N factories of the assumptions file (default: all).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The seed plant's month, priced: Lineside's bill vs. a dedicated server vs. GPU-hours, SLO, bank, margin."""
+    from bench.economics import measure
+
+    _emit(measure(days, factories), as_json)
+
+
 if __name__ == "__main__":  # python -m bench.cli bench ...; after every command is registered
     app()

@@ -1,8 +1,9 @@
 """A real multi-node Ray cluster on one machine (head + two worker raylets, each a Lineside node
-with its own ``lineside_node_<id>`` resource): the scheduler places a slice's model replicas, Ray
-runs them on those nodes (checked with Ray's state API), a node is drained, the replicas move,
-and robots keep getting verdicts throughout. Run by test_multinode.py in a subprocess (one Ray
-per process); prints one JSON object.
+with its own ``lineside_node_<id>`` resource): the scheduler places a bank slice's model replicas, Ray
+runs them on those nodes (checked with Ray's state API); then, on a controlled clock, node 2's
+lending window ends with a 10-minute notice: its replica's replacement starts elsewhere first (both
+run), and only at the window's end does the old replica stop; robots stream throughout. Run by
+test_multinode.py in a subprocess (one Ray per process); prints one JSON object.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from datetime import time as clock
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from contracts.slice_spec import NODE_RESOURCE_PREFIX, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
-from control_plane.scheduler import NodeSpec, Priority, SliceDemand, place
+from control_plane.scheduler import EventKind, NodeSpec, Priority, SliceDemand, Window, place
 from edge_node import cluster as lineside_cluster
 from edge_node.broker import MosquittoBroker
 from robots.simulate import Simulation, render_pool
 
-NOW = datetime(2026, 11, 30, 12, 0)
+WINDOW_END = datetime(2026, 11, 30, 12, 10)  # node 2 (a lab's) lends every day 08:00-12:10
+NOTICE = timedelta(minutes=10)
 
 
 def say(message: str) -> None:
@@ -78,9 +80,13 @@ def main() -> dict[str, Any]:
                           if r.startswith(NODE_RESOURCE_PREFIX))
         for n in ray.nodes() if n["Alive"]
     }  # fmt: skip
-    nodes = [NodeSpec(i, cpus=1.0, memory_mb=4000) for i in (1, 2, 3)]
-    demand = SliceDemand(1, Priority.RESERVED, replicas=2, cpus=0.4, memory_mb=1000)
-    first = place(nodes, [demand], now=NOW)
+    every_day = frozenset(range(7))
+    lab = NodeSpec(2, cpus=1.0, memory_mb=4000, contributed=True, notice=NOTICE,
+                   windows=(Window(every_day, clock(8, 0), WINDOW_END.time()),))  # fmt: skip
+    today = frozenset({date(2026, 11, 30)})
+    nodes = [lab, *(NodeSpec(i, cpus=1.0, memory_mb=4000, contributed=True, holidays=today) for i in (1, 3))]
+    demand = SliceDemand(1, Priority.BANK, replicas=2, cpus=0.3, memory_mb=1000)
+    first = place(nodes, [demand], now=WINDOW_END - NOTICE - timedelta(minutes=5))
     result: dict[str, Any] = {"placed_before": sorted(first.assignments[1])}
     pool = render_pool(32, jpeg_only=True)
     with MosquittoBroker(workdir / "broker") as broker:
@@ -88,8 +94,8 @@ def main() -> dict[str, Any]:
         def spec(assignments: list[int]) -> SliceSpec:
             return SliceSpec(
                 name="multi", tenant="acme", lines=["line-1"], broker=BrokerSpec(host=broker.host, port=broker.port),
-                replicas=ReplicaSpec(min_replicas=2, max_replicas=2),
-                resources=ResourceSpec(cpus_per_replica=0.4, ingress_cpus=0.2, ort_threads=1),
+                replicas=ReplicaSpec(min_replicas=len(assignments), max_replicas=len(assignments)),
+                resources=ResourceSpec(cpus_per_replica=0.3, ingress_cpus=0.2, ort_threads=1),
                 placement=placement_of(assignments),
             )  # fmt: skip
 
@@ -99,24 +105,31 @@ def main() -> dict[str, Any]:
         result["ray_before"] = wait_for("multi", ray_to_lineside, placement_of(first.assignments[1]))
         simulation = Simulation(broker.host, broker.port, tenant="acme", line="line-1", robots=4, fps=4, pool=pool,
                                 timeout_s=5, retries=4)  # fmt: skip
-        streaming = threading.Thread(target=simulation.run, args=(45,))
+        streaming = threading.Thread(target=simulation.run, args=(50,))
         streaming.start()
-        time.sleep(8)  # the scenario: robots stream on the first placement before the node drains
-        drained = first.assignments[1][0]
-        after = [replace(n, online=False) if n.node_id == drained else n for n in nodes]
-        second = place(after, [demand], first.assignments, now=NOW)
-        result.update(drained=drained, placed_after=sorted(second.assignments[1]),
-                      events=[(e.kind, e.node_id) for e in second.events])  # fmt: skip
-        say(f"draining node {drained}: new placement {second.assignments[1]}")
-        drained_at = time.monotonic()
-        lineside_cluster.apply_slice(spec(second.assignments[1]))
-        result["ray_after"] = wait_for("multi", ray_to_lineside, placement_of(second.assignments[1]))
-        result["move_s"] = round(time.monotonic() - drained_at, 1)
+        time.sleep(8)  # the scenario: robots stream on the first placement before the notice starts
+        during = place(nodes, [demand], first.assignments, now=WINDOW_END - NOTICE)
+        result.update(placed_during_notice=sorted(during.assignments[1]),
+                      notice_events=[e.node_id for e in during.events if e.kind is EventKind.NOTICE])  # fmt: skip
+        say(f"node {lab.node_id}'s window ends in {NOTICE}: placement {during.assignments[1]}")
+        notice_at = time.monotonic()
+        lineside_cluster.apply_slice(spec(during.assignments[1]))
+        result["ray_during_notice"] = wait_for("multi", ray_to_lineside, placement_of(during.assignments[1]))
+        result["replacement_ready_s"] = round(time.monotonic() - notice_at, 1)
+        time.sleep(4)  # the replacement serves beside the leaving replica
+        after = place(nodes, [demand], during.assignments, now=WINDOW_END)
+        result.update(drained=lab.node_id, placed_after=sorted(after.assignments[1]))
+        say(f"window over: placement {after.assignments[1]}")
+        ended_at = time.monotonic()
+        lineside_cluster.apply_slice(spec(after.assignments[1]))
+        result["ray_after"] = wait_for("multi", ray_to_lineside, placement_of(after.assignments[1]))
+        result["move_s"] = round(time.monotonic() - ended_at, 1)
         streaming.join()
         report = simulation.report
         result.update(sent=report.sent, answered=report.results + report.errors, lost=report.lost,
-                      answered_after_drain=sum(1 for t in report.answered_at if t > drained_at + result["move_s"]),
-                      longest_gap_s=round(report.longest_gap_s(), 1))  # fmt: skip
+                      answered_after_drain=sum(1 for t in report.answered_at if t > ended_at + result["move_s"]),
+                      longest_gap_s=round(report.longest_gap_s(), 1),
+                      longest_gap_during_move_s=round(report.longest_gap_s(after=notice_at), 1))  # fmt: skip
         serve.shutdown()
     ray.shutdown()
     ray_cluster.shutdown()

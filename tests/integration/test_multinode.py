@@ -1,4 +1,5 @@
-"""Multi-node Ray: replicas run where the scheduler put them and move when a node is drained."""
+"""Multi-node Ray: replicas run where the scheduler put them and leave a node whose window ends with notice,
+replacement first (issue 14, section 3), losing no frame."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ def test_replicas_follow_the_scheduler_across_ray_nodes() -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     before, after, drained = result["placed_before"], result["placed_after"], result["drained"]
-    assert len(before) == 2 and len(set(before)) == 2, result  # spread over two nodes
+    assert len(before) == 2 and len(set(before)) == 2 and drained in before, result  # spread over two nodes
     assert result["ray_before"] == {f"model-lineside_node_{n}": [n] for n in before}, result
+    # For the notice the leaving replica and its replacement both run, on three nodes.
+    assert result["placed_during_notice"] == [1, 2, 3] and result["notice_events"] == [drained], result
+    assert result["ray_during_notice"] == {f"model-lineside_node_{n}": [n] for n in (1, 2, 3)}, result
     assert drained not in after and len(after) == 2, result
     assert result["ray_after"] == {f"model-lineside_node_{n}": [n] * after.count(n) for n in set(after)}, result
     assert result["lost"] == 0 and result["answered_after_drain"] > 0, result
+    print(json.dumps({k: result[k] for k in ("replacement_ready_s", "move_s", "longest_gap_s",
+                                             "longest_gap_during_move_s", "sent", "lost")}))  # fmt: skip
