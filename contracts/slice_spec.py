@@ -146,6 +146,10 @@ class FramePolicy(_Strict):
     )
 
 
+INGRESS_SLOTS = 2
+"""Broker logins (client ids) per ingress rank: an old and a new version of the ingress run side by side."""
+
+
 class SliceSpec(_Strict):
     """One slice: which tenant's lines it serves, with which model and how much capacity."""
 
@@ -169,6 +173,16 @@ class SliceSpec(_Strict):
         description=(
             "Replicas per node, keyed by the node's Ray resource (lineside_node_<id>), as the control plane's "
             "scheduler placed them; None lets Ray place the model replicas anywhere."
+        ),
+    )
+    ingress_slot: int = Field(
+        default=0,
+        ge=0,
+        lt=INGRESS_SLOTS,
+        description=(
+            "Which of the two broker logins (client ids) per ingress rank this version of the ingress uses. The "
+            "agent alternates it whenever it applies a changed slice, so the new ingress replica of a rolling "
+            "update never takes over the MQTT session of the old one while that one drains its frames."
         ),
     )
     telemetry_period_s: float | None = Field(

@@ -37,6 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contracts import wire
 from contracts.broker_logins import connection_password
+from contracts.slice_spec import INGRESS_SLOTS
 from control_plane.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,14 @@ def robot_client(tenant: str, line: str, robot: str, password: str) -> BrokerCli
 
 
 INGRESS_RANKS_PER_REPLICA = 2
-"""Logins per ingress replica: Serve may start a replacement (the next rank) before the old one stops."""
+"""Ranks per ingress replica: Serve may start a replacement (the next rank) before the old one stops. Each
+rank has ``INGRESS_SLOTS`` logins: a new version of the ingress uses the other slot (``SliceSpec.ingress_slot``)."""
 
 
-def ingress_connection(prefix: str, base_password: str, rank: int, *, out: bool = False) -> tuple[str, str]:
-    """(username = pinned client id, password) of one ingress connection, as ``edge_node.serving`` names it."""
-    username = f"{prefix}.{rank}" + ("-out" if out else "")
+def ingress_connection(prefix: str, base_password: str, index: int, *, out: bool = False) -> tuple[str, str]:
+    """(username = pinned client id, password) of one ingress connection, as ``edge_node.serving`` names it
+    (``index`` = rank x ``INGRESS_SLOTS`` + slot)."""
+    username = f"{prefix}.{index}" + ("-out" if out else "")
     return username, connection_password(base_password, username)
 
 
@@ -147,9 +150,9 @@ def ingress_clients(
             ("publishClientSend", wire.telemetry_topic(tenant, line, app_name)),
         ]
     clients = []
-    for rank in range(replicas * INGRESS_RANKS_PER_REPLICA):
+    for index in range(replicas * INGRESS_RANKS_PER_REPLICA * INGRESS_SLOTS):
         for out, acls in ((False, receive), (True, send)):
-            username, password = ingress_connection(slice_username(app_name), base_password, rank, out=out)
+            username, password = ingress_connection(slice_username(app_name), base_password, index, out=out)
             clients.append(BrokerClient(username, password, username, tuple(acls)))
     return clients
 

@@ -46,7 +46,7 @@ from contracts.agent_api import (
     ProfileReport,
     SliceReport,
 )
-from contracts.slice_spec import SliceSpec
+from contracts.slice_spec import INGRESS_SLOTS, SliceSpec
 from edge_node import cluster
 from edge_node.errors import EdgeNodeError
 from edge_node.private_files import private_dir, tighten, write_private
@@ -199,12 +199,19 @@ class Agent:
         reports = []
         for name, item in desired.items():
             digest = _digest(item)
-            if self.applied.get(name, {}).get("digest") != digest or name not in present:
+            before = self.applied.get(name, {})
+            if before.get("digest") != digest or name not in present:
+                # A changed slice rolls its ingress over: the new version takes the other broker login, so it
+                # never takes over the MQTT session the old one drains (a restart of the same one keeps its own).
+                slot = int(before.get("slot", 0))
+                if name in present and before.get("digest") not in (None, digest):
+                    slot = (slot + 1) % INGRESS_SLOTS
                 try:
-                    spec = item.spec.model_copy(update={"manifest": self._model_manifest(item.model)})
-                    log.info("applying slice %s generation %s", name, item.generation)
+                    update = {"manifest": self._model_manifest(item.model), "ingress_slot": slot}
+                    spec = item.spec.model_copy(update=update)
+                    log.info("applying slice %s generation %s (ingress slot %s)", name, item.generation, slot)
                     self.apply(spec)
-                    self.applied[name] = {"generation": item.generation, "digest": digest}
+                    self.applied[name] = {"generation": item.generation, "digest": digest, "slot": slot}
                     self.errors.pop(name, None)
                 except Exception as e:  # keep going with the other slices; report this one as failed
                     log.exception("slice %s could not be applied", name)

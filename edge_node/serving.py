@@ -28,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from contracts.manifest import load_manifest
-from contracts.slice_spec import REVEAL_SECRETS, SliceSpec
+from contracts.slice_spec import INGRESS_SLOTS, REVEAL_SECRETS, ReplicaSpec, SliceSpec
 from edge_node.autoscaling import POLICY as LINE_POLICY
 from edge_node.errors import SliceDeployFailed
 from edge_node.ingress import FrameIngress
@@ -116,7 +116,8 @@ class Ingress:
         rank = context.rank.rank
         # With the control plane's per-connection logins the client id is the broker username, pinned there.
         logins = spec.broker.connection_logins
-        client_id = f"{spec.broker.username}.{rank}" if logins else f"lineside-{spec.name}-ingress-{rank}"
+        index = rank * INGRESS_SLOTS + spec.ingress_slot  # see SliceSpec.ingress_slot
+        client_id = f"{spec.broker.username}.{index}" if logins else f"lineside-{spec.name}-ingress-{index}"
         # One model deployment per node the scheduler chose (or one unpinned); calls rotate over
         # them in proportion to the replicas each holds.
         weights = [count for _, count in _pins(spec)] or [1]
@@ -234,7 +235,10 @@ def build_app(spec: SliceSpec) -> Any:
     Without a placement there is one ``model`` deployment that Ray places; with one there is
     a ``model-lineside_node_<id>`` deployment per chosen node, pinned by its custom resource.
     """
-    spec_json = spec.model_dump_json()  # model replicas (on any node) never see the broker password
+    # Model replicas (on any node) never see the broker password, nor what only the ingress and Serve's
+    # autoscaling use: a placement change or a new ingress slot must not restart the replicas that stay.
+    model_only = {"placement": None, "ingress_slot": 0, "replicas": ReplicaSpec()}
+    spec_json = spec.model_copy(update=model_only).model_dump_json()
     if pins := _pins(spec):
         floors = _split_floor(spec.replicas.min_replicas, [count for _, count in pins])
         models = [_model_deployment(spec, spec_json, f"model-{pin}", low, count, pin)

@@ -90,9 +90,11 @@ def main() -> dict[str, Any]:
     result: dict[str, Any] = {"placed_before": sorted(first.assignments[1])}
     pool = render_pool(32, jpeg_only=True)
     with MosquittoBroker(workdir / "broker") as broker:
+        applies = iter(range(10))
 
         def spec(assignments: list[int]) -> SliceSpec:
             return SliceSpec(
+                ingress_slot=next(applies) % 2,  # the agent alternates it on every changed apply
                 name="multi", tenant="acme", lines=["line-1"], broker=BrokerSpec(host=broker.host, port=broker.port),
                 replicas=ReplicaSpec(min_replicas=len(assignments), max_replicas=len(assignments)),
                 resources=ResourceSpec(cpus_per_replica=0.3, ingress_cpus=0.2, ort_threads=1),
@@ -124,12 +126,16 @@ def main() -> dict[str, Any]:
         lineside_cluster.apply_slice(spec(after.assignments[1]))
         result["ray_after"] = wait_for("multi", ray_to_lineside, placement_of(after.assignments[1]))
         result["move_s"] = round(time.monotonic() - ended_at, 1)
+        stream_end = notice_at - 8 + 50  # the robots stop sending 50 s after they start
         streaming.join()
         report = simulation.report
         result.update(sent=report.sent, answered=report.results + report.errors, lost=report.lost,
                       answered_after_drain=sum(1 for t in report.answered_at if t > ended_at + result["move_s"]),
                       longest_gap_s=round(report.longest_gap_s(), 1),
-                      longest_gap_during_move_s=round(report.longest_gap_s(after=notice_at), 1))  # fmt: skip
+                      longest_gap_during_move_s=round(report.longest_gap_s(after=notice_at), 1),
+                      resent=report.resent, duplicates=report.duplicates,
+                      max_latency_ms=round(max(report.latencies_ms, default=0.0)),
+                      answered_after_stream_end=sum(1 for t in report.answered_at if t > stream_end + 1))  # fmt: skip
         serve.shutdown()
     ray.shutdown()
     ray_cluster.shutdown()

@@ -24,5 +24,8 @@ def test_replicas_follow_the_scheduler_across_ray_nodes() -> None:
     assert drained not in after and len(after) == 2, result
     assert result["ray_after"] == {f"model-lineside_node_{n}": [n] * after.count(n) for n in set(after)}, result
     assert result["lost"] == 0 and result["answered_after_drain"] > 0, result
-    print(json.dumps({k: result[k] for k in ("replacement_ready_s", "move_s", "longest_gap_s",
-                                             "longest_gap_during_move_s", "sent", "lost")}))  # fmt: skip
+    # No two ingress versions fought over one MQTT session (that answered frames ~96 s late, with thousands
+    # of duplicate answers), and no frame needed a second resend of the robots' 5 s timeout.
+    assert result["duplicates"] == 0 and result["max_latency_ms"] < 3 * 5000, result
+    print(json.dumps({k: result[k] for k in ("replacement_ready_s", "move_s", "longest_gap_s", "resent",
+                                             "max_latency_ms", "sent", "lost")}))  # fmt: skip

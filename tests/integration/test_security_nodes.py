@@ -46,7 +46,7 @@ def ingress_login(cp: ControlPlane, broker: dict[str, Any]) -> Probe:
     """A connection with the ingress credentials the control plane handed out."""
     from control_plane import broker_sync
 
-    username, password = broker_sync.ingress_connection(broker["username"], broker["password"], rank=0)
+    username, password = broker_sync.ingress_connection(broker["username"], broker["password"], index=0)
     return Probe(cp, username, password, username)
 
 
