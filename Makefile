@@ -43,8 +43,9 @@ DEMO_ARGS ?= --duration 300
 demo: setup broker
 	$(VENV)/bin/lineside demo $(DEMO_ARGS)
 
+# Two workers: the Ray, demo and browser modules on one, one after another; the rest on the other.
 test: setup broker browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
