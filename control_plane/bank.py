@@ -5,7 +5,9 @@ What a contributor earns, and why this way:
 - Only ``bank`` charges earn: capacity of a bank-priority slice, rated like any charge (``rating``). Each
   such charge of an hour is split over the nodes the slice ran on in that hour by their replica-seconds
   (its capacity usage records); a node a tenant owns (``Node.owner_tenant_id``) earns the site's
-  ``BankRule.share_bp`` of its part, rounded toward zero (the platform keeps the fraction of a cent). A
+  ``BankRule.share_bp`` of its part. Like rating, each credit is the month's exact total so far rounded
+  once (toward zero) less what earlier hours credited, so the month adds up to the share of what was
+  paid; rounding each hour alone lost ~3 % of it at bank prices of cents an hour. A
   tenant's own slices on its own nodes earn nothing: it would pay itself. The operator's nodes earn nothing.
 - Offered hours that nobody used earn nothing (no availability credit). An idle server in its owner's
   off-hours costs the owner little more than its idle power, and paying for offered hours would pay
@@ -26,6 +28,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import func
@@ -85,11 +88,31 @@ def add_rule(session: Session, site_id: int, share_bp: int, settle_as: SettleAs,
     return row
 
 
-def _share(amount_minor: int, part: int, whole: int, share_bp: int) -> int:
-    """``amount`` x part/whole x share, rounded toward zero (exact integers: no float ever sees money)."""
-    numerator = abs(amount_minor) * part * share_bp
-    value = numerator // (whole * 10_000)
-    return value if amount_minor >= 0 else -value
+def _exact(amount_minor: int, part: int, whole: int, share_bp: int) -> Fraction:
+    """``amount`` x part/whole x share, exactly (no float ever sees money)."""
+    return Fraction(amount_minor * part * share_bp, whole * 10_000)
+
+
+def _earned_so_far(session: Session, node_id: int, slice_id: int, period: date) -> tuple[Fraction, int]:
+    """What the node has earned from the slice in the month: exactly, and as credited (whole minor units)."""
+    rows = session.exec(
+        select(BankCredit, Charge.amount_minor)
+        .join(Charge, col(Charge.id) == col(BankCredit.charge_id))
+        .where(BankCredit.node_id == node_id, BankCredit.slice_id == slice_id, BankCredit.period == period)
+    ).all()
+    if not rows:
+        return Fraction(0), 0
+    charges = {credit.charge_id for credit, _ in rows}
+    wholes = dict(
+        session.exec(
+            select(BankCredit.charge_id, func.sum(BankCredit.replica_seconds))
+            .where(col(BankCredit.charge_id).in_(charges)).group_by(col(BankCredit.charge_id))
+        ).all()
+    )  # fmt: skip
+    exact = sum(
+        (_exact(paid, c.replica_seconds, int(wholes[c.charge_id]), c.share_bp) for c, paid in rows), Fraction(0)
+    )
+    return exact, sum(credit.amount_minor for credit, _ in rows)
 
 
 def credit_contributors(session: Session, now: datetime) -> int:
@@ -145,7 +168,10 @@ def _credit_charge(session: Session, charge: Charge, item: Slice) -> int:
     for node_id, part in sorted(seconds.items()):
         owner = owners.get(node_id)
         earns = owner is not None and owner != item.tenant_id
-        amount = _share(charge.amount_minor, part, whole, share_bp) if earns else 0
+        amount = 0
+        if earns:  # the month's exact share rounded once (toward zero), less what earlier hours credited
+            exact, credited = _earned_so_far(session, node_id, item.id, charge.period)
+            amount = int(exact + _exact(charge.amount_minor, part, whole, share_bp)) - credited
         transaction_id = None
         if amount and owner is not None:
             kind = AccountKind.BANK_CREDITS if settle_as is SettleAs.CREDITS else AccountKind.CONTRIBUTORS_PAYABLE
@@ -160,8 +186,8 @@ def _credit_charge(session: Session, charge: Charge, item: Slice) -> int:
             transaction_id = row.id
         session.add(BankCredit(
             charge_id=charge.id, node_id=node_id, owner_tenant_id=owner, slice_id=item.id, period=charge.period,
-            hour_start=hour, replica_seconds=part, amount_minor=amount, currency=charge.currency,
-            settle_as=settle_as, transaction_id=transaction_id,
+            hour_start=hour, replica_seconds=part, share_bp=share_bp if earns else 0, amount_minor=amount,
+            currency=charge.currency, settle_as=settle_as, transaction_id=transaction_id,
         ))  # fmt: skip
         count += bool(amount)
     session.flush()

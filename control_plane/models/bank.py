@@ -69,6 +69,7 @@ class BankCredit(SQLModel, table=True):
     period: date  # the billing month of the charge
     hour_start: datetime
     replica_seconds: int = Field(sa_type=BigInteger)  # the node's part of the slice's hour
+    share_bp: int  # the rule's share that applied (0: the node earns nothing from this slice)
     amount_minor: int = Field(sa_type=BigInteger)
     currency: str = Field(max_length=3)
     settle_as: SettleAs

@@ -144,3 +144,24 @@ def test_a_sites_rule_sets_the_share_and_pays_as_a_payable_and_rows_are_written_
         session.rollback()
         with pytest.raises(DBAPIError):
             session.execute(text("DELETE FROM bankrule"))
+
+
+def test_a_months_credits_are_rounded_once_not_every_hour(control_plane: ControlPlane) -> None:
+    """70 % of 45 cents is 31.5: three hours earn 94 cents, not 3 x 31 (the economics bench found contributors
+    receiving 66.9 % instead of 70 % when every hour was rounded down on its own)."""
+    cp = control_plane
+    _, lab_eo, _, _, lab, _ = site_of_owners(cp)
+    body = {"slug": "night", "line_ids": [cp.a.line_id], "model_version_id": 1, "priority": "bank",
+            "residency": "any_bank", "max_replicas": 4}  # fmt: skip
+    night = ok(cp.client.post("/slices", json=body, headers=cp.a.pm), 201)
+    hour = _lease_hour(cp, night["id"])
+    for k in range(3):
+        _run(cp, night["id"], lab, hour + timedelta(hours=k), replicas=1)
+        _pass(cp, hour + timedelta(hours=k + 1))  # one pass per hour, as the billing pass would
+    with Session(_engine(cp)) as session:
+        amounts = session.exec(
+            select(BankCredit.amount_minor).where(BankCredit.node_id == lab).order_by(col(BankCredit.id))
+        ).all()
+        assert sum(amounts) == 3 * BANK_CENTS_PER_REPLICA_HOUR * 70 // 100 == 94
+        assert sorted(amounts) == [31, 31, 32]
+        assert bank.credits_earned(session, cp.b.tenant_id, "EUR") == 94

@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("period", sa.Date(), nullable=False),
         sa.Column("hour_start", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("replica_seconds", sa.BigInteger(), nullable=False),
+        sa.Column("share_bp", sa.Integer(), nullable=False),
         sa.Column("amount_minor", sa.BigInteger(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
         sa.Column("settle_as", SETTLE_AS, nullable=False),
