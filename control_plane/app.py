@@ -172,7 +172,8 @@ def _apply_plans(engine: Engine, settings: ControlPlaneSettings, clock: Callable
         try:
             with Session(engine) as session:
                 capacity.apply_plans(session, clock())
-                placement.place_all(session, clock())  # availability windows open and close with time
+                drained = placement.place_all(session, clock())  # windows open and close, notices end
+                sites.rotate_after_drains(session, settings, drained)
         except Exception:  # keep planning; the next pass retries
             log.exception("applying order plans failed")
 
@@ -185,7 +186,7 @@ def _watch_heartbeats(engine: Engine, settings: ControlPlaneSettings, metrics: M
             with Session(engine) as session:
                 marked = sites.mark_silent_nodes_offline(session, settings.heartbeat_timeout_s)
                 if marked:
-                    placement.place_all(session, clock())
+                    sites.rotate_after_drains(session, settings, placement.place_all(session, clock()))
             metrics.nodes_marked_offline.inc(len(marked))
         except Exception:  # keep watching; the next pass retries
             log.exception("heartbeat watch failed")

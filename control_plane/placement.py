@@ -106,7 +106,7 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
         item.placement = placed
         item.generation += 1
         log.info("slice %s placed %s (%s)", item.slug, placed, "; ".join(reasons) or "new")
-    _finish_drains(nodes, result)
+    result.drained = _finish_drains(nodes, result)
     session.commit()
     return result
 
@@ -157,14 +157,21 @@ def scale_kind(changes: Sequence[scheduler.Event]) -> ScaleKind:
     return ScaleKind.DRAIN if any(e.kind is scheduler.EventKind.MOVED for e in changes) else ScaleKind.PREEMPTION
 
 
-def _finish_drains(nodes: Sequence[Node], result: scheduler.Placement) -> None:
+def _finish_drains(nodes: Sequence[Node], result: scheduler.Placement) -> list[int]:
     used = {n for assigned in result.assignments.values() for n in assigned}
+    drained = []
     for node in nodes:
-        if node.status is NodeStatus.DRAINING and node.id not in used:
+        if node.status is NodeStatus.DRAINING and node.id is not None and node.id not in used:
             node.status = transition(node.status, NodeStatus.DRAINED, what=f"node {node.id}")
+            drained.append(node.id)
             log.info("node %s (%s) drained", node.id, node.hostname)
+    return drained
 
 
-def place_all(session: Session, now: datetime) -> None:
+def place_all(session: Session, now: datetime) -> dict[int, list[int]]:
+    """Re-place every site; the nodes each site's drains left empty now (site id -> node ids)."""
+    drained = {}
     for site in session.exec(select(Site)).all():
-        place_site(session, site, now)
+        assert site.id is not None
+        drained[site.id] = place_site(session, site, now).drained
+    return {site: nodes for site, nodes in drained.items() if nodes}

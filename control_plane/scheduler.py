@@ -175,6 +175,7 @@ class Placement:
     assignments: dict[int, list[int]] = field(default_factory=dict)  # slice id -> node id per replica
     unplaced: dict[int, int] = field(default_factory=dict)  # slice id -> replicas that did not fit
     events: list[Event] = field(default_factory=list)
+    drained: list[int] = field(default_factory=list)  # draining nodes left empty now (``placement`` fills it)
 
     @property
     def alerts(self) -> list[Event]:

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from contracts.agent_api import DesiredSlice, DesiredState
 from contracts.slice_spec import NODE_RESOURCE_PREFIX, BatchSpec, knob_sections
 from control_plane import broker_sync
+from control_plane.errors import BrokerUnavailable
 from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, Tenant, TenantBilling, utcnow
 from control_plane.scheduler import Priority
 from control_plane.security import derived_secret
@@ -119,6 +120,26 @@ def rotate_ingress(session: Session, settings: ControlPlaneSettings, site: Site,
         for item in items:
             for client in ingress_broker_clients(session, settings, item):
                 broker.replace(client)
+
+
+def node_left(node: Node) -> bool:
+    """An operator's node that has left the site (drained or removed): its slices' ingress passwords rotate.
+    A tenant's node joins as a Ray worker only and never receives them."""
+    return node.owner_tenant_id is None and node.status in (NodeStatus.DRAINED, NodeStatus.REMOVED)
+
+
+def rotate_after_drains(session: Session, settings: ControlPlaneSettings, drained: dict[int, list[int]]) -> None:
+    """Rotate the ingress passwords of each site where an operator's node finished draining (its notice over)."""
+    for site_id, node_ids in drained.items():
+        site = session.get(Site, site_id)
+        left = [n for n in node_ids if (node := session.get(Node, n)) is not None and node_left(node)]
+        if site is None or not left:
+            continue
+        try:
+            rotate_ingress(session, settings, site, live_slices(session, site), f"node(s) {left} drained")
+        except BrokerUnavailable:
+            log.warning("site %s: node(s) %s drained but its broker did not take the rotated ingress passwords; "
+                        "POST /sites/%s/broker/sync once it answers", site.name, left, site.id)  # fmt: skip
 
 
 def live_slices(session: Session, site: Site) -> list[Slice]:

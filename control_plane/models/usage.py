@@ -20,7 +20,7 @@ from control_plane.models._common import utcnow
 class UsageRecord(SQLModel, table=True):
     """Replica-seconds of a slice on a node (``capacity``) or verdicts of a slice on a line (``verdicts``)."""
 
-    __table_args__ = (Index("ix_usagerecord_slice_window", "slice_id", "window_start"),)
+    __table_args__ = (Index("ix_usagerecord_slice_window_id", "slice_id", "window_start", "id"),)  # rating pages by it
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=300, unique=True, index=True)  # pricing.usage_key
     source: str = Field(max_length=16)  # 'capacity' | 'verdicts' | 'gap' (an agent's silence: shown, never rated)

@@ -91,4 +91,4 @@ def login(page: Any, url: str, email: str, password: str) -> None:
     page.get_by_label("E-mail").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_label("Password").press("Enter")
-    page.wait_for_url(re.compile(r".*/ui/(plant|it|operator)$"))
+    page.wait_for_url(re.compile(r".*/ui/(plant|it|operator|contributor)$"))

@@ -150,7 +150,7 @@ def test_a_months_credits_are_rounded_once_not_every_hour(control_plane: Control
     """70 % of 45 cents is 31.5: three hours earn 94 cents, not 3 x 31 (the economics bench found contributors
     receiving 66.9 % instead of 70 % when every hour was rounded down on its own)."""
     cp = control_plane
-    _, lab_eo, _, _, lab, _ = site_of_owners(cp)
+    *_, lab, _ = site_of_owners(cp)
     body = {"slug": "night", "line_ids": [cp.a.line_id], "model_version_id": 1, "priority": "bank",
             "residency": "any_bank", "max_replicas": 4}  # fmt: skip
     night = ok(cp.client.post("/slices", json=body, headers=cp.a.pm), 201)

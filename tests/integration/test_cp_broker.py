@@ -175,8 +175,8 @@ def test_broker_rebuilt_from_the_database(control_plane: ControlPlane, tmp_path_
     cp.broker.start()
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Not authorized"
     counts = ok(cp.client.post(f"/sites/{cp.site_id}/broker/sync", headers=cp.op))
-    # Two robots with their watchers, the monitor, and per slice 2 ranks x 2 connections of its ingress.
-    assert counts == {"ensured": 2 * 2 + 1 + 2 * 4, "removed": 0}
+    # Two robots with their watchers, the monitor, and per slice 2 ranks x 2 slots x 2 connections of its ingress.
+    assert counts == {"ensured": 2 * 2 + 1 + 2 * 8, "removed": 0}
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Success"
 
 

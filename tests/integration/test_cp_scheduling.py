@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from control_plane import placement
+from control_plane import placement, sites
 from tests.integration.cp_fixtures import ControlPlane, bearer, ok
 
 MONDAY_NOON, MONDAY_NIGHT = datetime(2026, 11, 30, 12, 0), datetime(2026, 11, 30, 21, 0)
@@ -119,6 +119,7 @@ def test_a_drain_with_notice_keeps_replicas_until_it_ends_and_undrain_changes_no
     assert node["status"] == "draining" and node["held_until"] is not None
     assert _slice(cp, reserved)["placement"] == {str(own): 1}
     assert _slice(cp, reserved)["generation"] == generation  # the agent redeploys nothing
+    epoch = _slice(cp, reserved)["credential_epoch"]  # nor are its broker passwords rotated: the node serves on
     [alert] = [a for a in ok(cp.client.get("/alerts", headers=cp.op)) if a["slice_id"] == reserved]
     assert "once the notice ends" in alert["reason"] and "add or undrain nodes" in alert["reason"]
     # Undrain within the notice: nothing moved, nothing to redeploy.
@@ -130,10 +131,14 @@ def test_a_drain_with_notice_keeps_replicas_until_it_ends_and_undrain_changes_no
     with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
         placement.place_all(session, clock["now"])
     assert _slice(cp, reserved)["placement"] == {str(own): 1}
+    assert _slice(cp, reserved)["credential_epoch"] == epoch
     clock["now"] = MONDAY_NOON + timedelta(seconds=60)
     with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
-        placement.place_all(session, clock["now"])
+        drained = placement.place_all(session, clock["now"])
+        assert drained == {cp.site_id: [own]}
+        sites.rotate_after_drains(session, cp.settings, drained)  # as the planner's period does
     assert _slice(cp, reserved)["placement"] == {}
+    assert _slice(cp, reserved)["credential_epoch"] == epoch + 1  # it has left: its passwords are void
     assert ok(cp.client.get(f"/nodes/{own}", headers=cp.op))["status"] == "drained"
     [drain] = [e for e in ok(cp.client.get(f"/slices/{reserved}/events", headers=cp.a.pm)) if e["kind"] == "drain"]
     assert "no longer eligible" in drain["reason"]

@@ -139,13 +139,15 @@ def test_a_lent_node_running_a_tenants_slice_gets_no_broker_password(control_pla
     assert all(s["spec"]["broker"]["password"] is None for s in slices)
 
 
-def test_an_edge_operator_logs_in_to_the_dashboard_without_a_page_of_its_own(control_plane: ControlPlane) -> None:
+def test_an_edge_operator_logs_in_to_the_contributors_page(control_plane: ControlPlane) -> None:
     cp = control_plane
     body = {"email": "edge@globex.example", "role": "edge_operator", "tenant_id": cp.b.tenant_id,
             "password": "lends-at-night"}  # fmt: skip
     ok(cp.client.post("/users", json=body, headers=cp.op), 201)
     ok(cp.client.post("/auth/login", json={"email": body["email"], "password": body["password"]}))
     home = cp.client.get("/ui", follow_redirects=False)
-    assert home.status_code == 303 and home.headers["location"] == "/docs"
+    assert home.status_code == 303 and home.headers["location"] == "/ui/contributor"
+    page = cp.client.get("/ui/contributor")
+    assert page.status_code == 200 and "Your contribution this month" in page.text
     plant = cp.client.get("/ui/plant")
     assert plant.status_code == 403 and "edge_operator" in plant.text

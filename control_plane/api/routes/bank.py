@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlmodel import col, select
+from sqlmodel import select
 
 from control_plane import bank, funds, ledger
-from control_plane.api.deps import NowDep, SessionDep, allowed, get_or_404
+from control_plane.api.deps import NowDep, PageDep, SessionDep, allowed, get_or_404
 from control_plane.errors import Conflict, Forbidden
 from control_plane.models import BankRule, BankRuleIn, BankRulePublic, PayoutIn, Site, Tenant
 from control_plane.money import Money
@@ -43,12 +43,13 @@ def add_bank_rule(
 def list_bank_rules(
     site_id: Annotated[int, Query(ge=1, le=2**31 - 1, description="The site whose rule versions to list.")],
     session: SessionDep,
+    page: PageDep,
     _: Annotated[Principal, allowed(Permission.READ_BANK, "reading the bank's rules")],
 ) -> list[BankRule]:
-    """Every version of the site's rule, newest first (none: contributors earn the default 70 % as credits)."""
+    """Every version of the site's rule, newest first, paged (none: contributors earn the default 70 % as
+    credits); the one in force on a day is the latest whose ``effective_from`` has come."""
     get_or_404(session, Site, site_id)
-    query = select(BankRule).where(BankRule.site_id == site_id)
-    return list(session.exec(query.order_by(col(BankRule.effective_from).desc(), col(BankRule.id).desc())))
+    return page.of(session, select(BankRule).where(BankRule.site_id == site_id), BankRule, newest_first=True)
 
 
 def _owner(caller: Principal, tenant_id: int | None) -> int:

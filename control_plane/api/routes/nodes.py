@@ -20,7 +20,7 @@ from control_plane.api.deps import IdFilter, IdPath, NowDep, PageDep, SessionDep
 from control_plane.errors import BrokerUnavailable, Forbidden, NotFound
 from control_plane.models import Node, NodeContribution, NodePublic, NodeStatusChange, Site
 from control_plane.security import Permission, Principal
-from control_plane.sites import live_slices, rotate_ingress
+from control_plane.sites import live_slices, node_left, rotate_ingress
 from control_plane.states import NodeStatus, transition
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
@@ -74,8 +74,9 @@ def change_node_status(
     A drain with notice (``notice_s``, default the node's) keeps the node's replicas running until
     ``held_until`` while their replacements start elsewhere; undraining before then changes nothing.
 
-    Draining and removing rotate the site's slice-ingress credentials: a node leaving the operators'
-    hands must not keep a password that reads tenants' frames.
+    An operator's node that has left (removed, or drained) rotates the site's slice-ingress credentials: it
+    must not keep a password that reads tenants' frames. A tenant's node never gets one (it joins as a Ray
+    worker only), and a node draining with notice keeps serving, so neither rotates until it has left.
     """
     node = owned_node(session, node_id, caller)
     if body.status is NodeStatus.REMOVED and not caller.is_operator:
@@ -86,12 +87,15 @@ def change_node_status(
     session.commit()
     site = get_or_404(session, Site, node.site_id)
     unsynced = None
-    if body.status in (NodeStatus.DRAINING, NodeStatus.REMOVED):
+    placement.place_site(session, site, now)
+    session.refresh(node)
+    # Once the node has left (removed, or drained: at once without notice, else when the notice ends, see
+    # ``app._apply_plans``), an operator's node must not keep a password that reads tenants' frames.
+    if node_left(node):
         try:
-            rotate_ingress(session, settings, site, live_slices(session, site), f"node {node.id} {body.status.value}")
+            rotate_ingress(session, settings, site, live_slices(session, site), f"node {node.id} {node.status.value}")
         except BrokerUnavailable as e:
             unsynced = e
-    placement.place_site(session, site, now)
     if unsynced is not None:
         raise BrokerUnavailable(
             f"node {node.id} is {node.status.value} and its site's slice credentials were rotated, but the site "
