@@ -180,6 +180,7 @@ def operator_overview(session: Session, now: datetime, sites: list[Site] | None 
                 "memory_mb": n.memory_mb, "gpus": n.gpus, "utilization": n.utilization,
                 "contributed": n.contributed, "windows": n.windows, "holidays": n.holidays,
                 "notice_s": n.notice_s, "held_until": None if n.held_until is None else n.held_until.isoformat(),
+                "bank_until": None if n.bank_until is None else n.bank_until.isoformat(),
                 "last_heartbeat_s": None if n.last_heartbeat_at is None
                 else round((now - as_utc(n.last_heartbeat_at)).total_seconds(), 1),
                 "placement": placed.get(str(n.id), []),

@@ -35,14 +35,19 @@ def deadline(now: datetime, notice_s: int) -> datetime:
     return (now + timedelta(seconds=notice_s)).astimezone(UTC)
 
 
+def _local(at: datetime | None, now: datetime) -> datetime | None:
+    """A stored (aware) deadline on the scheduler's clock, which is naive plant-local time unless ``now`` is aware."""
+    if at is None:
+        return None
+    local = at.astimezone()
+    return local if now.tzinfo is not None else local.replace(tzinfo=None)
+
+
 def _held_until(node: Node, now: datetime) -> datetime | None:
     """A draining node's deadline on the scheduler's clock; one without notice (or past it) holds nothing."""
     if node.status is not NodeStatus.DRAINING:
         return None
-    if node.held_until is None:
-        return now
-    local = node.held_until.astimezone()
-    return local if now.tzinfo is not None else local.replace(tzinfo=None)
+    return now if node.held_until is None else _local(node.held_until, now)
 
 
 def node_spec(node: Node, now: datetime) -> scheduler.NodeSpec:
@@ -57,6 +62,7 @@ def node_spec(node: Node, now: datetime) -> scheduler.NodeSpec:
         online=node.status in (NodeStatus.ONLINE, NodeStatus.DRAINING), contributed=node.contributed,
         windows=windows, holidays=frozenset(date.fromisoformat(d) for d in node.holidays), owner=node.owner_tenant_id,
         held_until=_held_until(node, now), notice=timedelta(seconds=node.notice_s),
+        bank_until=_local(node.bank_until, now),
     )  # fmt: skip
 
 
@@ -73,6 +79,8 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
     slices = session.exec(select(Slice).where(Slice.site_id == site.id, col(Slice.status).in_(LIVE_SLICES))).all()
     current = {s.id: [int(n) for n, k in s.placement.items() for _ in range(k)] for s in slices if s.id is not None}
     result = scheduler.place([node_spec(n, now) for n in nodes], [demand(s) for s in slices], current, now=now)
+    if _owners_take_back(nodes, slices, result, now):  # then the bank's replicas there get their notice
+        result = scheduler.place([node_spec(n, now) for n in nodes], [demand(s) for s in slices], current, now=now)
     for item in slices:
         assert item.id is not None
         placed = {str(n): k for n, k in sorted(Counter(result.assignments.get(item.id, [])).items())}
@@ -109,6 +117,30 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
     result.drained = _finish_drains(nodes, result)
     session.commit()
     return result
+
+
+def _owners_take_back(nodes: Sequence[Node], slices: Sequence[Slice], result: scheduler.Placement,
+                      now: datetime) -> bool:  # fmt: skip
+    """Start the notice on each owner's node (with a notice) where the owner's slices would take the room of
+    other tenants' replicas; without a notice they are preempted at once, as any lower class."""
+    tenant_of = {s.id: s.tenant_id for s in slices}
+    started = False
+    for node in nodes:
+        if node.owner_tenant_id is None or node.status is not NodeStatus.ONLINE or not node.notice_s:
+            continue
+        if (until := _local(node.bank_until, now)) is not None:
+            if now >= until and not any(str(node.id) in s.placement for s in slices
+                                        if s.tenant_id != node.owner_tenant_id):  # fmt: skip
+                node.bank_until = None  # the notice is over and the bank's replicas have left
+            continue  # one notice at a time, and its end is not a new one
+        pushed_out = [e for e in result.events if e.kind is scheduler.EventKind.PREEMPTED and e.node_id == node.id
+                      and tenant_of.get(e.slice_id) != node.owner_tenant_id]  # fmt: skip
+        if pushed_out:
+            node.bank_until = deadline(now, node.notice_s)
+            log.info("node %s (%s): its owner needs the room; other tenants' replicas leave by %s", node.id,
+                     node.hostname, node.bank_until)  # fmt: skip
+            started = True
+    return started
 
 
 def _residency_alert(session: Session, item: Slice, result: scheduler.Placement, placed: dict[str, int]) -> None:

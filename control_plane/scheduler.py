@@ -11,9 +11,11 @@ A node is eligible when it is online and, if contributed, inside one of its
 windows at ``now``. Drained, offline and removed nodes hold nothing.
 
 Notice (preemption that loses nothing): a node its owner reclaims (draining,
-``held_until`` in the future) and a lent node whose window ends within its
-``notice`` take no new replicas but keep the ones they run until then, while
-their replacements are placed elsewhere where room exists. The agent starts the
+``held_until`` in the future), a lent node whose window ends within its
+``notice``, and a lent node whose owner's own slices need its room
+(``bank_until``: other tenants' replicas only) take no new replicas of those
+leaving but keep the ones they run until then, while their replacements are
+placed elsewhere where room exists. The agent starts the
 replacements at once and stops the old replicas (the ingress answers their
 frames) only when the notice is over; without room elsewhere the slice drops to
 what fits at that moment, and the ``NOTICE`` event says so beforehand.
@@ -116,6 +118,7 @@ class NodeSpec:
     holidays: frozenset[date] = frozenset()  # contributed nodes are available all day on these dates
     owner: int | None = None  # the tenant that owns it; None: the operator
     held_until: datetime | None = None  # draining: takes no new replicas, keeps the ones it has until then
+    bank_until: datetime | None = None  # its owner needs the room: other tenants' replicas leave by then
     notice: timedelta = timedelta(0)  # how long before a window ends its bank replicas start to leave
 
     def lent(self, now: datetime) -> bool:
@@ -260,7 +263,7 @@ class _Pools:
     each tenant's own nodes, and tenants' nodes lent now. A room may sit in two heaps (its owner's and the
     lent one); its score there may be stale, which only affects spreading: ``take`` checks the real room."""
 
-    def __init__(self, rooms: Iterable[_Room], priority: Priority) -> None:
+    def __init__(self, rooms: Iterable[_Room], priority: Priority, reclaiming: Mapping[int, datetime]) -> None:
         self.priority = priority
         operator: list[_Room] = []
         owned: dict[int, list[_Room]] = {}
@@ -272,7 +275,7 @@ class _Pools:
                     operator.append(room)
                 continue
             owned.setdefault(owner, []).append(room)
-            if priority is Priority.BANK and room.lent:
+            if priority is Priority.BANK and room.lent and room.node.node_id not in reclaiming:
                 lent.append(room)
         self.operator, self.lent = _heap(operator), _heap(lent)
         self.owned = {owner: _heap(rooms) for owner, rooms in owned.items()}
@@ -310,21 +313,62 @@ def place(
     by_priority: dict[Priority, list[SliceDemand]] = {p: [] for p in PRIORITY_ORDER}
     for demand in sorted(demands, key=lambda d: d.slice_id):
         by_priority[demand.priority].append(demand)
+    ordered = [d for p in PRIORITY_ORDER for d in by_priority[p]]
     result = Placement()
+    # An owner taking room back from the bank: other tenants' replicas keep theirs until the notice ends.
+    reclaiming = {
+        node_id: until
+        for node_id, room in rooms.items()
+        if room.node.owner is not None and (until := room.node.bank_until) is not None and now < until
+    }
+    held = _hold_for_owner(reclaiming, rooms, ordered, current, result)
     for priority in PRIORITY_ORDER:
         pending: list[tuple[SliceDemand, int]] = []
         for demand in by_priority[priority]:
-            kept = _keep(demand, current.get(demand.slice_id, ()), rooms, result)
+            kept = _keep(demand, current.get(demand.slice_id, ()), rooms, result, reclaiming)
             result.assignments[demand.slice_id] = kept
             if len(kept) < demand.replicas:
                 pending.append((demand, demand.replicas - len(kept)))
-        pools = _Pools(rooms.values(), priority)
+        pools = _Pools(rooms.values(), priority, reclaiming)
         for demand, missing in pending:
             short = _fill(demand, missing, pools.for_demand(demand), result)
             if short:
                 _report_short(demand, short, rooms.values(), result)
-    _hold_leaving(nodes, leaving, [d for p in PRIORITY_ORDER for d in by_priority[p]], current, result, now)
+    for slice_id, node_ids in held.items():
+        result.assignments[slice_id].extend(node_ids)
+    _hold_leaving(nodes, leaving, ordered, current, result, now)
     return result
+
+
+def _foreign(room: _Room, demand: SliceDemand) -> bool:
+    return room.node.owner is not None and room.node.owner != demand.tenant_id
+
+
+def _hold_for_owner(
+    reclaiming: Mapping[int, datetime],
+    rooms: Mapping[int, _Room],
+    demands: Sequence[SliceDemand],
+    current: Mapping[int, Sequence[int]],
+    result: Placement,
+) -> dict[int, list[int]]:
+    """Before any class is placed: the room other tenants' replicas hold on a node whose owner takes it back,
+    kept for them until the notice ends (their replacements are placed elsewhere meanwhile)."""
+    held: dict[int, list[int]] = {}
+    for node_id in sorted(reclaiming):
+        room = rooms[node_id]
+        for demand in demands:
+            if not _foreign(room, demand):
+                continue
+            wanted = sum(1 for n in current.get(demand.slice_id, ()) if n == node_id)
+            kept = 0
+            while kept < min(wanted, demand.replicas) and _usable(room, demand) and room.take(demand):
+                kept += 1
+            if kept:
+                held.setdefault(demand.slice_id, []).extend([node_id] * kept)
+                reason = (f"{kept} replica(s) kept until {reclaiming[node_id]:%Y-%m-%d %H:%M:%S} while the node's "
+                          "owner takes it back for its own slices")  # fmt: skip
+                result.events.append(Event(EventKind.NOTICE, demand.slice_id, node_id, reason))
+    return held
 
 
 def _hold_leaving(
@@ -351,12 +395,13 @@ def _hold_leaving(
                 result.events.append(Event(EventKind.NOTICE, demand.slice_id, node.node_id, reason))
 
 
-def _keep(demand: SliceDemand, previous: Sequence[int], rooms: dict[int, _Room], result: Placement) -> list[int]:
+def _keep(demand: SliceDemand, previous: Sequence[int], rooms: dict[int, _Room], result: Placement,
+          reclaiming: Mapping[int, datetime]) -> list[int]:  # fmt: skip
     kept: list[int] = []
 
     def gone(node_id: int) -> bool:
         room = rooms.get(node_id)
-        return room is None or not _usable(room, demand)
+        return room is None or not _usable(room, demand) or (node_id in reclaiming and _foreign(room, demand))
 
     # Usable nodes first, so that a slice with replacements running beside replicas on a leaving node
     # keeps the replacements (a lower lease drops the surplus).

@@ -80,6 +80,7 @@ class Node(SQLModel, table=True):
     utilization: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     notice_s: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # replicas' notice before they leave
     held_until: datetime | None = None  # draining: its replicas stay until then while replacements start elsewhere
+    bank_until: datetime | None = None  # its owner's slices need its room: other tenants' replicas leave by then
 
 
 class NodePublic(SQLModel):
@@ -100,6 +101,10 @@ class NodePublic(SQLModel):
     notice_s: int = Field(description="Seconds its replicas keep running after a reclaim or before a window ends, "
                                       "while their replacements start elsewhere.")  # fmt: skip
     held_until: datetime | None = Field(description="Draining: when its last replicas stop (null: drained at once).")
+    bank_until: datetime | None = Field(
+        description="Its owner's slices need its room: other tenants' bank "
+        "replicas leave by then (their replacements start elsewhere)."
+    )
 
 
 class NodeJoined(NodePublic):

@@ -460,3 +460,22 @@ def test_with_notice_no_slice_loses_a_replica_before_the_notice_ends_unless_pree
         assert not set(after.assignments[demand.slice_id]) & leaving
         kept = [n for n in during.assignments[demand.slice_id] if n not in leaving]
         assert Counter(after.assignments[demand.slice_id]) == Counter(kept)  # replacements stay; nothing new moves
+
+
+def test_an_owner_needing_its_lent_node_gives_the_banks_replicas_their_notice() -> None:
+    lab = NodeSpec(2, cpus=2, memory_mb=8000, contributed=True, windows=(NIGHTS,), owner=GLOBEX)
+    other = NodeSpec(3, cpus=4, memory_mb=8000, contributed=True, windows=(NIGHTS,), owner=9)
+    bank = SliceDemand(10, Priority.BANK, replicas=2, tenant_id=ACME, residency=Residency.ANY_BANK)
+    first = place([lab], [bank], now=NIGHT)
+    assert first.assignments[10] == [2, 2]
+    own = SliceDemand(20, Priority.RESERVED, replicas=2, tenant_id=GLOBEX, residency=Residency.OWN_NODES)
+    at_once = place([lab, other], [bank, own], first.assignments, now=NIGHT)  # no notice: preempted now
+    assert at_once.assignments[20] == [2, 2] and sorted(at_once.assignments[10]) == [3, 3]
+    until = NIGHT + timedelta(minutes=10)
+    taking_back = replace(lab, bank_until=until)
+    during = place([taking_back, other], [bank, own], first.assignments, now=NIGHT)
+    assert sorted(during.assignments[10]) == [2, 2, 3, 3]  # kept, with their replacements running beside them
+    assert during.assignments[20] == [] and during.unplaced[20] == 2  # the owner waits for its notice
+    assert {e.node_id for e in during.events if e.kind is EventKind.NOTICE} == {2}
+    after = place([taking_back, other], [bank, own], during.assignments, now=until)
+    assert after.assignments[20] == [2, 2] and sorted(after.assignments[10]) == [3, 3]

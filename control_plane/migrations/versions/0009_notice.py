@@ -1,5 +1,6 @@
 """preemption with notice: each node's notice period (seconds its replicas get before they leave when its
-owner reclaims it or its window ends) and, while it drains, the moment they must be gone (issue 14, section 3)
+owner reclaims it, its window ends or its owner's slices need its room) and the moments they must be gone
+by (issue 14, section 3)
 
 Data: existing nodes get a notice of 0 (today's behaviour: a drain moves replicas at once); nodes that are
 draining now have no deadline, so they finish draining as before.
@@ -25,9 +26,11 @@ def upgrade() -> None:
     with op.batch_alter_table("node", schema=None) as batch_op:
         batch_op.add_column(sa.Column("notice_s", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("held_until", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column("bank_until", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("node", schema=None) as batch_op:
+        batch_op.drop_column("bank_until")
         batch_op.drop_column("held_until")
         batch_op.drop_column("notice_s")
