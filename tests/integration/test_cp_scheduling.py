@@ -119,7 +119,7 @@ def test_a_drain_with_notice_keeps_replicas_until_it_ends_and_undrain_changes_no
     assert node["status"] == "draining" and node["held_until"] is not None
     assert _slice(cp, reserved)["placement"] == {str(own): 1}
     assert _slice(cp, reserved)["generation"] == generation  # the agent redeploys nothing
-    epoch = int(str(_slice(cp, reserved)["credential_epoch"]))  # nor are its broker passwords rotated: the node serves on
+    epoch = int(str(_slice(cp, reserved)["credential_epoch"]))  # nor are its passwords rotated: it serves on
     [alert] = [a for a in ok(cp.client.get("/alerts", headers=cp.op)) if a["slice_id"] == reserved]
     assert "once the notice ends" in alert["reason"] and "add or undrain nodes" in alert["reason"]
     # Undrain within the notice: nothing moved, nothing to redeploy.
