@@ -151,38 +151,3 @@ def test_an_edge_operator_logs_in_to_the_contributors_page(control_plane: Contro
     assert page.status_code == 200 and "Your contribution this month" in page.text
     plant = cp.client.get("/ui/plant")
     assert plant.status_code == 403 and "edge_operator" in plant.text
-
-
-def test_an_owner_needing_its_lent_server_gives_the_banks_replicas_their_notice(control_plane: ControlPlane) -> None:
-    """Issue 14, section 3: the lab's own slice needs the room acme's bank replicas use on the lab's server;
-    with the lab's notice of 10 minutes they stay that long (the lab's slice waits), then leave."""
-    from datetime import timedelta
-
-    from sqlmodel import Session
-
-    from control_plane import placement
-
-    cp = control_plane
-    _, lab_eo, _, acme_node, lab, _ = site_of_owners(cp)
-    ok(cp.client.put(f"/nodes/{lab}/contribution", json={**NIGHTS, "notice_s": 600}, headers=lab_eo))
-    body = {"slug": "night", "line_ids": [cp.a.line_id], "model_version_id": 1, "priority": "bank",
-            "residency": "any_bank", "max_replicas": 4}  # fmt: skip
-    night = ok(cp.client.post("/slices", json=body, headers=cp.a.pm), 201)
-    assert night["placement"] == {str(acme_node): 2, str(lab): 2}
-    own = {"slug": "own", "line_ids": [cp.b.line_id], "model_version_id": 1, "max_replicas": 4,
-           "cpus_per_replica": 4, "residency": "own_nodes"}  # fmt: skip
-    mine = ok(cp.client.post("/slices", json=own, headers=cp.b.pm), 201)  # 16 CPUs: all of the lab's server
-    assert mine["placement"] == {str(lab): 3}  # the 4th waits for the notice
-    assert ok(cp.client.get(f"/slices/{night['id']}", headers=cp.a.pm))["placement"] == night["placement"]
-    held = ok(cp.client.get(f"/nodes/{lab}", headers=lab_eo))
-    assert held["status"] == "online" and held["bank_until"] is not None
-    with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
-        placement.place_all(session, MONDAY_NIGHT + timedelta(minutes=9))  # the planner's period, in the notice
-    assert ok(cp.client.get(f"/slices/{night['id']}", headers=cp.a.pm))["placement"] == night["placement"]
-    with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
-        placement.place_all(session, MONDAY_NIGHT + timedelta(minutes=10))
-    assert ok(cp.client.get(f"/slices/{mine['id']}", headers=cp.b.pm))["placement"] == {str(lab): 4}
-    after = ok(cp.client.get(f"/slices/{night['id']}", headers=cp.a.pm))
-    assert after["placement"] == {str(acme_node): 2}  # nowhere else it may go: it runs what fits
-    events = ok(cp.client.get(f"/slices/{night['id']}/events", headers=cp.a.pm))
-    assert any("kept until" in e["reason"] for e in events) or any(e["kind"] == "preemption" for e in events)

@@ -1,7 +1,7 @@
 /* Compute bank contributor (edge operator of a lab or a factory lending its servers): hours offered and used,
  * credits earned, spent and left, its nodes with their terms (windows, notice), join tokens, payouts. */
 "use strict";
-const { api, flash, poll, el, fmt, copyButton } = Lineside;
+const { api, flash, poll, el, fmt, joinTokenForm } = Lineside;
 const DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 let nodes = [];
 
@@ -68,16 +68,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   document.getElementById("lend-node").addEventListener("change", loadTerms);
   const sites = await api("GET", "/sites");
   document.getElementById("join-site").replaceChildren(...sites.map((s) => el("option", { value: s.id }, s.name)));
-  document.getElementById("join-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    try {
-      const issued = await api("POST", `/sites/${document.getElementById("join-site").value}/join-tokens`);
-      const command = `lineside edge-node join --control-plane ${location.origin} --token ${issued.token} --ray-address <the site's Ray head>`;
-      document.getElementById("join-token").replaceChildren(el("div", { class: "secret" },
-        el("p", {}, `One-time token for one of your servers, valid until ${fmt.time(issued.expires_at)}. Run on it:`),
-        el("pre", { "data-testid": "join-command" }, command), copyButton(() => command)));
-    } catch (err) { flash(err.message, true); }
-  });
+  joinTokenForm(" --ray-address <the site's Ray head>");  // a tenant's server joins as a Ray worker
   document.getElementById("lend-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const error = document.getElementById("lend-error");

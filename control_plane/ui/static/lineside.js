@@ -147,5 +147,20 @@ const Lineside = (() => {
     if (logout) logout.addEventListener("click", async () => { await api("POST", "/auth/logout"); location.href = "/ui/login"; });
   });
 
-  return { api, flash, poll, el, fmt, chart, legend, copyButton, ApiError };
+  /** The "Add a node" card (operators and contributors): a one-time join token for the chosen site and the
+   * command that joins a server with it; ``extra`` is appended to the command. */
+  function joinTokenForm(extra = "") {
+    document.getElementById("join-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      try {
+        const issued = await api("POST", `/sites/${document.getElementById("join-site").value}/join-tokens`);
+        const command = `lineside edge-node join --control-plane ${location.origin} --token ${issued.token}${extra}`;
+        document.getElementById("join-token").replaceChildren(el("div", { class: "secret" },
+          el("p", {}, `One-time token, valid until ${fmt.time(issued.expires_at)}. Run on the new server:`),
+          el("pre", { "data-testid": "join-command" }, command), copyButton(() => command)));
+      } catch (err) { flash(err.message, true); }
+    });
+  }
+
+  return { api, flash, poll, el, fmt, chart, legend, copyButton, joinTokenForm, ApiError };
 })();

@@ -1,7 +1,7 @@
 /* Edge operator: sites and nodes (status, utilization, placement), join tokens, contribution windows, drain, alerts;
  * money: revenue per site and product, receivables, voucher programmes, top-ups. */
 "use strict";
-const { api, flash, poll, el, fmt, copyButton } = Lineside;
+const { api, flash, poll, el, fmt, joinTokenForm } = Lineside;
 const day = (iso) => new Date(iso).toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" });
 const DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 let sites = [];
@@ -97,16 +97,7 @@ function loadContribution() {
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("win-days").append(...DAYS.map((d, i) => el("label", {}, el("input", { type: "checkbox", value: i, checked: i < 5 }), " ", d)));
   document.getElementById("contrib-node").addEventListener("change", loadContribution);
-  document.getElementById("join-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    try {
-      const issued = await api("POST", `/sites/${document.getElementById("join-site").value}/join-tokens`);
-      const command = `lineside edge-node join --control-plane ${location.origin} --token ${issued.token}`;
-      document.getElementById("join-token").replaceChildren(el("div", { class: "secret" },
-        el("p", {}, `One-time token, valid until ${fmt.time(issued.expires_at)}. Run on the new node:`),
-        el("pre", { "data-testid": "join-command" }, command), copyButton(() => command)));
-    } catch (err) { flash(err.message, true); }
-  });
+  joinTokenForm();
   document.getElementById("contrib-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const error = document.getElementById("contrib-error");
