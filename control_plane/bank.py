@@ -35,6 +35,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from control_plane import funds, ledger, ledger_store, pricing
+from control_plane.billing_views import shown
 from control_plane.errors import Conflict, InvalidInput
 from control_plane.ledger import AccountKind, Posting
 from control_plane.models import (
@@ -49,7 +50,7 @@ from control_plane.models import (
     as_utc,
 )
 from control_plane.money import Money
-from control_plane.placement import node_spec
+from control_plane.placement import local_clock, node_spec
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +237,6 @@ class NodeHours:
         return round(self.hours_used / self.hours_offered, 4) if self.hours_offered else 0.0
 
 
-def _node_row(row: NodeHours) -> dict[str, Any]:
-    return {"node_id": row.node_id, "hostname": row.hostname, "hours_offered": row.hours_offered,
-            "hours_used": row.hours_used, "utilization": row.utilization}  # fmt: skip
-
-
 def contributor(session: Session, tenant_id: int, now: datetime, currency: str) -> dict[str, Any]:
     """What a contributor sees for the month so far: its nodes' hours offered and used (inside its windows),
     credits earned, spent and left, and what ran on its nodes (slice counts and hours; no tenant names).
@@ -265,8 +261,9 @@ def contributor(session: Session, tenant_id: int, now: datetime, currency: str) 
         assert node.id is not None
         spec = node_spec(node, now)
         offered: set[datetime] = set()
-        joined = as_utc(node.joined_at).astimezone(now.tzinfo) if now.tzinfo else as_utc(node.joined_at).astimezone()
-        hour = max(month, joined.replace(minute=0, second=0, microsecond=0, tzinfo=now.tzinfo))
+        joined = local_clock(as_utc(node.joined_at), now)
+        assert joined is not None
+        hour = max(month, joined.replace(minute=0, second=0, microsecond=0))
         while hour < now:  # from the hour it joined: hours before it existed were not offered
             if spec.contributed and (hour.date() in spec.holidays or any(w.contains(hour) for w in spec.windows)):
                 offered.add(hour.astimezone(UTC))  # a naive hour is the machine's local time
@@ -286,10 +283,6 @@ def contributor(session: Session, tenant_id: int, now: datetime, currency: str) 
     offered_total = sum(r.hours_offered for r in rows)
     used_total = sum(r.hours_used for r in rows)
 
-    def money(minor: int) -> dict[str, Any]:
-        value = Money(int(minor), currency)
-        return {"minor": value.minor, "currency": currency, "text": str(value)}
-
     return {
         "period": period.isoformat(),
         "nodes": [
@@ -305,8 +298,12 @@ def contributor(session: Session, tenant_id: int, now: datetime, currency: str) 
         "hours_offered": offered_total,
         "hours_used": used_total,
         "utilization": round(used_total / offered_total, 4) if offered_total else 0.0,
-        "credits": {"earned": money(earned), "spent": money(int(spent)), "left": money(left.minor)},
-        "payable": {"earned": money(payable), "owed": money(owed.minor)},
+        "credits": {
+            "earned": shown(earned, currency),
+            "spent": shown(int(spent), currency),
+            "left": shown(left.minor, currency),
+        },
+        "payable": {"earned": shown(payable, currency), "owed": shown(owed.minor, currency)},
         "ran": {
             "slices": len({c.slice_id for c in credits}),
             "replica_hours": round(sum(c.replica_seconds for c in credits) / 3600, 2),

@@ -44,7 +44,8 @@ def month_bounds(at: datetime) -> tuple[datetime, datetime]:
     return first, datetime.combine(pricing.month_start(first + timedelta(days=32)), datetime.min.time(), UTC)
 
 
-def _text(minor: int, currency: str) -> dict[str, Any]:
+def shown(minor: int, currency: str) -> dict[str, Any]:
+    """An amount as the money views show it (bank too): minor units, the currency, and the text people read."""
     return {"minor": minor, "currency": currency, "text": str(Money(minor, currency))}
 
 
@@ -61,14 +62,14 @@ def summary(session: Session, tenant_id: int, now: datetime) -> dict[str, Any]:
     budget = settings.monthly_budget_minor
     return {
         "tenant_id": tenant_id, "period": period.strftime("%Y-%m"), "currency": currency,
-        "spent": _text(spent, currency), "forecast_month_end": _text(spent + rest, currency),
-        "budget": _text(budget, currency) if budget else None,
+        "spent": shown(spent, currency), "forecast_month_end": shown(spent + rest, currency),
+        "budget": shown(budget, currency) if budget else None,
         "budget_used_pct": round(100 * spent / budget, 1) if budget else None,
-        "alerts": [{"threshold_pct": a.threshold_pct, "at": a.created_at, "spent": _text(a.spent_minor, currency)}
+        "alerts": [{"threshold_pct": a.threshold_pct, "at": a.created_at, "spent": shown(a.spent_minor, currency)}
                    for a in alerts],
-        "funds": {"prepaid": _text(money.prepaid, currency), "credit_limit": _text(money.credit_limit, currency),
-                  "vouchers": _text(money.vouchers, currency), "bank_credits": _text(money.credits, currency),
-                  "debt": _text(money.debt, currency), "available": _text(money.available, currency)},
+        "funds": {"prepaid": shown(money.prepaid, currency), "credit_limit": shown(money.credit_limit, currency),
+                  "vouchers": shown(money.vouchers, currency), "bank_credits": shown(money.credits, currency),
+                  "debt": shown(money.debt, currency), "available": shown(money.available, currency)},
         "held": settings.held, "held_reason": settings.held_reason,
         "lines": cost_per_line(session, tenant_id, period, currency),
     }  # fmt: skip
@@ -154,8 +155,8 @@ def cost_per_line(session: Session, tenant_id: int, period: date, currency: str)
         plan = plans.get(line.id)
         parts = seen // (plan.views_per_part if plan else 1)
         result.append({"line_id": line.id, "slug": line.slug, "verdicts": seen, "parts": parts,
-                       "cost": _text(cost, currency),
-                       "cost_per_1000_parts": _text(cost * 1000 // parts, currency) if parts else None})  # fmt: skip
+                       "cost": shown(cost, currency),
+                       "cost_per_1000_parts": shown(cost * 1000 // parts, currency) if parts else None})  # fmt: skip
     return result
 
 
@@ -181,7 +182,7 @@ def revenue(session: Session, now: datetime) -> dict[str, Any]:
     ).all()  # fmt: skip
     return {
         "period": period.strftime("%Y-%m"),
-        "products": [{"site": s, "sku": k, "this_month": _text(v["month"], c), "all_time": _text(v["total"], c)}
+        "products": [{"site": s, "sku": k, "this_month": shown(v["month"], c), "all_time": shown(v["total"], c)}
                      for (s, k, c), v in sorted(products.items())],
-        "receivables": [{"tenant_id": t, "owed": _text(-int(total or 0), c)} for t, c, total in owed if total],
+        "receivables": [{"tenant_id": t, "owed": shown(-int(total or 0), c)} for t, c, total in owed if total],
     }  # fmt: skip

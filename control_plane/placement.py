@@ -35,7 +35,7 @@ def deadline(now: datetime, notice_s: int) -> datetime:
     return (now + timedelta(seconds=notice_s)).astimezone(UTC)
 
 
-def _local(at: datetime | None, now: datetime) -> datetime | None:
+def local_clock(at: datetime | None, now: datetime) -> datetime | None:
     """A stored (aware) deadline on the scheduler's clock, which is naive plant-local time unless ``now`` is aware."""
     if at is None:
         return None
@@ -47,7 +47,7 @@ def _held_until(node: Node, now: datetime) -> datetime | None:
     """A draining node's deadline on the scheduler's clock; one without notice (or past it) holds nothing."""
     if node.status is not NodeStatus.DRAINING:
         return None
-    return now if node.held_until is None else _local(node.held_until, now)
+    return now if node.held_until is None else local_clock(node.held_until, now)
 
 
 def node_spec(node: Node, now: datetime) -> scheduler.NodeSpec:
@@ -62,7 +62,7 @@ def node_spec(node: Node, now: datetime) -> scheduler.NodeSpec:
         online=node.status in (NodeStatus.ONLINE, NodeStatus.DRAINING), contributed=node.contributed,
         windows=windows, holidays=frozenset(date.fromisoformat(d) for d in node.holidays), owner=node.owner_tenant_id,
         held_until=_held_until(node, now), notice=timedelta(seconds=node.notice_s),
-        bank_until=_local(node.bank_until, now),
+        bank_until=local_clock(node.bank_until, now),
     )  # fmt: skip
 
 
@@ -128,7 +128,7 @@ def _owners_take_back(nodes: Sequence[Node], slices: Sequence[Slice], result: sc
     for node in nodes:
         if node.owner_tenant_id is None or node.status is not NodeStatus.ONLINE or not node.notice_s:
             continue
-        if (until := _local(node.bank_until, now)) is not None:
+        if (until := local_clock(node.bank_until, now)) is not None:
             if now >= until and not any(str(node.id) in s.placement for s in slices
                                         if s.tenant_id != node.owner_tenant_id):  # fmt: skip
                 node.bank_until = None  # the notice is over and the bank's replicas have left
