@@ -344,6 +344,26 @@ def _foreign(room: _Room, demand: SliceDemand) -> bool:
     return room.node.owner is not None and room.node.owner != demand.tenant_id
 
 
+def _hold(room: _Room, demands: Sequence[SliceDemand], current: Mapping[int, Sequence[int]], result: Placement,
+          why: str, *, foreign_only: bool = False) -> dict[int, list[int]]:  # fmt: skip
+    """Keep, in class order and as far as ``room`` goes, the replicas each demand (``foreign_only``: of other
+    tenants than the node's owner) has on its node now (slice id -> that node, once per replica kept), each
+    kept with a ``NOTICE`` event."""
+    node_id = room.node.node_id
+    held: dict[int, list[int]] = {}
+    for demand in demands:
+        if foreign_only and not _foreign(room, demand):
+            continue
+        wanted = sum(1 for n in current.get(demand.slice_id, ()) if n == node_id)
+        kept = 0
+        while kept < min(wanted, demand.replicas) and _usable(room, demand) and room.take(demand):
+            kept += 1
+        if kept:
+            held[demand.slice_id] = [node_id] * kept
+            result.events.append(Event(EventKind.NOTICE, demand.slice_id, node_id, f"{kept} replica(s) kept {why}"))
+    return held
+
+
 def _hold_for_owner(
     reclaiming: Mapping[int, datetime],
     rooms: Mapping[int, _Room],
@@ -355,19 +375,9 @@ def _hold_for_owner(
     kept for them until the notice ends (their replacements are placed elsewhere meanwhile)."""
     held: dict[int, list[int]] = {}
     for node_id in sorted(reclaiming):
-        room = rooms[node_id]
-        for demand in demands:
-            if not _foreign(room, demand):
-                continue
-            wanted = sum(1 for n in current.get(demand.slice_id, ()) if n == node_id)
-            kept = 0
-            while kept < min(wanted, demand.replicas) and _usable(room, demand) and room.take(demand):
-                kept += 1
-            if kept:
-                held.setdefault(demand.slice_id, []).extend([node_id] * kept)
-                reason = (f"{kept} replica(s) kept until {reclaiming[node_id]:%Y-%m-%d %H:%M:%S} while the node's "
-                          "owner takes it back for its own slices")  # fmt: skip
-                result.events.append(Event(EventKind.NOTICE, demand.slice_id, node_id, reason))
+        why = f"until {reclaiming[node_id]:%Y-%m-%d %H:%M:%S} while the node's owner takes it back for its own slices"
+        for slice_id, kept in _hold(rooms[node_id], demands, current, result, why, foreign_only=True).items():
+            held.setdefault(slice_id, []).extend(kept)
     return held
 
 
@@ -382,17 +392,9 @@ def _hold_leaving(
     """Keep each leaving node's replicas (in class order, as far as its room goes) until its notice ends:
     their replacements were placed elsewhere above, so for the notice both run."""
     for node in sorted((n for n in nodes if n.node_id in leaving), key=lambda n: n.node_id):
-        room = _Room(node, now)
-        until = leaving[node.node_id]
-        for demand in demands:
-            wanted = sum(1 for n in current.get(demand.slice_id, ()) if n == node.node_id)
-            kept = 0
-            while kept < min(wanted, demand.replicas) and _usable(room, demand) and room.take(demand):
-                kept += 1
-            if kept:
-                result.assignments[demand.slice_id].extend([node.node_id] * kept)
-                reason = f"{kept} replica(s) kept until {until:%Y-%m-%d %H:%M:%S} while the node leaves with notice"
-                result.events.append(Event(EventKind.NOTICE, demand.slice_id, node.node_id, reason))
+        why = f"until {leaving[node.node_id]:%Y-%m-%d %H:%M:%S} while the node leaves with notice"
+        for slice_id, kept in _hold(_Room(node, now), demands, current, result, why).items():
+            result.assignments[slice_id].extend(kept)
 
 
 def _keep(demand: SliceDemand, previous: Sequence[int], rooms: dict[int, _Room], result: Placement,
