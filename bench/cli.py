@@ -8,6 +8,7 @@ once, here.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -17,6 +18,21 @@ bench_app = typer.Typer(help="Benchmarks that print JSON (see BENCHMARKS.md).", 
 app.add_typer(bench_app, name="bench")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on one line.")]
+
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(help="A model manifest, or 'reference' (MobileNetV2-class at 224 px); default the bundled."),
+]
+
+
+def _manifest(model: str | None) -> Path:
+    from bench.pipeline import resolve_model
+
+    try:
+        return resolve_model(model)
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e), param_hint="--model") from e
 
 
 def _emit(result: dict[str, Any], as_json: bool) -> None:
@@ -29,14 +45,24 @@ def bench_pipeline(
     duration: Annotated[float, typer.Option(min=1, help="Seconds per measured phase.")] = 20.0,
     robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 16,
     batch: Annotated[int, typer.Option(min=1, help="Model max batch size.")] = 32,
-    ort_threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads in the model replica.")] = 2,
+    ort_threads: Annotated[
+        int, typer.Option(min=0, help="ONNX Runtime threads per model replica; 0: measured, as a slice sizes itself.")
+    ] = 0,
     ingress_concurrency: Annotated[int, typer.Option(min=1, help="Model calls in flight per ingress.")] = 3,
+    model_replicas: Annotated[int, typer.Option(min=1, max=16, help="Model replicas of the slice.")] = 1,
+    ingress_replicas: Annotated[int, typer.Option(min=1, max=16, help="Ingress replicas of the slice.")] = 1,
+    model: ModelOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Raw ONNX Runtime vs. end to end over MQTT and Ray, an MQTT echo baseline, latency at half load."""
+    """Each stage of the data path and the machine's limit from them, end to end against it, latency at half load.
+
+    Stages, each on all cores in the same run: raw ONNX Runtime, an MQTT echo of the same frames, decoding.
+    """
     from bench.pipeline import run
 
-    _emit(run(duration, robots, batch, ort_threads, ingress_concurrency), as_json)
+    manifest = _manifest(model)
+    _emit(run(duration, robots, batch, ort_threads, ingress_concurrency, manifest, model_replicas, ingress_replicas),
+          as_json)  # fmt: skip
 
 
 @bench_app.command("runtime")
@@ -48,12 +74,14 @@ def bench_runtime(
     threads: Annotated[
         list[int], typer.Option("--threads", min=1, help="Intra-op threads to measure (repeat the option).")
     ] = [1, 2],  # noqa: B006
+    model: ModelOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Raw ONNX Runtime vs. Lineside's runtime throughput by batch size and intra-op threads."""
     from bench.runtime_throughput import measure
 
-    _emit(measure(batches, threads, seconds), as_json)
+    manifest = _manifest(model)
+    _emit(measure(batches, threads, seconds, manifest=manifest), as_json)
 
 
 @bench_app.command("scheduler")

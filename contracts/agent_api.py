@@ -13,9 +13,9 @@ of the control plane to speak it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contracts.slice_spec import REVEAL_SECRETS, SliceSpec
 
@@ -121,9 +121,18 @@ class DesiredSlice(BaseModel):
     slice_id: RowId = Field(description="The slice's id, for the agent's report.")
     generation: int = Field(ge=0, le=MAX_ID, description="Bumped on every change; the agent reports what it applied.")
     model: ModelRef = Field(description="The model to serve.")
+    candidate: ModelRef | None = Field(
+        default=None, description="A rollout's candidate model (``spec.rollout``), served beside ``model``."
+    )
     spec: SliceSpec = Field(
         description="The Serve application (manifest left out); the broker password only for the ingress's node."
     )
+
+    @model_validator(mode="after")
+    def _candidate_with_rollout(self) -> DesiredSlice:
+        if (self.candidate is None) != (self.spec.rollout is None):
+            raise ValueError("a slice's candidate model and its spec's rollout come together or not at all")
+        return self
 
     def content(self) -> dict[str, Any]:
         """The slice as JSON, secrets included: what the wire carries and what the agent's digest covers."""
@@ -140,3 +149,40 @@ class DesiredState(BaseModel):
     def content(self) -> dict[str, Any]:
         """The state as JSON with the broker passwords (``SliceSpec`` masks them by default)."""
         return self.model_dump(mode="json", exclude_unset=True, context={REVEAL_SECRETS: True})
+
+
+FitStage = Annotated[str, Field(max_length=100)]
+
+
+class FitJob(BaseModel):
+    """A model fit the site's head agent runs as a Ray task (``GET /agent/v1/fits``; also the answer to its reports).
+
+    The photos are fetched from ``/agent/v1/fits/{fit_id}/photos/good`` (and ``.../defects`` when
+    ``defect_photos`` > 0). ``status`` cancelled (or any finished status) tells the agent to stop the task."""
+
+    fit_id: RowId = Field(description="The fit's id.")
+    status: str = Field(max_length=20, description="queued, running, succeeded, failed, cancelled or timed_out.")
+    name: str = Field(max_length=100, description="Name of the model to fit.")
+    version: str = Field(max_length=50, description="Version of the model to fit.")
+    false_reject_rate: float = Field(ge=0, le=1, description="Share of good parts the threshold may reject.")
+    time_limit_s: int = Field(ge=1, le=24 * 3600, description="Seconds the fit may run; then the agent stops it.")
+    defect_photos: int = Field(default=0, ge=0, le=MAX_ID, description="Defect photos to download (0: none).")
+
+
+class FitJobs(BaseModel):
+    """``GET /agent/v1/fits``: the site's queued and running fits."""
+
+    fits: list[FitJob] = Field(default_factory=list, description="Oldest first.")
+
+
+class FitProgress(_FromNode):
+    """``POST /agent/v1/fits/{fit_id}/progress``: what the fit is doing; the answer is its ``FitJob``.
+
+    ``running`` claims a queued fit (or reports progress on it); ``failed`` and ``timed_out`` end it.
+    A fit succeeds only by ``POST /agent/v1/fits/{fit_id}/result``."""
+
+    status: Literal["running", "failed", "timed_out"] = Field(description="The fit's status as the agent sees it.")
+    stage: FitStage = Field(default="", description="What the fit is doing: decoding, features, calibrating, ...")
+    progress: Share = Field(default=0.0, description="0 to 1.")
+    message: str = Field(default="", max_length=2000, description="Why it failed, in words a user can act on.")
+    cpu_s: float = Field(default=0.0, ge=0, le=10_000_000, description="CPU seconds the fit used so far.")

@@ -7,9 +7,11 @@ from flags. Unknown fields are errors that name the field.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -117,7 +119,9 @@ class ResourceSpec(_Strict):
     cpus_per_replica: float = Field(default=1.0, gt=0, le=64, description="CPUs reserved per model replica.")
     gpus_per_replica: float = Field(default=0.0, ge=0, le=1, description="GPU fraction per model replica (0 on CPU).")
     ingress_cpus: float = Field(default=0.25, gt=0, le=8, description="CPUs reserved per ingress replica.")
-    ort_threads: int = Field(default=0, ge=0, le=64, description="ONNX Runtime intra-op threads; 0 = per CPUs.")
+    ort_threads: int = Field(
+        default=0, ge=0, le=64, description="ONNX Runtime threads per model replica; 0 = chosen by the node."
+    )
     providers: list[str] | None = Field(default=None, description="ONNX Runtime providers; default best available.")
 
 
@@ -143,6 +147,95 @@ class FramePolicy(_Strict):
     max_fps: float = Field(default=30.0, gt=0, le=1000, description="Frames per second per robot (token bucket).")
     max_frame_bytes: int = Field(
         default=wire.MAX_FRAME_BYTES, ge=1, le=wire.MAX_FRAME_BYTES, description="Largest frame per robot, bytes."
+    )
+
+
+class RolloutStage(StrEnum):
+    """What a rollout's step does with the candidate model."""
+
+    SHADOW = "shadow"  # the candidate judges every frame too; only the current model's verdicts are published
+    CANARY = "canary"  # the candidate judges and answers the frames of a share of robots
+    FULL = "full"  # the candidate is the slice's model; at the edge, the candidate answers every robot meanwhile
+
+
+ROUTING_BUCKETS = 10_000
+"""Robots are routed by a hash of their line and name into this many buckets; a canary takes the lowest ones."""
+
+
+def robot_bucket(line: str, robot: str) -> int:
+    """The robot's routing bucket: the same on every ingress replica, in every process, after every restart."""
+    digest = hashlib.sha256(f"{line}/{robot}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % ROUTING_BUCKETS
+
+
+def routes_to_candidate(line: str, robot: str, share: float) -> bool:
+    """Whether a canary of ``share`` (0-1) sends this robot's frames to the candidate. A rising share only adds
+    robots: one routed to the candidate at 10 % stays there at 50 %."""
+    return robot_bucket(line, robot) < round(share * ROUTING_BUCKETS)
+
+
+class RolloutSpec(_Strict):
+    """A model rollout in progress on the slice: the candidate runs as a second model deployment beside the
+    current one, whose replicas keep running unchanged."""
+
+    rollout_id: int = Field(ge=1, description="The control plane's rollout id; reports carry it back.")
+    step: int = Field(ge=0, le=100, description="The rollout's step; reports of another step are not counted.")
+    stage: RolloutStage = Field(
+        description="shadow (judge every frame, publish nothing), canary (answer a share of robots) or full (answer "
+        "every robot: the edge's handover while the slice is redeployed with the candidate as its model)."
+    )
+    share: float = Field(default=0.0, ge=0, le=1, description="Canary: the share of robots the candidate answers.")
+    manifest: Path | None = Field(
+        default=None, description="The candidate's manifest on this node (the agent fills it in, like ``manifest``)."
+    )
+    replicas: int = Field(default=1, ge=1, le=256, description="Most replicas of the candidate's deployment.")
+
+    @model_validator(mode="after")
+    def _share_fits_stage(self) -> RolloutSpec:
+        if self.stage == RolloutStage.CANARY and not 0 < self.share < 1:
+            raise ValueError(f"a canary's share ({self.share}) must be between 0 and 1")
+        return self
+
+    def candidate_answers(self, line: str, robot: str) -> bool:
+        """Whether the candidate's verdict is the one this robot sees."""
+        if self.stage == RolloutStage.FULL:
+            return True
+        return self.stage == RolloutStage.CANARY and routes_to_candidate(line, robot, self.share)
+
+
+RolloutCount = Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+class ModelCounts(_Strict):
+    """One model's answers in a rollout report."""
+
+    frames: RolloutCount = Field(default=0, description="Verdicts (pass + fail).")
+    fails: RolloutCount = Field(default=0, description="Verdicts 'fail'.")
+    errors: RolloutCount = Field(default=0, description="Frames the model failed on (internal errors).")
+    latency_ms_histogram: list[RolloutCount] = Field(
+        default_factory=lambda: [0] * (len(wire.LATENCY_BUCKETS_MS) + 1),
+        max_length=len(wire.LATENCY_BUCKETS_MS) + 1,
+        description="Latency (arrival to verdict) per wire.LATENCY_BUCKETS_MS bucket (+1).",
+    )
+
+
+class RolloutReport(_Strict):
+    """JSON an ingress replica publishes beside its telemetry (same topic) while a rollout runs: both models'
+    answers in the window, and in shadow how often their verdicts agreed."""
+
+    kind: Literal["rollout"] = Field(default="rollout", description="Tells the report from a telemetry window.")
+    rollout_id: int = Field(ge=1, le=2**31 - 1, description="The rollout (RolloutSpec.rollout_id).")
+    step: int = Field(ge=0, le=100, description="The step the replica ran (RolloutSpec.step).")
+    replica: str = Field(max_length=128, description="Ingress replica (client id).")
+    start: float = Field(ge=0, le=wire.TELEMETRY_TIME_MAX, description="Unix time the window began.")
+    end: float = Field(ge=0, le=wire.TELEMETRY_TIME_MAX, description="Unix time the window ended.")
+    current: ModelCounts = Field(default_factory=ModelCounts, description="The current model's answers.")
+    candidate: ModelCounts = Field(default_factory=ModelCounts, description="The candidate's answers.")
+    agreement: dict[Literal["pass/pass", "pass/fail", "fail/pass", "fail/fail"], RolloutCount] = Field(
+        default_factory=dict, description="Shadow: frames by current/candidate verdict."
+    )
+    shadow_skipped: RolloutCount = Field(
+        default=0, description="Shadow: frames the candidate did not judge because it lagged behind."
     )
 
 
@@ -198,6 +291,9 @@ class SliceSpec(_Strict):
     frame_policy: dict[str, FramePolicy] = Field(
         default_factory=dict,
         description="Per line: what each robot may send; frames beyond it are answered rate_limited or too_large.",
+    )
+    rollout: RolloutSpec | None = Field(
+        default=None, description="A model rollout in progress: the candidate beside the current model."
     )
     inject_delay_ms: float = Field(
         default=0.0, ge=0, le=60_000, description="Fault injection: extra sleep per model call (tests only)."

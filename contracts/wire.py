@@ -20,9 +20,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 WIRE_VERSION: Final = 1
 """Version of the topics, payload limits and JSON schemas defined here."""
@@ -151,16 +159,86 @@ class Timings(BaseModel):
     total: float = Field(description="From arrival at the ingress until the result was handed to the broker.")
 
 
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+"""A coordinate in 0..1 of the frame the robot sent: 0 is the left (top) edge, 1 the right (bottom)."""
+
+FrameBox = tuple[Fraction, Fraction, Fraction, Fraction]
+"""``[x1, y1, x2, y2]`` in 0..1 frame coordinates."""
+
+
+class Location(BaseModel):
+    """Where an anomaly model found the anomaly (the peak of its map) or a detector its top defect box."""
+
+    model_config = ConfigDict(extra="forbid")
+    x: Fraction = Field(description="Horizontal position of the peak (or box centre), 0..1 of the frame's width.")
+    y: Fraction = Field(description="Vertical position of the peak (or box centre), 0..1 of the frame's height.")
+    box: FrameBox | None = Field(
+        default=None, description="Region around it, [x1, y1, x2, y2] in 0..1 frame coordinates; null if none."
+    )
+
+
+class Box(BaseModel):
+    """One box an object detector found."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(max_length=100, description="The detector's class.")
+    confidence: Fraction = Field(description="The box's confidence.")
+    box: FrameBox = Field(description="[x1, y1, x2, y2] in 0..1 frame coordinates (letterbox and crops undone).")
+
+
+def defect_location(
+    location: dict[str, Any] | None, boxes: list[dict[str, Any]] | None, defect_class: str | None
+) -> Location | None:
+    """Where a failed part's defect is, for ``FailedPart.location``: a verdict's ``location`` (anomaly
+    models), else the best box of its ``defect_class`` (detectors, whose boxes come best first); None
+    when the model says neither. Raises ``ValueError`` (pydantic's) for coordinates outside 0..1."""
+    if location is not None:
+        return Location.model_validate(location)
+    best = next((b for b in boxes or () if b.get("label") == defect_class), None)
+    if best is None:
+        return None
+    x1, y1, x2, y2 = best["box"]
+    return Location(x=(x1 + x2) / 2, y=(y1 + y2) / 2, box=(x1, y1, x2, y2))
+
+
 class Result(_Message):
-    """JSON on ``.../results``: the verdict for one frame."""
+    """JSON on ``.../results``: the verdict for one frame.
+
+    ``location`` and ``boxes`` are left out of the JSON when null, so robots built before they existed
+    read results of classifiers as before.
+    """
 
     verdict: Literal["pass", "fail"] = Field(description="Whether the part passes inspection.")
     defect_class: str | None = Field(description="Most likely defect when the part fails, else null.")
-    score: float = Field(description="Probability of the reported outcome.")
-    fail_score: float = Field(description="Summed probability of all defect classes.")
-    scores: dict[str, float] = Field(description="Probability of every class.")
+    score: float = Field(
+        description="Confidence in the reported outcome, 0..1: a classifier's probability of it; a detector's "
+        "top defect box confidence on fail; for anomaly models score / (score + threshold) of the raw score "
+        "on fail (0.5 at the threshold), one minus that on pass."
+    )
+    fail_score: float = Field(
+        description="What the model's threshold is compared with: summed probability of all defect classes "
+        "(classifiers), top defect box confidence (detectors, 0 if none), raw anomaly score (anomaly models)."
+    )
+    scores: dict[str, float] = Field(
+        description="Probability of every class (classifiers), highest box confidence per class found "
+        "(detectors), the raw score under the anomalous label (anomaly models)."
+    )
     model: str = Field(description="Model name and version, name:version.")
     timings_ms: Timings = Field(description="Where the time went.")
+    location: Location | None = Field(
+        default=None, description="Anomaly models with a map: where the anomaly is (the map's peak and region)."
+    )
+    boxes: list[Box] | None = Field(
+        default=None, description="Object detectors: every box at or above the threshold, best first."
+    )
+
+    @model_serializer(mode="wrap")
+    def _leave_out_nulls(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        for name in ("location", "boxes"):
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
 
 
 class ErrorReply(_Message):
@@ -246,6 +324,9 @@ class FailedPart(BaseModel):
     at: UnixTime = Field(description="Unix time the verdict was given.")
     defect_class: str | None = Field(max_length=100, description="Most likely defect.")
     score: float = Field(ge=0, le=1, allow_inf_nan=False, description="Probability of that defect.")
+    location: Location | None = Field(
+        default=None, description="Where the defect is in the frame (anomaly peak or top defect box), if known."
+    )
     thumbnail_jpeg_b64: str = Field(
         default="", max_length=THUMBNAIL_B64_MAX, description="Small JPEG of the frame, base64; empty if undecodable."
     )

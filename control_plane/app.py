@@ -43,6 +43,7 @@ from control_plane.api.routes import (
     models,
     nodes,
     robots,
+    rollouts,
     slices,
     tenants,
     users,
@@ -249,7 +250,7 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     app.state.clock = datetime.now  # plant-local wall clock; shift times are local
     errors.install(app)
     web_headers.install(app, settings)
-    for module in (health, auth, tenants, users, site_routes, nodes, alerts, lines, robots, models, slices,
+    for module in (health, auth, tenants, users, site_routes, nodes, alerts, lines, robots, models, slices, rollouts,
                    catalogue, leases, billing_routes, voucher_programmes, vouchers, invoice_routes, bank_routes,
                    dashboard, failed_parts, agent, ui):  # fmt: skip
         app.include_router(module.router)

@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -153,6 +155,34 @@ def record_capacity(session: Session, node: Node, reports: Iterable[SliceReport]
     silent_s = int(start.timestamp()) - int(previous.timestamp())  # the same whole seconds as minute_pieces
     if silent_s > 0:
         rows.extend(_gaps(session, node, served, previous, silent_s))
+    return insert_once(session, rows)
+
+
+def record_fit(session: Session, item: Slice, fit_id: int, node_id: int | None, started: datetime,
+               cpu_s: float) -> int:  # fmt: skip
+    """A model fit's CPU seconds as capacity usage of the slice it ran in; returns how many records were new.
+
+    The fit held one CPU for ``cpu_s`` seconds from ``started``; a replica of the slice holds
+    ``cpus_per_replica``, so the fit is ``ceil(cpu_s / cpus_per_replica)`` replica-seconds: it costs what
+    replicas holding the same CPU for as long would. Those are spread over ``[started, started + cpu_s)``
+    cut at minutes like a heartbeat's (each piece its share, the pieces summing exactly), keyed by the fit
+    (``usage_key(agent, slice app name, fit-<id>, piece start)``), so metering a fit again stores nothing.
+    """
+    seconds = math.ceil(cpu_s)
+    if seconds <= 0 or item.id is None:
+        return 0
+    total = math.ceil(Decimal(repr(cpu_s)) / Decimal(repr(item.cpus_per_replica)))
+    start = as_utc(started).replace(microsecond=0)
+    rows, done_s, billed = [], 0, 0
+    for piece_start, piece_s in minute_pieces(start, start + timedelta(seconds=seconds)):
+        done_s += piece_s
+        share = total * done_s // seconds - billed  # cumulative, so the pieces add up to ``total``
+        billed += share
+        rows.append(dict(
+            key=usage_key(Source.AGENT, item.app_name, f"fit-{fit_id}", piece_start), source=CAPACITY,
+            tenant_id=item.tenant_id, slice_id=item.id, node_id=node_id, window_start=piece_start,
+            window_s=piece_s, replica_seconds=share, verdicts={},
+        ))  # fmt: skip
     return insert_once(session, rows)
 
 

@@ -98,47 +98,133 @@ def parse(data: bytes) -> onnx.ModelProto:
     return model
 
 
+_ELEMENT_TYPES = {"float32": onnx.TensorProto.FLOAT, "uint8": onnx.TensorProto.UINT8}
+
+
 def check_input(model: onnx.ModelProto, manifest: ModelManifest, max_batch_size: int) -> int | None:
-    """The graph's fixed batch size (None: dynamic), after checking its input against the manifest."""
+    """The graph's fixed batch size (None: dynamic), after checking its input and outputs against the manifest."""
     inputs = {i.name: i for i in model.graph.input}
     spec = manifest.input
     if spec.name not in inputs:
         names = sorted(inputs)[:10]
         raise Rejected("input_mismatch", f"manifest input {spec.name!r} is not a graph input (graph has {names})")
-    dims = inputs[spec.name].type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    expected = [3, spec.height, spec.width]
+    tensor_type = inputs[spec.name].type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    expected = [3, spec.height, spec.width] if spec.layout == "NCHW" else [spec.height, spec.width, 3]
     if len(shape) != 4 or shape[1:] != expected:
         raise Rejected("input_mismatch", f"graph input {spec.name!r} has shape {shape}; the manifest says "
-                       f"[N, {', '.join(map(str, expected))}]")  # fmt: skip
+                       f"[N, {', '.join(map(str, expected))}] ({spec.layout})")  # fmt: skip
+    if tensor_type.elem_type != _ELEMENT_TYPES[spec.dtype]:
+        actual = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type) if tensor_type.elem_type else "unknown"
+        raise Rejected("input_mismatch", f"graph input {spec.name!r} has element type {actual}; the manifest "
+                       f"says {spec.dtype}")  # fmt: skip
     fixed = shape[0]
     if fixed is not None and max_batch_size > fixed:
         raise Rejected("fixed_batch", f"input {spec.name!r} has a fixed batch axis of {fixed} but "
                        f"max_batch_size {max_batch_size} was asked for; export with a dynamic batch axis or "
                        f"ask for {fixed}")  # fmt: skip
-    if manifest.output.name not in {o.name for o in model.graph.output}:
-        raise Rejected("output_mismatch", f"manifest output {manifest.output.name!r} is not a graph output")
+    graph_outputs = {o.name for o in model.graph.output}
+    for name in manifest.output.tensors:
+        if name not in graph_outputs:
+            raise Rejected("output_mismatch", f"manifest output {name!r} is not a graph output "
+                           f"(graph has {sorted(graph_outputs)[:10]})")  # fmt: skip
     return fixed
 
 
+def validation_batch(manifest: ModelManifest, batch: int) -> np.ndarray:
+    """``batch`` frames as the runtime feeds them: a black one, then seeded noise, normalised per the manifest."""
+    spec, pre = manifest.input, manifest.preprocess
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, spec.height, spec.width, 3), dtype=np.uint8)
+    pixels[0] = 0
+    if spec.layout == "NCHW":
+        pixels = pixels.transpose(0, 3, 1, 2)
+    if spec.dtype == "uint8":
+        return np.ascontiguousarray(pixels)
+    axis = (1, 3, 1, 1) if spec.layout == "NCHW" else (1, 1, 1, 3)
+    mean, std = np.reshape(pre.mean, axis), np.reshape(pre.std, axis)
+    return np.ascontiguousarray((pixels * pre.scale - mean) / std, dtype=np.float32)
+
+
 def run_once(data: bytes, manifest: ModelManifest, batch: int) -> None:
-    """Load the model in ONNX Runtime (one thread, ONNX format only) and run one batch of zeros."""
+    """Load the model in ONNX Runtime (one thread, ONNX format only), run one validation batch and check
+    that its outputs are what the manifest's output kind says."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.load_model_format", "ONNX")
-    x = np.zeros((batch, 3, manifest.input.height, manifest.input.width), dtype=np.float32)
+    x = validation_batch(manifest, batch)
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        (out,) = session.run([manifest.output.name], {manifest.input.name: x})
+        outputs = session.run(manifest.output.tensors, {manifest.input.name: x})
     except Exception as e:  # ORT raises its own exception types per failure
-        raise Rejected("runtime_failed", "ONNX Runtime cannot load the model or run it on a batch of zeros; "
+        raise Rejected("runtime_failed", "ONNX Runtime cannot load the model or run it on a validation batch; "
                        "check that it runs with onnxruntime (CPU) locally", repr(e)) from e  # fmt: skip
-    if np.shape(out) != (batch, len(manifest.labels)):
-        raise Rejected("output_mismatch", f"output {manifest.output.name!r} has shape {list(np.shape(out))}; "
-                       f"expected [{batch}, {len(manifest.labels)}] (one score per label)")  # fmt: skip
+    check_outputs(manifest, [np.asarray(out) for out in outputs], batch)
+
+
+def check_outputs(manifest: ModelManifest, outputs: list[np.ndarray], batch: int) -> None:
+    """Refuse outputs that do not match the declared kind (see ``contracts.manifest`` for each kind's shapes)."""
+    output = manifest.output
+    for name, out in zip(manifest.output.tensors, outputs, strict=True):
+        if not np.issubdtype(out.dtype, np.number):
+            raise Rejected("output_mismatch", f"output {name!r} has element type {out.dtype}; expected numbers")
+        if not np.isfinite(out).all():
+            raise Rejected("output_mismatch", f"output {name!r} has NaN or infinite values on the validation batch")
+    main, shape, labels = outputs[0], list(outputs[0].shape), len(manifest.labels)
+    if output.kind in ("probabilities", "logits"):
+        if shape != [batch, labels]:
+            raise Rejected("output_mismatch", f"output {output.name!r} has shape {shape}; expected [{batch}, "
+                           f"{labels}] (one score per label)")  # fmt: skip
+        _check_softmax(output.name, output.kind, main)
+    elif output.kind == "anomaly":
+        if shape not in ([batch], [batch, 1]):
+            raise Rejected("output_mismatch", f"anomaly score {output.name!r} has shape {shape}; expected "
+                           f"[{batch}] or [{batch}, 1] (one score per image)")  # fmt: skip
+        if output.map is not None:
+            _check_map(output.map, list(outputs[1].shape), manifest, batch)
+    else:
+        _check_detections(output.name, output.kind, main, labels, batch)
+
+
+def _check_detections(name: str, kind: str, out: np.ndarray, labels: int, batch: int) -> None:
+    shape = list(out.shape)
+    if kind == "detections_raw" and (len(shape) != 3 or shape[:2] != [batch, 4 + labels]):
+        raise Rejected("output_mismatch", f"detector output {name!r} has shape {shape}; kind detections_raw "
+                       f"expects [{batch}, {4 + labels}, anchors] (YOLOv8: cx, cy, w, h, then one confidence per "
+                       "label)")  # fmt: skip
+    if kind == "detections" and (len(shape) != 3 or shape[0] != batch or shape[2] != 6):
+        raise Rejected("output_mismatch", f"detector output {name!r} has shape {shape}; kind detections expects "
+                       f"[{batch}, boxes, 6] (x1, y1, x2, y2, confidence, class)")  # fmt: skip
+    confidence = out[:, 4:, :] if kind == "detections_raw" else out[:, :, 4]
+    if confidence.size and not (confidence.min() >= -1e-4 and confidence.max() <= 1 + 1e-4):
+        raise Rejected("output_mismatch", f"detector output {name!r} has confidences from {confidence.min():.3g} "
+                       f"to {confidence.max():.3g}; they must be 0..1 (export the model with its sigmoid)")  # fmt: skip
+
+
+def _check_softmax(name: str, kind: str, scores: np.ndarray) -> None:
+    sums = scores.sum(axis=1)
+    is_softmax = bool(np.all(scores >= -1e-4) and np.all(scores <= 1 + 1e-4) and np.allclose(sums, 1, atol=1e-3))
+    if kind == "probabilities" and not is_softmax:
+        raise Rejected("output_mismatch", f"output {name!r} is declared probabilities but its rows sum to "
+                       f"{sums.min():.3g}..{sums.max():.3g} (values {scores.min():.3g}..{scores.max():.3g}), not 1; "
+                       "declare kind 'logits' if the model has no softmax")  # fmt: skip
+    if kind == "logits" and is_softmax:
+        raise Rejected("output_mismatch", f"output {name!r} is declared logits but it is already a softmax (every "
+                       "row is 0..1 and sums to 1); declare kind 'probabilities'")  # fmt: skip
+
+
+def _check_map(name: str, shape: list[int], manifest: ModelManifest, batch: int) -> None:
+    spec = manifest.input
+    rank_ok = len(shape) == 3 or (len(shape) == 4 and shape[1] == 1)
+    if not rank_ok or shape[0] != batch:
+        raise Rejected("output_mismatch", f"anomaly map {name!r} has shape {shape}; expected [{batch}, h, w] or "
+                       f"[{batch}, 1, h, w]")  # fmt: skip
+    h, w = shape[-2:]
+    if not (0 < h <= spec.height and 0 < w <= spec.width):
+        raise Rejected("output_mismatch", f"anomaly map {name!r} is {h}x{w}; it must be at most the input's "
+                       f"{spec.height}x{spec.width}")  # fmt: skip
 
 
 def check(data: bytes, manifest: ModelManifest, max_batch_size: int) -> int | None:

@@ -195,4 +195,6 @@ def store(source: Path, sha256: str, folder: Path, *, move: bool) -> Path:
 
 
 def manifest_json(validated: ValidatedModel) -> dict[str, Any]:
-    return validated.manifest.model_dump(mode="json")
+    """The manifest as stored and sent to agents; fields left at their defaults are left out, so that a
+    classifier's manifest reads as it did before the other model kinds existed (and older agents accept it)."""
+    return validated.manifest.model_dump(mode="json", exclude_defaults=True)

@@ -131,6 +131,8 @@ class Permission(StrEnum):
     MANAGE_SLICES = "manage_slices"
     READ_SLICES = "read_slices"
     ROTATE_SLICE_CREDENTIALS = "rotate_slice_credentials"  # operators too: a lost node is theirs to answer
+    ROLL_OUT_MODELS = "roll_out_models"  # start, advance and abort a slice's move to a new model version
+    FIT_MODELS = "fit_models"  # fit an anomaly model from good photos on the tenant's site; see and cancel fits
     MANAGE_CATALOGUE = "manage_catalogue"  # products and their price versions
     READ_CATALOGUE = "read_catalogue"
     BUY_LEASES = "buy_leases"
@@ -162,6 +164,8 @@ ROLES_FOR: Mapping[Permission, tuple[Role, ...]] = MappingProxyType({
     Permission.MANAGE_SLICES: (Role.PLANT_MANAGER,),
     Permission.READ_SLICES: (Role.PLANT_MANAGER, Role.FACTORY_IT, Role.OPERATOR),
     Permission.ROTATE_SLICE_CREDENTIALS: (Role.OPERATOR, Role.PLANT_MANAGER),
+    Permission.ROLL_OUT_MODELS: (Role.PLANT_MANAGER, Role.FACTORY_IT),
+    Permission.FIT_MODELS: (Role.FACTORY_IT, Role.PLANT_MANAGER),
     Permission.MANAGE_CATALOGUE: (Role.OPERATOR,),
     Permission.READ_CATALOGUE: (Role.OPERATOR, Role.PLANT_MANAGER, Role.FACTORY_IT),
     Permission.BUY_LEASES: (Role.PLANT_MANAGER,),

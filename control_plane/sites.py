@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from contracts.agent_api import DesiredSlice, DesiredState
 from contracts.slice_spec import NODE_RESOURCE_PREFIX, BatchSpec, knob_sections
-from control_plane import broker_sync
+from control_plane import broker_sync, rollouts
 from control_plane.errors import BrokerUnavailable
 from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, Tenant, TenantBilling, utcnow
 from control_plane.scheduler import Priority
@@ -221,6 +221,8 @@ def slice_spec(
             },
         },
     }
+    if rollout := rollouts.desired(session, item):  # a rollout's candidate, beside the slice's model
+        content["candidate"], content["spec"]["rollout"] = rollout["candidate"], rollout["rollout"]  # type: ignore[index]
     return DesiredSlice.model_validate(content)
 
 

@@ -5,6 +5,8 @@
 resolved within the site only, and the broker's ACLs let a slice publish only
 its own tenant's telemetry topics, so one tenant cannot write into another's
 numbers. Telemetry windows of several ingress replicas add up per minute.
+A rollout's reports (``contracts.slice_spec.RolloutReport``) travel on the same
+topics and go to ``rollouts.record_report``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, delete, select
 
 from contracts import wire
-from control_plane import metering
-from control_plane.models import FailedPart, Line, LineMinute, Robot, Tenant, as_utc, utcnow
+from contracts.slice_spec import RolloutReport
+from control_plane import metering, rollouts
+from control_plane.models import FailedPart, Line, LineMinute, Robot, Slice, Tenant, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,14 @@ class IngestCounts:
     status: int = 0
     rejected: int = 0
     failed_parts: int = 0
+    rollout: int = 0
 
     def add(self, other: IngestCounts) -> None:
         self.telemetry += other.telemetry
         self.status += other.status
         self.rejected += other.rejected
         self.failed_parts += other.failed_parts
+        self.rollout += other.rollout
 
 
 def _utc(ts: float) -> datetime:
@@ -102,6 +107,8 @@ def _one(session: Session, names: _Names, topic: str, payload: bytes, source: st
     parts = topic.split("/")
     if parts[0] == wire.TOPIC_ROOT and len(parts) == 5 and parts[4] == wire.TopicKind.STATUS.value:
         return IngestCounts(status=_status(session, line, parts[3], payload))
+    if rollouts_report := _rollout_report(payload):
+        return IngestCounts(rollout=_rollout(session, line, parts[3], rollouts_report))
     try:
         report = wire.Telemetry.model_validate_json(payload)
     except ValidationError as e:
@@ -113,6 +120,25 @@ def _one(session: Session, names: _Names, topic: str, payload: bytes, source: st
     for part in report.failed_parts:
         session.add(_failed_part(line, part))
     return IngestCounts(telemetry=1, failed_parts=len(report.failed_parts))
+
+
+def _rollout_report(payload: bytes) -> RolloutReport | None:
+    """A rollout report (``RolloutReport``, sent beside telemetry windows on the same topic), or None."""
+    if not payload.startswith(b'{"kind":"rollout"'):
+        return None
+    try:
+        return RolloutReport.model_validate_json(payload)
+    except ValidationError as e:
+        raise _Refused(f"malformed rollout report: {e.errors(include_input=False)[:1]}") from e
+
+
+def _rollout(session: Session, line: Line, app_name: str, report: RolloutReport) -> int:
+    """Count a rollout report of one of the line's tenant's slices; it may step the rollout or roll it back."""
+    slug = app_name.removeprefix(f"t{line.tenant_id}-")
+    item = session.exec(select(Slice).where(Slice.tenant_id == line.tenant_id, Slice.slug == slug)).first()
+    if item is None or item.app_name != app_name:
+        raise _Refused("rollout report of no slice of this tenant")
+    return int(rollouts.record_report(session, item, report, utcnow()))
 
 
 def _status(session: Session, line: Line, robot_slug: str, payload: bytes) -> int:
@@ -135,7 +161,8 @@ def _failed_part(line: Line, part: wire.FailedPart) -> FailedPart:
     assert line.id is not None
     return FailedPart(tenant_id=line.tenant_id, line_id=line.id, robot=part.robot, frame_id=part.frame_id,
                       at=_utc(part.at), defect_class=part.defect_class, score=part.score,
-                      thumbnail=thumb if thumb.startswith(b"\xff\xd8") else b"")  # fmt: skip
+                      thumbnail=thumb if thumb.startswith(b"\xff\xd8") else b"",
+                      location=part.location.model_dump(mode="json") if part.location else None)  # fmt: skip
 
 
 def _merge_minute(session: Session, line: Line, report: wire.Telemetry, source: str) -> None:

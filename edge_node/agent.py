@@ -5,7 +5,8 @@ Lifecycle (``lineside edge-node join`` then ``lineside edge-node run``)::
     join     POST /agent/v1/join with a one-time token and the node's inventory;
              the node token is kept in <data_dir>/agent.json (0600 in a 0700 folder)
     loop     every period: pull desired slices (If-None-Match: unchanged answers 304),
-             cache them on disk, reconcile Ray Serve, heartbeat with the actual state
+             cache them on disk, reconcile Ray Serve, heartbeat with the actual state,
+             and start the site's queued model fits as Ray tasks (``edge_node.fit_jobs``)
 
 Reconciliation is level-triggered: it compares the desired generations with
 what this agent last applied (<data_dir>/applied.json: generation and a
@@ -47,8 +48,9 @@ from contracts.agent_api import (
     SliceReport,
 )
 from contracts.slice_spec import INGRESS_SLOTS, SliceSpec
-from edge_node import cluster
+from edge_node import cluster, serving, sizing
 from edge_node.errors import EdgeNodeError
+from edge_node.fit_jobs import FitRunner
 from edge_node.private_files import private_dir, tighten, write_private
 from edge_node.profiling import ProfileResult, profile
 from edge_node.utilization import UtilizationMeter
@@ -60,9 +62,19 @@ class AgentError(EdgeNodeError):
     """The agent cannot join or cannot reach what it needs."""
 
 
-def _digest(item: DesiredSlice) -> str:
-    """What Serve sees of a desired slice: its spec (broker password included) and model, not its generation."""
-    content = json.dumps({"spec": item.content()["spec"], "model": item.model.sha256}, sort_keys=True)
+def _digest(item: DesiredSlice, *, rollout: bool = True) -> str:
+    """What Serve sees of a desired slice: its spec (broker password included) and models, not its generation.
+
+    ``rollout=False``: what the ingress is started with, which a rollout's start, step or end leaves alone
+    (Serve reconfigures the running ingress), so it needs no new ingress slot.
+    """
+    spec = item.content()["spec"]
+    seen = {"spec": spec, "model": item.model.sha256}
+    if not rollout:
+        seen["spec"] = {k: v for k, v in spec.items() if k != "rollout"}
+    elif item.candidate is not None:  # only then: a slice without a rollout keeps the digest it had
+        seen["candidate"] = item.candidate.sha256
+    content = json.dumps(seen, sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest()
 
 
@@ -117,6 +129,7 @@ class Agent:
     period_s: float = 5.0
     apply: Callable[[SliceSpec], None] = cluster.apply_slice_briefly
     delete: Callable[[str], None] = cluster.delete_slice
+    forget: Callable[[str], None] = serving.forget
     applications: Callable[[], set[str]] = cluster.applications
     status: Callable[[str], dict[str, Any]] = cluster.app_status
     profiler: Callable[..., ProfileResult] = profile
@@ -127,7 +140,10 @@ class Agent:
     _etag: str | None = None
     _inventory: Heartbeat = field(default_factory=Heartbeat)  # what every heartbeat says of the machine
     _profiled: set[str] = field(default_factory=set)  # "sha256@hardware" reported to the control plane
+    _sizings: dict[str, int] = field(default_factory=dict)  # "sha256@cores/replicas per node" -> threads chosen
+    _measured: dict[str, ProfileResult] = field(default_factory=dict)  # this process's sizing runs, for the profile
     _meter: UtilizationMeter = field(init=False)
+    fits: FitRunner | None = None  # the site's model fits, run as Ray tasks (head only); None: made from client
 
     def __post_init__(self) -> None:
         tighten(self.data_dir)  # the node token, broker passwords and tenants' models: 0600 files, 0700 folders
@@ -136,9 +152,13 @@ class Agent:
             self.applied = json.loads(self._applied_path.read_text())
         if self._profiles_path.exists():
             self._profiled = set(json.loads(self._profiles_path.read_text()))
+        if self._sizings_path.exists():
+            self._sizings = json.loads(self._sizings_path.read_text())
         # The machine does not change under a running agent: ask nvidia-smi once, not every heartbeat.
         self._inventory = Heartbeat.model_validate({k: v for k, v in inventory().items() if k != "hostname"})
         self._meter = UtilizationMeter(has_gpus=bool(self._inventory.gpus))
+        if self.fits is None:
+            self.fits = FitRunner(self.client, self._headers)
 
     @property
     def _cache_path(self) -> Path:
@@ -188,9 +208,38 @@ class Agent:
             if hashlib.sha256(response.content).hexdigest() != sha:
                 raise AgentError(f"model download does not match its sha256 {sha}; refusing it")
             write_private(target, response.content)
-        manifest_path = target.with_suffix(".json")
-        write_private(manifest_path, json.dumps({**model.manifest, "file": target.name}))
+        # One manifest file per manifest, not per model file: two versions of one file (a new threshold, or a
+        # rollout's candidate repackaged) must not overwrite each other's on a node that serves both.
+        content = json.dumps({**model.manifest, "file": target.name}, sort_keys=True)
+        manifest_path = target.with_name(f"{sha}-{hashlib.sha256(content.encode()).hexdigest()[:16]}.json")
+        write_private(manifest_path, content)
         return manifest_path
+
+    @property
+    def _sizings_path(self) -> Path:
+        return self.data_dir / "sizings.json"
+
+    @property
+    def _cores(self) -> int:
+        return int(self._inventory.cpus or 1)
+
+    def _sizing_key(self, spec: SliceSpec, model: ModelRef) -> str:
+        return f"{model.sha256}@{self._cores}/{sizing.replicas_per_node(spec)}"
+
+    def _sized(self, spec: SliceSpec, model: ModelRef) -> SliceSpec:
+        """``spec`` with its ONNX Runtime threads per replica chosen for this node (``sizing``), measured once
+        per model and shape (remembered across restarts: a changed choice would restart the model replicas)."""
+        key = self._sizing_key(spec, model)
+        if spec.resources.ort_threads == 0 and key in self._sizings:
+            return sizing.sized(spec, self._sizings[key])
+        assert spec.manifest is not None
+        chosen = sizing.size(spec, spec.manifest, self._cores, profiler=self.profiler)
+        log.info("slice %s: %s", spec.name, chosen.describe())
+        if not chosen.explicit:
+            self._sizings[key] = chosen.ort_threads
+            self._measured[key] = chosen.measured[chosen.ort_threads]
+            write_private(self._sizings_path, json.dumps(self._sizings, sort_keys=True))
+        return sizing.sized(spec, chosen.ort_threads)
 
     def reconcile(self, state: DesiredState) -> list[SliceReport]:
         """Make Serve match ``state``; returns one report per desired slice."""
@@ -198,20 +247,25 @@ class Agent:
         desired = {s.spec.name: s for s in state.slices}
         reports = []
         for name, item in desired.items():
-            digest = _digest(item)
+            digest, ingress = _digest(item), _digest(item, rollout=False)
             before = self.applied.get(name, {})
             if before.get("digest") != digest or name not in present:
                 # A changed slice rolls its ingress over: the new version takes the other broker login, so it
                 # never takes over the MQTT session the old one drains (a restart of the same one keeps its own).
+                # A change of its rollout alone reconfigures the running ingress: it keeps its login.
                 slot = int(before.get("slot", 0))
-                if name in present and before.get("digest") not in (None, digest):
+                if name in present and before.get("ingress", before.get("digest")) not in (None, ingress, digest):
                     slot = (slot + 1) % INGRESS_SLOTS
                 try:
-                    update = {"manifest": self._model_manifest(item.model), "ingress_slot": slot}
-                    spec = item.spec.model_copy(update=update)
+                    update: dict[str, Any] = {"manifest": self._model_manifest(item.model), "ingress_slot": slot}
+                    if item.candidate is not None and item.spec.rollout is not None:
+                        candidate = {"manifest": self._model_manifest(item.candidate)}
+                        update["rollout"] = item.spec.rollout.model_copy(update=candidate)
+                    spec = self._sized(item.spec.model_copy(update=update), item.model)
                     log.info("applying slice %s generation %s (ingress slot %s)", name, item.generation, slot)
                     self.apply(spec)
-                    self.applied[name] = {"generation": item.generation, "digest": digest, "slot": slot}
+                    self.applied[name] = {"generation": item.generation, "digest": digest, "slot": slot,
+                                          "ingress": ingress}  # fmt: skip
                     self.errors.pop(name, None)
                 except Exception as e:  # keep going with the other slices; report this one as failed
                     log.exception("slice %s could not be applied", name)
@@ -222,6 +276,7 @@ class Agent:
         for name in sorted(set(self.applied) - set(desired)):
             log.info("deleting slice %s: no longer desired", name)
             self.delete(name)
+            self.forget(name)  # its rollout's candidate and board, if it had them
             del self.applied[name]
         write_private(self._applied_path, json.dumps(self.applied))
         return reports
@@ -261,6 +316,8 @@ class Agent:
         reports = self.reconcile(state)
         self.heartbeat(reports)
         self.profile_models(state)
+        if self.fits is not None:
+            self.fits.poll()  # starts a background thread per new fit: this pass does not wait for it
         return reports
 
     @property
@@ -272,14 +329,18 @@ class Agent:
         gpus = self._inventory.gpus or []
         for item in state.slices:
             resources = item.spec.resources
-            threads = max(1, int(resources.cpus_per_replica))
+            sizing_key = self._sizing_key(item.spec, item.model)
+            fallback = max(1, int(resources.cpus_per_replica))
+            threads = resources.ort_threads or self._sizings.get(sizing_key, fallback)
             on_gpu = resources.gpus_per_replica > 0 and gpus
             hardware = gpus[0].model if on_gpu else f"cpu x{threads}"
             key = f"{item.model.sha256}@{hardware}"
             if key in self._profiled or item.spec.name not in self.applied:
                 continue
             batch = item.spec.batch.max_batch_size
-            result = self.profiler(self._model_manifest(item.model), threads=threads, batch=batch)
+            # Sizing measured the chosen threads on this node already: report that run rather than measure again.
+            sized = None if on_gpu or resources.ort_threads else self._measured.get(sizing_key)
+            result = sized or self.profiler(self._model_manifest(item.model), threads=threads, batch=batch)
             body = ProfileReport(model_sha256=item.model.sha256, hardware=hardware, **asdict(result))
             try:
                 response = self.client.post(

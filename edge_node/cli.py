@@ -1,5 +1,6 @@
 """The edge server's commands: ``lineside edge-node`` (join a site, run the agent), ``lineside broker run``
-(the site's Mosquitto) and ``lineside slice run`` (one slice from flags, without a control plane).
+(the site's Mosquitto), ``lineside slice run`` (one slice from flags, without a control plane) and
+``lineside model fit`` (an anomaly model from photos of good parts, fitted on this machine).
 
 ``lineside.cli`` mounts this app as it is; ``python -m edge_node.cli ...`` runs the same commands.
 """
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from contracts.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, SliceSpec
+from contracts.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
 from edge_node.broker import QUEUED_BYTES_PER_CLIENT
 from models import BUNDLED_MANIFEST
 
@@ -28,7 +29,9 @@ slice_app = typer.Typer(
 )
 app.add_typer(edge_app, name="edge-node")
 app.add_typer(broker_app, name="broker")
+model_app = typer.Typer(help="Models fitted from a factory's own photos.", no_args_is_help=True)
 app.add_typer(slice_app, name="slice")
+app.add_typer(model_app, name="model")
 
 DataDirOption = Annotated[Path, typer.Option(help="Where the agent keeps its token, cache and models.")]
 DEFAULT_AGENT_DIR = Path.home() / ".lineside" / "agent"
@@ -67,6 +70,7 @@ def slice_run(
     ingress_replicas: Annotated[int, typer.Option(min=1, help=_help(SliceSpec, "ingress_replicas"))] = _default(
         SliceSpec, "ingress_replicas"
     ),
+    ort_threads: Annotated[int, typer.Option(min=0, help=_help(ResourceSpec, "ort_threads") + " (0: measured)")] = 0,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
     manifest: Annotated[
         Path, typer.Option(help="Model manifest (JSON) to load.", exists=True, dir_okay=False)
@@ -77,7 +81,7 @@ def slice_run(
     Stopping shuts down Serve and the Ray this command started, ends any of its processes that outlive
     that, and exits 0.
     """
-    from edge_node import cluster
+    from edge_node import cluster, sizing
 
     ingress_batch = min(_default(BatchSpec, "ingress_batch"), max_batch_size)
     spec = SliceSpec(
@@ -89,7 +93,13 @@ def slice_run(
         broker=BrokerSpec(host=broker_host, port=broker_port),
         replicas=ReplicaSpec(min_replicas=min_replicas, max_replicas=max_replicas),
         batch=BatchSpec(max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, ingress_batch=ingress_batch),
+        resources=ResourceSpec(ort_threads=ort_threads),
     )
+    if not ort_threads:
+        typer.echo("measuring the model at each thread count that fits this machine's cores ...")
+    chosen = sizing.size(spec, manifest, os.cpu_count() or 1)
+    typer.echo(f"slice {name}: {chosen.describe()}")
+    spec = sizing.sized(spec, chosen.ort_threads)
     try:
         cluster.start(ray_address)
         cluster.apply_slice(spec)
@@ -256,6 +266,52 @@ def _broker_admin_password(path: Path | None) -> str:
             param_hint="--admin-password-file",
         )
     return password
+
+
+@model_app.command("fit")
+def model_fit(
+    good_dir: Annotated[Path, typer.Argument(help="Folder or zip of 50-500 JPEG/PNG photos of good parts.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write NAME.onnx, NAME.manifest.json, NAME.card.md.")],
+    name: Annotated[str, typer.Option(help="Model name (lower case, digits, . _ -).")] = "fitted-inspector",
+    version: Annotated[str, typer.Option(help="Semantic version written to the manifest.")] = "1.0.0",
+    false_reject_rate: Annotated[
+        float, typer.Option(min=0.0001, max=0.5, help="Share of good parts the threshold may reject (0.01 = 1 %).")
+    ] = 0.01,
+    defects: Annotated[
+        Path | None, typer.Option(help="Optional folder or zip of defect photos: only to report recall.")
+    ] = None,
+) -> None:
+    """Fit an anomaly model from photos of good parts, on this machine; prints its figures as JSON."""
+    from pydantic import ValidationError
+
+    from edge_node.fitting import fit_folder
+    from models.anomaly.fit import FitError
+
+    def progress(stage: str, done: float) -> None:
+        typer.echo(f"fit: {stage} ({done:.0%})", err=True)
+
+    try:
+        manifest, fitted, photos = fit_folder(
+            good_dir, out, name=name, version=version, false_reject_rate=false_reject_rate, defects=defects,
+            progress=progress,
+        )  # fmt: skip
+    except ValidationError as e:
+        fields = ", ".join(str(err["loc"][-1]) for err in e.errors())
+        typer.echo(
+            f"error: invalid {fields}: name is lower case letters, digits, . _ -; version is like 1.2.0", err=True
+        )
+        raise typer.Exit(2) from None
+    except FitError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for file, why in list(photos.skipped.items())[:10]:
+        typer.echo(f"skipped {file}: {why}", err=True)
+    report = fitted.report
+    typer.echo(json.dumps({
+        "manifest": str(manifest), "threshold": round(fitted.threshold, 6), "good_photos": report.good_photos,
+        "skipped_files": len(photos.skipped), "held_out_false_reject_rate": report.held_out_false_reject_rate,
+        "defect_recall": report.defect_recall, "fit_s": report.fit_s,
+    }, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":  # python -m edge_node.cli ...; after every command is registered

@@ -4,54 +4,39 @@
 against its manifest, picks the best available execution provider (TensorRT,
 then CUDA, then CPU, unless settings say otherwise), warms up in its
 constructor so the first frame is not slow, and judges batches of frames.
+Classifiers, anomaly models and object detectors differ only in the outputs
+they ask for and in the rule of ``edge_node.verdicts`` that judges them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
 from contracts.manifest import ModelManifest, load_manifest, model_file, sha256_of
 from edge_node.errors import FrameError, ModelIntegrityError, ProviderUnavailable
-from edge_node.imaging import FrameLimits, Preprocessor
+from edge_node.imaging import FrameLimits, Placement, Preprocessor
 from edge_node.settings import EdgeSettings, get_settings
+from edge_node.verdicts import (
+    Verdict,
+    decide,
+    judge_anomaly,
+    judge_detections,
+    post_nms_detections,
+    raw_detections,
+    softmax,
+)
+
+__all__ = ["InspectionModel", "Verdict", "as_reply", "choose_providers", "decide"]
 
 log = logging.getLogger(__name__)
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 """Execution providers in the order Lineside prefers them when available."""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a robot is told about one part."""
-
-    verdict: Literal["pass", "fail"]
-    defect_class: str | None
-    """Most likely defect when the part fails; ``None`` when it passes."""
-    score: float
-    """Probability of the reported outcome: the defect class on fail, the pass classes on pass."""
-    fail_score: float
-    """Summed probability of all fail classes; compared with the manifest's threshold."""
-    scores: dict[str, float] = field(default_factory=dict)
-    """Probability of every label."""
-
-
-def decide(manifest: ModelManifest, probs: np.ndarray) -> Verdict:
-    """The manifest's pass/fail rule applied to one row of class probabilities."""
-    labels, fail_mask = manifest.labels, manifest.fail_mask
-    fail_score = float(probs[fail_mask].sum())
-    scores = {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
-    if fail_score >= manifest.decision.threshold:
-        worst = int(np.argmax(np.where(fail_mask, probs, -1.0)))
-        return Verdict("fail", labels[worst], float(probs[worst]), fail_score, scores)
-    return Verdict("pass", None, 1.0 - fail_score, fail_score, scores)
 
 
 def as_reply(outcome: Verdict | FrameError) -> dict[str, object]:
@@ -100,48 +85,82 @@ class InspectionModel:
         self._session = _open_session(path, settings)
         self.providers: list[str] = self._session.get_providers()
         self._check_io()
-        zeros = np.zeros((warmup_batch, 3, self.manifest.input.height, self.manifest.input.width), np.float32)
-        self.predict(zeros[:1])
-        self.predict(zeros)
+        warmup = np.zeros((warmup_batch, *self.preprocess.shape), self.preprocess.dtype)
+        self.infer(warmup[:1])
+        self.infer(warmup)
         log.info(
-            "loaded %s %s on %s (warm-up done)", self.manifest.name, self.manifest.version, ", ".join(self.providers)
+            "loaded %s %s (%s) on %s (warm-up done)",
+            self.manifest.name,
+            self.manifest.version,
+            self.manifest.output.kind,
+            ", ".join(self.providers),
         )
 
     def _check_io(self) -> None:
         (inp,) = self._session.get_inputs()
-        (out,) = self._session.get_outputs()
-        spec = self.manifest.input
-        expected = [spec.height, spec.width]
-        if inp.name != spec.name or out.name != self.manifest.output.name or list(inp.shape[2:]) != expected:
+        outputs = {o.name for o in self._session.get_outputs()}
+        spec, wanted = self.manifest.input, self.manifest.output.tensors
+        shape = list(inp.shape[1:])
+        expected = list(self.preprocess.shape)
+        matches = [d == e or not isinstance(d, int) for d, e in zip(shape, expected, strict=False)]
+        if inp.name != spec.name or len(shape) != 3 or not all(matches) or not set(wanted) <= outputs:
             raise ModelIntegrityError(
-                f"model has input {inp.name}{inp.shape} and output {out.name}; manifest expects input "
-                f"{spec.name}[N, 3, {spec.height}, {spec.width}] and output {self.manifest.output.name}"
+                f"model has input {inp.name}{inp.shape} and outputs {sorted(outputs)}; manifest expects input "
+                f"{spec.name}[N, {', '.join(map(str, expected))}] ({spec.layout}) and outputs {wanted}"
             )
 
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The manifest's outputs (main, then the anomaly map if any) for a preprocessed batch."""
+        feeds = {self.manifest.input.name: batch}
+        return [np.asarray(out) for out in self._session.run(self.manifest.output.tensors, feeds)]
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Raw probabilities for a preprocessed ``(N, 3, H, W)`` float32 batch."""
-        (probs,) = self._session.run([self.manifest.output.name], {self.manifest.input.name: batch})
-        return np.asarray(probs)
+        """The main output for a preprocessed batch: class probabilities for classifiers (softmax applied
+        to logits), scores for anomaly models, detections for detectors."""
+        main = self.infer(batch)[0]
+        return softmax(main) if self.manifest.output.kind == "logits" else main
 
     def judge(self, probs: np.ndarray) -> Verdict:
-        """Apply the manifest's decision rule to one row of probabilities."""
+        """Apply a classifier's decision rule to one row of probabilities."""
         return decide(self.manifest, probs)
 
     def inspect(self, frames: Sequence[bytes]) -> list[Verdict | FrameError]:
         """Judge encoded frames in one batch; a bad frame yields its error, not an exception."""
         outcomes: list[Verdict | FrameError | None] = [None] * len(frames)
         tensors: list[np.ndarray] = []
+        placements: list[Placement] = []
         decoded: list[int] = []
         for i, data in enumerate(frames):
             try:
-                tensors.append(self.preprocess(data))
-                decoded.append(i)
+                tensor, placement = self.preprocess.prepare(data)
             except FrameError as e:
                 outcomes[i] = e
+                continue
+            tensors.append(tensor)
+            placements.append(placement)
+            decoded.append(i)
         if tensors:
-            for i, row in zip(decoded, self.predict(np.stack(tensors)), strict=True):
-                outcomes[i] = self.judge(row)
+            verdicts = self._judge_batch(self.infer(np.stack(tensors)), placements)
+            for i, verdict in zip(decoded, verdicts, strict=True):
+                outcomes[i] = verdict
         return [o for o in outcomes if o is not None]
+
+    def _judge_batch(self, outputs: list[np.ndarray], placements: list[Placement]) -> list[Verdict]:
+        """One verdict per frame from the batch's outputs, by the manifest's output kind."""
+        manifest, main = self.manifest, outputs[0]
+        kind = manifest.output.kind
+        if kind in ("probabilities", "logits"):
+            probs = softmax(main) if kind == "logits" else main
+            return [decide(manifest, row) for row in probs]
+        if kind == "anomaly":
+            scores = main.reshape(len(placements), -1)[:, 0]
+            maps = outputs[1].reshape(len(placements), *outputs[1].shape[-2:]) if len(outputs) > 1 else None
+            return [
+                judge_anomaly(manifest, float(scores[n]), None if maps is None else maps[n], placement)
+                for n, placement in enumerate(placements)
+            ]
+        detect = raw_detections if kind == "detections_raw" else post_nms_detections
+        return [judge_detections(manifest, detect(manifest, main[n]), p) for n, p in enumerate(placements)]
 
 
 def _open_session(path: Path, settings: EdgeSettings) -> ort.InferenceSession:

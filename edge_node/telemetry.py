@@ -8,6 +8,9 @@ The ingress calls ``observe_*`` from its worker threads and publishes ``drain()`
 on ``wire.telemetry_topic`` from one thread; nothing here touches the network.
 Thumbnails are made at drain time and only for the parts kept, so a burst of
 fails costs at most ``max_failed_parts`` small decodes per window.
+
+While a model rollout runs, ``RolloutWindow`` counts both models' answers beside
+it (``contracts.slice_spec.RolloutReport``, published on the same topic).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from contracts import wire
+from contracts.slice_spec import ModelCounts, RolloutReport, RolloutSpec
 
 
 @dataclass
@@ -31,6 +35,7 @@ class _Failure:
     defect_class: str | None
     score: float
     payload: bytes
+    location: wire.Location | None = None
 
 
 @dataclass
@@ -73,7 +78,8 @@ def _failed_part(f: _Failure) -> wire.FailedPart:
     thumb = thumbnail(f.payload)
     return wire.FailedPart(robot=f.robot, frame_id=f.frame_id[: 2 * wire.MAX_FRAME_ID_BYTES], at=f.at,
                            defect_class=defect, score=min(max(f.score, 0.0), 1.0),
-                           thumbnail_jpeg_b64=thumb if len(thumb) <= wire.THUMBNAIL_B64_MAX else "")  # fmt: skip
+                           thumbnail_jpeg_b64=thumb if len(thumb) <= wire.THUMBNAIL_B64_MAX else "",
+                           location=f.location)  # fmt: skip
 
 
 class TelemetryWindow:
@@ -92,7 +98,8 @@ class TelemetryWindow:
         return window
 
     def observe_verdict(self, robot: wire.RobotTopic, *, frame_id: str, verdict: str, defect_class: str | None,
-                        score: float, total_ms: float, payload: bytes) -> None:  # fmt: skip
+                        score: float, total_ms: float, payload: bytes,
+                        location: wire.Location | None = None) -> None:  # fmt: skip
         now = time.time()
         with self._lock:
             window = self._line(robot.line)
@@ -101,7 +108,7 @@ class TelemetryWindow:
             window.seen(robot.robot, now)
             if verdict == "fail":
                 window.fails += 1
-                window.failures.append(_Failure(robot.robot, frame_id, now, defect_class, score, payload))
+                window.failures.append(_Failure(robot.robot, frame_id, now, defect_class, score, payload, location))
                 del window.failures[: -self.max_failed_parts]
 
     def observe_error(self, robot: wire.RobotTopic, code: wire.ErrorCode) -> None:
@@ -124,3 +131,61 @@ class TelemetryWindow:
             replica=self.replica, start=w.start, end=end, frames=w.frames, fails=w.fails, errors=w.errors,
             error_codes=w.error_codes, latency_ms_histogram=w.histogram, robots=w.robots, failed_parts=parts,
         )  # fmt: skip
+
+
+class RolloutWindow:
+    """Thread-safe accumulator of one ingress replica's rollout figures: both models' answers (the
+    candidate's in shadow too, though never published) and, in shadow, how their verdicts agreed."""
+
+    def __init__(self, replica: str, rollout: RolloutSpec) -> None:
+        self.replica = replica
+        self.rollout = rollout
+        self._lock = threading.Lock()
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self._start = time.time()
+        self._models = {"current": ModelCounts(), "candidate": ModelCounts()}
+        self._agreement: dict[str, int] = {}
+        self._skipped = 0
+        self._seen = False
+
+    def verdict(self, model: str, verdict: str, total_ms: float) -> None:
+        """A verdict of ``model`` (``current`` or ``candidate``), ``total_ms`` after its frame arrived."""
+        with self._lock:
+            counts = self._models[model]
+            counts.frames += 1
+            counts.fails += verdict == "fail"
+            counts.latency_ms_histogram[wire.latency_bucket(total_ms)] += 1
+            self._seen = True
+
+    def error(self, model: str) -> None:
+        """A frame ``model`` failed on (the model could not be run: not the robot's bad input)."""
+        with self._lock:
+            self._models[model].errors += 1
+            self._seen = True
+
+    def agreed(self, current: str, candidate: str) -> None:
+        """Shadow: the two verdicts on one frame."""
+        with self._lock:
+            key = f"{current}/{candidate}"
+            self._agreement[key] = self._agreement.get(key, 0) + 1
+
+    def skipped(self, frames: int) -> None:
+        """Shadow: frames the candidate did not judge (it lagged behind the line)."""
+        with self._lock:
+            self._skipped += frames
+            self._seen = True
+
+    def drain(self) -> RolloutReport | None:
+        """The figures since the last drain; None when there were none."""
+        with self._lock:
+            if not self._seen:
+                return None
+            report = RolloutReport.model_validate({
+                "rollout_id": self.rollout.rollout_id, "step": self.rollout.step, "replica": self.replica,
+                "start": self._start, "end": time.time(), "current": self._models["current"],
+                "candidate": self._models["candidate"], "agreement": self._agreement, "shadow_skipped": self._skipped,
+            })  # fmt: skip
+            self._fresh()
+        return report

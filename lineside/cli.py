@@ -61,6 +61,9 @@ def demo(
     robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 8,
     fps: Annotated[float, typer.Option(min=0.1, help="Frames per second per robot.")] = 5.0,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Control plane and dashboard port; 0 = any free.")] = 0,
+    rollout: Annotated[
+        bool, typer.Option(help="Fit a model on the line's good parts and roll it out: shadow, canary, full.")
+    ] = True,
     verbose: VerboseOption = False,
 ) -> None:
     """Run the main job on embedded defaults: broker, local Ray, one slice, simulated robots, the dashboard.
@@ -81,7 +84,10 @@ def demo(
         console = make_console(terminal, live=not verbose, budget_ms=LATENCY_BUDGET_MS)
         if not verbose:
             console.note(f"logs: {log_file} (-v shows them here)")
-        code = run_demo(duration_s=duration, robots=robots, fps=fps, console=console, workdir=workdir, port=port)
+        code = run_demo(
+            duration_s=duration, robots=robots, fps=fps, console=console, workdir=workdir, port=port,
+            fitted_rollout=rollout,
+        )  # fmt: skip
     raise typer.Exit(code)
 
 

@@ -34,6 +34,7 @@ from edge_node import cluster
 from edge_node.agent import Agent, join
 from edge_node.broker import MosquittoBroker, free_port
 from lineside.console import PlainConsole, replicas_text
+from lineside.demo_rollout import FAMILY, WINDOW_S, FittedRollout
 from robots.cli import progress_line
 from robots.simulate import Simulation, SimulationReport, render_pool
 
@@ -44,6 +45,8 @@ LATENCY_BUDGET_MS = 100.0
 """The demo line's latency budget for one verdict, which the live view colours latency against."""
 BILLING_PERIOD_S = 10.0
 """How often the demo's control plane rates usage (production: every minute), so spend moves visibly."""
+MIN_ROLLOUT_S = 3 * WINDOW_S + 30.0
+"""Streaming a rollout needs: the fit (about 10 s, while Ray starts), three watched steps and the handover."""
 CURRENCY = "EUR"  # the control plane's default billing currency
 SUBSCRIPTION = {
     "sku": "demo-inspect-monthly", "name": "Inspection subscription, demo-site", "hardware_class": "CPU replica",
@@ -153,13 +156,14 @@ DEMO_ORDER_PLAN = {
 
 
 def run_demo(*, duration_s: float | None, robots: int, fps: float, console: PlainConsole, workdir: Path,
-             port: int = 0) -> int:  # fmt: skip
-    """Run the demo in ``workdir``; returns the exit code (1 if any frame was lost)."""
+             port: int = 0, fitted_rollout: bool = True) -> int:  # fmt: skip
+    """Run the demo in ``workdir``; returns the exit code (1 if any frame was lost). With ``fitted_rollout`` a
+    model fitted on the line's good parts is uploaded and rolled out on the slice while the robots stream."""
     from control_plane.app import create_app
     from control_plane.server import BackgroundServer
     from control_plane.settings import ControlPlaneSettings
 
-    stop, agent_stop = threading.Event(), threading.Event()
+    stop, agent_stop, rollout_stop = threading.Event(), threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         console.note(f"\n{signal.Signals(signum).name}: stopping robots, draining answers, shutting down")
@@ -178,10 +182,24 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, console: Plai
     client = httpx.Client(base_url=server.url, timeout=30.0)
     broker: MosquittoBroker | None = None
     agent_thread: threading.Thread | None = None
+    rollout: FittedRollout | None = None
+    rollout_client = httpx.Client(base_url=server.url, timeout=120.0)
     try:
         console.note(f"control plane: {server.url} (API docs {server.url}/docs, metrics {server.url}/metrics)")
         setup, broker = provision(client, operator, workdir / "broker", robots)
         _print_setup(console, server.url, broker, setup, robots)
+        if fitted_rollout and duration_s is not None and duration_s < MIN_ROLLOUT_S:
+            console.note(f"model rollout: skipped: its shadow, canary and full steps need about "
+                         f"{MIN_ROLLOUT_S:.0f} s of streaming (--duration {duration_s:g}; give "
+                         f"{MIN_ROLLOUT_S:.0f} or more, or none)")  # fmt: skip
+            fitted_rollout = False
+        if fitted_rollout:
+            rollout = FittedRollout(
+                lambda method, path, **kwargs: _call(rollout_client, method, path, setup.tokens["plant_manager"],
+                                                     **kwargs),
+                slice_id=setup.slice_id, line=LINE, robots=list(setup.robots), workdir=workdir / "fit",
+                note=console.note, stop=rollout_stop,
+            ).start()  # fmt: skip
         with console.step("starting local Ray; the edge agent joins the site and starts the slice..."):
             metrics_port = free_port()
             cluster.start(metrics_port=metrics_port)
@@ -195,9 +213,11 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, console: Plai
                      "(ray_lineside_answers, ...)")  # fmt: skip
         console.note(f"slice inspect: {status['status']} (generation {status['observed_generation']}, "
                      f"{replicas_text(status['actual'])})")  # fmt: skip
-        with console.step("rendering part images for the robots..."):
-            pool = render_pool(96)
+        with console.step(f"rendering images of {FAMILY} parts for the robots..."):
+            pool = render_pool(96, family=FAMILY)  # one kind of part on the line: what the fitted model knows
         money = _MoneyWatch(client, setup)
+        if rollout is not None:
+            rollout.streaming.set()
         report = _stream(console, client, setup, broker, pool, duration_s, robots, fps, stop, money)
         console.note("summary: " + progress_line(report))
         console.note("money: " + (money.text(force=True) or "unavailable (see the log)"))
@@ -207,6 +227,10 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, console: Plai
         console.note(f"ok: every one of {report.sent} frames was answered")
         return 0
     finally:
+        rollout_stop.set()
+        if rollout is not None:
+            rollout.join(timeout_s=30)
+        rollout_client.close()
         agent_stop.set()
         if agent_thread is not None:
             agent_thread.join(timeout=120)  # a pass may be applying a slice; Ray must outlive it

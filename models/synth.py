@@ -70,26 +70,39 @@ def class_for_index(seed: int, index: int) -> str:
     return str(CLASSES[1 + int(rng.integers(len(CLASSES) - 1))])
 
 
-def generate(seed: int, index: int, label: str | None = None) -> PartSample:
-    """Render sample ``index`` of the set ``seed`` (optionally forcing its class)."""
+def generate(seed: int, index: int, label: str | None = None, family: str | None = None) -> PartSample:
+    """Render sample ``index`` of the set ``seed`` (optionally forcing its class and its surface family).
+
+    A forced family replaces the drawn one after the draw, so every other random draw, and with it every
+    frame of the set that is not forced, stays the same.
+    """
     label = label or class_for_index(seed, index)
     rng = np.random.default_rng([seed, index, 2])
-    family = str(FAMILIES[int(rng.integers(len(FAMILIES)))])
+    drawn = str(FAMILIES[int(rng.integers(len(FAMILIES)))])
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown surface family {family!r}; choose one of {FAMILIES}")
+    family = family or drawn
     rgb = render(rng, family, label)
     encoding, data = encode(rng, rgb)
     return PartSample(index=index, label=label, family=family, encoding=encoding, data=data)
 
 
-def _generate_args(args: tuple[int, int]) -> PartSample:
+def _generate_args(args: tuple[int, int, str | None, str | None]) -> PartSample:
     return generate(*args)
 
 
 def generate_many(
-    seed: int, indices: Iterable[int], *, workers: int | None = None, chunksize: int = 16
+    seed: int,
+    indices: Iterable[int],
+    *,
+    workers: int | None = None,
+    chunksize: int = 16,
+    label: str | None = None,
+    family: str | None = None,
 ) -> Iterator[PartSample]:
-    """``generate(seed, i)`` for each index, in order, rendered by a pool of processes."""
+    """``generate(seed, i, label, family)`` for each index, in order, rendered by a pool of processes."""
     with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
-        yield from pool.imap(_generate_args, [(seed, i) for i in indices], chunksize=chunksize)
+        yield from pool.imap(_generate_args, [(seed, i, label, family) for i in indices], chunksize=chunksize)
 
 
 def render(rng: np.random.Generator, family: str, label: str) -> Array:

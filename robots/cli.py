@@ -40,12 +40,18 @@ def robots_simulate(
     tenant: Annotated[str, typer.Option(help="Tenant the robots belong to.")] = "acme",
     line: Annotated[str, typer.Option(help="Line the robots stand on.")] = "line-1",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer before resending.")] = 5.0,
+    family: Annotated[
+        str | None, typer.Option(help="Surface family of every part (brushed, machined, cast, painted, printed).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Stream generated parts with known ground truth; print throughput, latency, accuracy, lost frames."""
+    from models.synth import FAMILIES
     from robots.simulate import Simulation, render_pool
 
-    pool = render_pool(96)
+    if family is not None and family not in FAMILIES:
+        raise typer.BadParameter(f"{family!r} is not a surface family; choose one of {', '.join(FAMILIES)}")
+    pool = render_pool(96, family=family)
     sim = Simulation(host, port, tenant=tenant, line=line, robots=robots, fps=fps, pool=pool, timeout_s=timeout)
     report = sim.run(duration, progress=lambda r: typer.echo(progress_line(r), err=as_json))
     typer.echo(json.dumps(report.summary()) if as_json else "summary: " + progress_line(report))

@@ -23,14 +23,16 @@ ProgressFn = Callable[["SimulationReport"], None]
 
 
 def render_pool(
-    n: int, seed: int = 2026, workers: int | None = None, *, jpeg_only: bool = False
+    n: int, seed: int = 2026, workers: int | None = None, *, jpeg_only: bool = False, family: str | None = None
 ) -> list[tuple[str, bytes]]:
     """``n`` generated frames (label, JPEG/PNG bytes) for robots to cycle through.
 
     ``jpeg_only`` skips the generator's PNG frames (15 %), as robot cameras streaming
-    at line speed send JPEG.
+    at line speed send JPEG. ``family`` makes every part one surface family (``synth.FAMILIES``), as on a
+    real line that makes one kind of part: what a model fitted on that family's good parts expects.
     """
-    samples = synth.generate_many(seed, range(n * 2 if jpeg_only else n), workers=workers, chunksize=8)
+    indices = range(n * 2 if jpeg_only else n)
+    samples = synth.generate_many(seed, indices, workers=workers, chunksize=8, family=family)
     return [(s.label, s.data) for s in samples if not jpeg_only or s.encoding == "jpeg"][:n]
 
 

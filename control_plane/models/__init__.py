@@ -22,6 +22,8 @@ here, so ``from control_plane.models import Slice`` works as before:
     usage       metered usage records (capacity and verdicts), unique by idempotency key
     billing     products, price versions, leases, charges, budgets, voucher programmes, invoices
     bank        the compute bank's rule per site (contributors' share) and the credits they earned
+    rollouts    a slice's move to a new model version (shadow, canary, full) and its figures
+    fits        anomaly models fitted from a tenant's good photos, as Ray jobs on its site
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ from control_plane.models.capacity import (
     ShiftIn,
     VolumeIn,
 )
+from control_plane.models.fits import FitCreate, FitStatus, ModelFit, ModelFitPublic
 from control_plane.models.ledger import Account, JournalEntry, JournalTransaction
 from control_plane.models.lines import (
     ROBOT_MAX_FPS_HELP,
@@ -101,6 +104,7 @@ from control_plane.models.lines import (
     RobotCredentials,
     RobotPublic,
 )
+from control_plane.models.rollouts import Rollout, RolloutCreate, RolloutPublic, RolloutState
 from control_plane.models.sites import (
     OPERATOR_NODE_STATUSES,
     BrokerAdmin,
@@ -152,6 +156,8 @@ __all__ = [
     "CreditLimitIn",
     "FailedPart",
     "FailedPartPublic",
+    "FitCreate",
+    "FitStatus",
     "Invoice",
     "InvoicedCharge",
     "JoinToken",
@@ -166,6 +172,8 @@ __all__ = [
     "LinePublic",
     "LineUpdate",
     "Login",
+    "ModelFit",
+    "ModelFitPublic",
     "ModelProfile",
     "ModelProfilePublic",
     "ModelVersion",
@@ -189,6 +197,10 @@ __all__ = [
     "RobotCredentials",
     "RobotPublic",
     "Role",
+    "Rollout",
+    "RolloutCreate",
+    "RolloutPublic",
+    "RolloutState",
     "RowId",
     "ScaleEvent",
     "ScaleEventPublic",

@@ -75,6 +75,7 @@ class ScaleKind(StrEnum):
     DRAIN = "drain"
     ALERT = "alert"  # a reserved slice no longer fits: operators must add capacity
     BILLING = "billing"  # a burst/bank slice held at its floor (funds used up) or released
+    ROLLOUT = "rollout"  # a model rollout stepped forward, finished, was aborted or rolled back (bounds unchanged)
 
 
 class ScaleEvent(SQLModel, table=True):

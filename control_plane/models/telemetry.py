@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -41,6 +42,8 @@ class FailedPart(SQLModel, table=True):
     defect_class: str | None = Field(default=None, max_length=100)
     score: float
     thumbnail: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
+    location: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    """``wire.Location`` as JSON: where the defect is in the frame, when the model says."""
 
 
 class FailedPartPublic(SQLModel):
@@ -51,3 +54,4 @@ class FailedPartPublic(SQLModel):
     at: datetime
     defect_class: str | None
     score: float
+    location: dict[str, Any] | None = None

@@ -8,7 +8,8 @@ leaving the line on the way out. The pieces:
 * ``mqtt_session``: the frames connection (persistent session, manual acks, backpressure);
 * ``answer_memory``: answered frame ids and frames in progress, so retries cost no inference;
 * ``batching``: batches that grow with the load, and model calls with retries;
-* ``replies``: the answers themselves, built without I/O.
+* ``replies``: the answers themselves, built without I/O;
+* ``rollout``: a rollout's candidate model (canary routing by robot, shadow judging).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from paho.mqtt.client import MQTTMessageInfo
 
 from contracts import wire
-from contracts.slice_spec import SliceSpec
+from contracts.slice_spec import RolloutSpec, SliceSpec
 from edge_node.ingress import replies
 from edge_node.ingress.answer_memory import AnswerMemory
 from edge_node.ingress.batching import Batcher, InferFn, judge
@@ -31,6 +32,7 @@ from edge_node.ingress.counts import Counts
 from edge_node.ingress.frames import Frame
 from edge_node.ingress.mqtt_session import FrameSession, mqtt_client
 from edge_node.ingress.rate_limit import RobotRateLimiter
+from edge_node.ingress.rollout import Candidate, is_model_error
 from edge_node.telemetry import TelemetryWindow
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class FrameIngress:
         self._infer = infer
         self._observe = observe
         self._replier = replies.Replier(spec.name, node, model)
+        self.candidate: Candidate | None = None  # a rollout's candidate model (``set_candidate``)
         self._memory = AnswerMemory()
         self._rates = RobotRateLimiter()
         self._stop = threading.Event()
@@ -73,6 +76,7 @@ class FrameIngress:
             unnamed_prefix=f"{node}-{id(self):x}",
         )  # fmt: skip
         self.connected = self._session.connected
+        self.subscribed = self._session.subscribed
         self._publisher = mqtt_client(spec.broker, f"{client_id}-out", manual_ack=False)
         self._publisher.max_inflight_messages_set(max(spec.max_inflight_frames * 2, 20))
         self._publisher.max_queued_messages_set(0)
@@ -80,6 +84,28 @@ class FrameIngress:
         self._reporter = threading.Thread(target=self._report_loop, name=f"{client_id}-telemetry", daemon=True)
 
     # --- lifecycle -----------------------------------------------------------
+
+    def set_candidate(self, rollout: RolloutSpec | None, infer: InferFn | None = None, model: str = "") -> None:
+        """Start, step or end a rollout on this replica without restarting it. Frames already handed to the
+        previous candidate are routed again by the new one (or answered by the current model), so a robot is
+        answered by the model its route names when its frame is judged. The previous candidate's last figures
+        are published once its frames are done."""
+        previous = self.candidate
+        if rollout is not None and infer is not None:
+            replier = replies.Replier(self.spec.name, self.node, model)
+            concurrency = self.spec.batch.ingress_concurrency
+            self.candidate = Candidate(rollout, infer, replier, replica=self.client_id, concurrency=concurrency)
+        else:
+            self.candidate = None
+        if previous is not None:
+            threading.Thread(target=self._retire, args=(previous,), name=f"{self.client_id}-candidate-end",
+                             daemon=True).start()  # fmt: skip
+
+    def _retire(self, candidate: Candidate) -> None:
+        """Let the previous candidate finish the frames it holds, then publish its last figures."""
+        candidate.stop()
+        if self.telemetry is not None:
+            self._publish_rollout(candidate)
 
     def start(self) -> None:
         """Connect (persistent session) and start consuming."""
@@ -104,6 +130,8 @@ class FrameIngress:
         drained = self._drain(drain_s) if self.connected.is_set() else False
         self._stop.set()
         self._batcher.join()
+        if (candidate := self.candidate) is not None:
+            candidate.stop()
         self._session.join()
         if self.telemetry is not None:
             self._reporter.join(timeout=5)
@@ -142,8 +170,16 @@ class FrameIngress:
             for line, window in self.telemetry.drain().items():
                 topic = wire.telemetry_topic(self.spec.tenant, line, self.spec.name)
                 self._publisher.publish(topic, window.model_dump_json().encode(), qos=1)
+            if (candidate := self.candidate) is not None:
+                self._publish_rollout(candidate)
         except Exception:  # a report lost is a gap in a chart; the frames go on
             log.exception("publishing telemetry failed")
+
+    def _publish_rollout(self, candidate: Candidate) -> None:
+        """The rollout's figures, beside the first line's telemetry (QoS 1, like it)."""
+        if (report := candidate.window.drain()) is not None:
+            topic = wire.telemetry_topic(self.spec.tenant, self.spec.lines[0], self.spec.name)
+            self._publisher.publish(topic, report.model_dump_json().encode(), qos=1)
 
     # --- frames in (network thread) --------------------------------------------
 
@@ -157,11 +193,29 @@ class FrameIngress:
     # --- answers out (batch workers) -------------------------------------------
 
     def _handle_batch(self, batch: list[Frame]) -> None:
+        """Publish the batch's answers; a canary's robots are answered by the candidate, on its own pool."""
+        if (candidate := self.candidate) is not None:
+            batch, theirs = candidate.split(batch)
+            if theirs:
+                candidate.answer(theirs, self._by_candidate)
+        if batch:
+            self._publish(batch, None)
+
+    def _by_candidate(self, frames: list[Frame]) -> None:
+        """Frames routed to the candidate, routed again now: the rollout may have stepped or ended since."""
+        candidate = self.candidate
+        ours, theirs = candidate.split(frames) if candidate is not None else (frames, [])
+        if ours:
+            self._publish(ours, None)
+        if theirs:
+            self._publish(theirs, candidate)
+
+    def _publish(self, batch: list[Frame], answering: Candidate | None) -> None:
         """Publish the batch's answers; acknowledge each frame (and the retries that joined it) once confirmed."""
         try:
             published = [
                 (frame, self._publisher.publish(topic, payload, qos=1, properties=replies.reply_properties(frame)))
-                for frame, topic, payload in self._answers(batch)
+                for frame, topic, payload in self._answers(batch, answering)
             ]
             for frame, info in published:
                 self._settle(frame, info)
@@ -182,8 +236,9 @@ class FrameIngress:
             for answered in (frame, *followers):
                 self._session.ack(answered)
 
-    def _answers(self, batch: list[Frame]) -> list[Reply]:
-        """Topic and payload of the answer to every frame in ``batch``: from memory, a refusal, or the model."""
+    def _answers(self, batch: list[Frame], answering: Candidate | None = None) -> list[Reply]:
+        """Topic and payload of the answer to every frame in ``batch``: from memory, a refusal, or the model
+        (``answering``: a rollout's candidate)."""
         answers: list[Reply] = []
         to_judge: list[Frame] = []
         for frame in batch:
@@ -196,27 +251,42 @@ class FrameIngress:
             else:
                 to_judge.append(frame)
         if to_judge:
-            started = time.monotonic()
-            outcomes = judge(
-                self._infer, [f.payload for f in to_judge], on_failure=lambda: self.counts.add("model_call_failures")
-            )
-            inference_ms = (time.monotonic() - started) * 1000
-            for frame, outcome in zip(to_judge, outcomes, strict=True):
-                if error := replies.outcome_error(outcome):
-                    answers.append(self._error(frame, *error))
-                else:
-                    answers.append(self._result(frame, outcome, started, inference_ms))
+            answers += self._judged(to_judge, answering)
         return answers
 
-    def _result(self, frame: Frame, outcome: dict[str, Any], started: float, inference_ms: float) -> Reply:
-        result = self._replier.result(frame, outcome, started=started, inference_ms=inference_ms, now=time.monotonic())
+    def _judged(self, frames: list[Frame], answering: Candidate | None) -> list[Reply]:
+        """The answers of the current model, or of ``answering``; during a rollout, counted for its report."""
+        infer, replier = (answering.infer, answering.replier) if answering else (self._infer, self._replier)
+        started = time.monotonic()
+        outcomes = judge(infer, [f.payload for f in frames], on_failure=lambda: self.counts.add("model_call_failures"))
+        now = time.monotonic()
+        inference_ms = (now - started) * 1000
+        if (rollout := answering or self.candidate) is not None:
+            totals_ms = [(now - f.received) * 1000 for f in frames]
+            rollout.count("candidate" if answering else "current", outcomes, totals_ms)
+            if rollout.shadow:
+                judged = [(f, o) for f, o in zip(frames, outcomes, strict=True) if not is_model_error(o)]
+                rollout.shadow_judge([f for f, _ in judged], [o for _, o in judged])
+        answers = []
+        for frame, outcome in zip(frames, outcomes, strict=True):
+            if error := replies.outcome_error(outcome):
+                answers.append(self._error(frame, *error))
+            else:
+                answers.append(self._result(frame, outcome, started, inference_ms, replier))
+        return answers
+
+    def _result(
+        self, frame: Frame, outcome: dict[str, Any], started: float, inference_ms: float, replier: replies.Replier
+    ) -> Reply:
+        result = replier.result(frame, outcome, started=started, inference_ms=inference_ms, now=time.monotonic())
         total_ms = result.timings_ms.total
         self.counts.add(f"verdict_{result.verdict}")
         if self.telemetry is not None:
-            class_score = outcome["scores"].get(outcome["defect_class"], 0.0) if outcome["defect_class"] else 0.0
+            # on fail, a verdict's score is the reported defect's: its probability, or an anomaly's 0..1 figure
+            location = wire.defect_location(outcome.get("location"), outcome.get("boxes"), outcome["defect_class"])
             self.telemetry.observe_verdict(
                 frame.robot, frame_id=frame.frame_id, verdict=result.verdict, defect_class=result.defect_class,
-                score=class_score, total_ms=total_ms, payload=frame.payload,
+                score=outcome["score"], total_ms=total_ms, payload=frame.payload, location=location,
             )  # fmt: skip
         if self._observe:
             self._observe(f"verdict_{result.verdict}", total_ms)

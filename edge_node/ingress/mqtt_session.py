@@ -113,6 +113,8 @@ class FrameSession:
         self.client_id = client_id
         self.counts = counts
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        """The broker confirmed the frame subscriptions (SUBACK) at least once: frames are routed here."""
         self.left = threading.Event()
         """The broker confirmed the unsubscribe: no new frames are routed to this replica."""
         self.ledger = AckLedger()
@@ -128,6 +130,7 @@ class FrameSession:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = lambda *_args: self.left.set()
         self._thread = threading.Thread(target=self._loop, name=f"{client_id}-network", daemon=True)
 
@@ -238,6 +241,13 @@ class FrameSession:
         client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.spec.frame_filters])
         self.connected.set()
         log.info("ingress %s subscribed to %s", self.client_id, ", ".join(self.spec.frame_filters))
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[Any], _props: Any) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("broker refused ingress %s's frame subscriptions: %s", self.client_id, ", ".join(refused))
+        if len(refused) < len(reasons):
+            self.subscribed.set()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()

@@ -72,6 +72,8 @@ class Replier:
             scores=outcome["scores"],
             model=self.model,
             timings_ms=timings,
+            location=outcome.get("location"),
+            boxes=outcome.get("boxes"),
         )
 
     def error(self, frame: Frame, code: wire.ErrorCode, detail: str) -> wire.ErrorReply:

@@ -12,13 +12,16 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
+from contracts.slice_spec import SliceSpec
 from control_plane.app import create_app
 from control_plane.settings import ControlPlaneSettings
 from edge_node.broker import MosquittoBroker, free_port
@@ -90,6 +93,33 @@ class ControlPlane:
     op: dict[str, str]
     a: Tenancy
     b: Tenancy
+
+
+@dataclass
+class RecordedServe:
+    """Ray left out of an agent under test: what it applied, and Serve's applications as it would see them."""
+
+    applied: list[SliceSpec] = field(default_factory=list)
+    present: set[str] = field(default_factory=set)
+
+    def apply(self, spec: SliceSpec) -> None:
+        self.applied.append(spec)
+        self.present.add(spec.name)
+
+    def agent_options(self) -> dict[str, Any]:
+        """``Agent`` keyword arguments: apply records, every application runs, no Ray resources."""
+        return {"apply": self.apply, "applications": lambda: set(self.present), "ray_resources": list,
+                "status": lambda _name: {"status": "RUNNING", "deployments": {}}}  # fmt: skip
+
+
+def coming_monday(hour: int) -> datetime:
+    """Next Monday (1 to 7 days ahead, UTC, naive) at ``hour``: a control plane clock for tests that need a weekday.
+
+    Never before the day the fixture seeded the site's prices (today): a fixed date in the past found no price
+    in force once the real date passed it (CI on 1 December). Strictly after today, so a run that crosses
+    midnight still has its prices."""
+    today = datetime.now(UTC).date()
+    return datetime.combine(today + timedelta(days=7 - today.weekday()), time(hour))
 
 
 def bearer(token: str) -> dict[str, str]:

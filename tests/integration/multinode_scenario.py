@@ -32,20 +32,36 @@ from robots.simulate import Simulation, render_pool
 
 WINDOW_END = datetime(2026, 11, 30, 12, 10)  # node 2 (a lab's) lends every day 08:00-12:10
 NOTICE = timedelta(minutes=10)
+STREAM_S = 65
+"""Seconds the robots stream: long enough to see answers after the last move, which takes about 30 s while the
+leaving replica shuts down."""
 
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def _model_replicas(app: str) -> list[tuple[str, Any]]:
+    """Alive model replicas of ``app`` as (deployment, Ray's actor state), from Ray's state API."""
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    prefix = f"ServeReplica:{app}:model"
+    return [(a.class_name.split(":")[-1], a) for a in alive if (a.class_name or "").startswith(prefix)]
+
+
 def replica_nodes(app: str, ray_to_lineside: dict[str, int]) -> dict[str, list[int]]:
-    """Alive model replicas per deployment and the Lineside node each runs on, from Ray's state API."""
+    """Alive model replicas per deployment and the Lineside node each runs on."""
     found: dict[str, list[int]] = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        name = actor.class_name or ""
-        if name.startswith(f"ServeReplica:{app}:model"):
-            found.setdefault(name.split(":")[-1], []).append(ray_to_lineside[str(actor.node_id)])
+    for deployment, actor in _model_replicas(app):
+        found.setdefault(deployment, []).append(ray_to_lineside[str(actor.node_id)])
     return {k: sorted(v) for k, v in sorted(found.items())}
+
+
+def replica_actors(app: str) -> dict[str, list[str]]:
+    """Alive model replicas' actor ids per deployment: a replica that restarted has a new one."""
+    found: dict[str, list[str]] = {}
+    for deployment, actor in _model_replicas(app):
+        found.setdefault(deployment, []).append(actor.actor_id)
+    return {k: sorted(v) for k, v in found.items()}
 
 
 def placement_of(assignments: list[int]) -> dict[str, int]:
@@ -105,9 +121,10 @@ def main() -> dict[str, Any]:
         lineside_cluster.apply_slice(spec(first.assignments[1]))
         say("applied")
         result["ray_before"] = wait_for("multi", ray_to_lineside, placement_of(first.assignments[1]))
+        actors_before = replica_actors("multi")
         simulation = Simulation(broker.host, broker.port, tenant="acme", line="line-1", robots=4, fps=4, pool=pool,
                                 timeout_s=5, retries=4)  # fmt: skip
-        streaming = threading.Thread(target=simulation.run, args=(50,))
+        streaming = threading.Thread(target=simulation.run, args=(STREAM_S,))
         streaming.start()
         time.sleep(8)  # the scenario: robots stream on the first placement before the notice starts
         during = place(nodes, [demand], first.assignments, now=WINDOW_END - NOTICE)
@@ -126,7 +143,9 @@ def main() -> dict[str, Any]:
         lineside_cluster.apply_slice(spec(after.assignments[1]))
         result["ray_after"] = wait_for("multi", ray_to_lineside, placement_of(after.assignments[1]))
         result["move_s"] = round(time.monotonic() - ended_at, 1)
-        stream_end = notice_at - 8 + 50  # the robots stop sending 50 s after they start
+        actors_after = replica_actors("multi")
+        result["kept_replicas"] = sorted(name for name, ids in actors_after.items() if actors_before.get(name) == ids)
+        stream_end = notice_at - 8 + STREAM_S  # the robots stop sending STREAM_S after they start
         streaming.join()
         report = simulation.report
         result.update(sent=report.sent, answered=report.results + report.errors, lost=report.lost,

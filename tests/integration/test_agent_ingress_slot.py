@@ -10,15 +10,13 @@ The agent runs against the real control plane app; Ray is the seam left out (a r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from contracts.slice_spec import SliceSpec
 from control_plane import broker_sync
 from edge_node.agent import Agent, join
 from edge_node.profiling import ProfileResult
-from tests.integration.cp_fixtures import ControlPlane, ok
+from tests.integration.cp_fixtures import ControlPlane, RecordedServe, ok
 
 
 def quick_profile(_manifest: Path, *, threads: int, batch: int) -> ProfileResult:
@@ -32,20 +30,9 @@ def test_a_changed_slice_takes_the_other_ingress_login_and_a_restart_keeps_its_o
     cp = control_plane
     token = ok(cp.client.post(f"/sites/{cp.site_id}/join-tokens", headers=cp.op), 201)["token"]
     node = join(cp.client, token, tmp_path / "agent")
-    applied: list[SliceSpec] = []
-    present: set[str] = set()
-
-    def record(spec: SliceSpec) -> None:
-        applied.append(spec)
-        present.add(spec.name)
-
-    def running(_name: str) -> dict[str, Any]:
-        return {"status": "RUNNING", "deployments": {}}
-
-    agent = Agent(
-        cp.client, node["node_token"], tmp_path / "agent", apply=record, applications=lambda: set(present),
-        status=running, ray_resources=list, profiler=quick_profile,
-    )  # fmt: skip
+    serve = RecordedServe()
+    applied, present = serve.applied, serve.present
+    agent = Agent(cp.client, node["node_token"], tmp_path / "agent", profiler=quick_profile, **serve.agent_options())
     agent.step()
     assert applied and all(s.ingress_slot == 0 for s in applied)
     applied.clear()

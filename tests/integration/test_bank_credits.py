@@ -7,7 +7,7 @@ own edge server. The figures are computed here from the records and the standard
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from control_plane import bank, billing_cycle, catalogue, metering
 from control_plane.models import BankCredit, Charge, JournalEntry, Slice
 from control_plane.pricing import Source, usage_key
 from tests.integration.cp_fixtures import ControlPlane, ok
-from tests.integration.test_ownership import site_of_owners
+from tests.integration.test_ownership import MONDAY_NIGHT, site_of_owners
 
 BANK_CENTS_PER_REPLICA_HOUR = 45
 
@@ -118,7 +118,7 @@ def test_a_sites_rule_sets_the_share_and_pays_as_a_payable_and_rows_are_written_
 ) -> None:
     cp = control_plane
     _, lab_eo, _, _, lab, _ = site_of_owners(cp)
-    today = date(2026, 11, 30)  # the control plane's clock: MONDAY_NIGHT
+    today = MONDAY_NIGHT.date()  # the control plane's clock
     rule = {"site_id": cp.site_id, "effective_from": today.isoformat(), "share_bp": 5000, "settle_as": "payable"}
     assert cp.client.post("/bank/rules", json=rule, headers=lab_eo).status_code == 403
     back_dated = {**rule, "effective_from": (today - timedelta(days=1)).isoformat()}

@@ -10,6 +10,7 @@ subscription's fee is charged once a month. Figures are computed here from the r
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -208,7 +209,14 @@ def test_usage_is_rated_once_into_balanced_postings_and_a_late_record_costs_its_
     charges = _charges(cp, cp.a.ids["tenant"])
     replica_seconds = 50 * 2 * 60 + 3 * 60 + 2 * 60
     assert sum(c.quantity for c in charges) == replica_seconds
-    expected = _eur(Decimal("0.90") * replica_seconds / 3600)  # the month's amount, rounded once
+    # Each month's amount, rounded once: a run in a month's last hours has usage in two months.
+    months: Counter[tuple[int, int]] = Counter()
+    late_records = [(start + timedelta(hours=1, minutes=5 + m), 60) for m in range(2)]
+    for at, seconds in [*((start + timedelta(minutes=m), 2 * 60) for m in range(50)), *late_records,
+                        (start + timedelta(minutes=55), 3 * 60)]:  # fmt: skip
+        months[(at.year, at.month)] += seconds
+    assert sum(months.values()) == replica_seconds
+    expected = sum(_eur(Decimal("0.90") * seconds / 3600) for seconds in months.values())
     assert sum(c.amount_minor for c in charges) == expected
     assert _unbalanced(cp) == []
     with Session(_engine(cp)) as session:
@@ -216,7 +224,9 @@ def test_usage_is_rated_once_into_balanced_postings_and_a_late_record_costs_its_
         assert len(keys) == len(set(keys)) == 53
 
     summary = ok(cp.client.get("/billing/summary", headers=cp.a.pm))
-    assert summary["spent"]["minor"] == expected or start.month != datetime.now(UTC).month
+    now = datetime.now(UTC)  # the summary is this month's spend: the part of the usage that fell in it
+    this_month = _eur(Decimal("0.90") * months[(now.year, now.month)] / 3600)
+    assert summary["spent"]["minor"] == this_month or start.month != now.month
     assert ok(cp.client.get("/billing/summary", headers=cp.b.pm))["spent"]["minor"] == 0  # globex pays nothing
     assert all(c["tenant_id"] == cp.a.ids["tenant"] for c in ok(cp.client.get("/billing/charges", headers=cp.a.pm)))
     assert ok(cp.client.get("/billing/charges", headers=cp.b.pm)) == []
@@ -283,8 +293,8 @@ def test_a_budget_alerts_at_80_and_100_percent_once_each(control_plane: ControlP
     ok(cp.client.put("/billing/budget", json={"monthly_budget": "1.00"}, headers=cp.a.pm))
     assert cp.client.put("/billing/budget", json={"monthly_budget": 1.5}, headers=cp.a.pm).status_code == 422
     first = _hour_after(_lease(cp, slice_id).starts_at)
-    if first.month != datetime.now(UTC).month:
-        pytest.skip("run in the last hour of a month: the usage would fall in the next one")
+    if (first + timedelta(hours=1)).month != datetime.now(UTC).month:
+        pytest.skip("run in the last two hours of a month: the usage or its rating would fall in the next one")
     _capacity(cp, slice_id, 2, first, 57, replicas=1)  # 57 replica-minutes at 0.90/h: 0.86 EUR, 86%
     _rate(cp, first + timedelta(hours=1))
     summary = ok(cp.client.get("/billing/summary", headers=cp.a.pm))
@@ -324,11 +334,16 @@ def test_a_subscription_fee_is_charged_once_a_month(control_plane: ControlPlane)
         201,
     )
     lease = _lease(cp, slice_id)
-    _rate(cp, as_aware(lease.starts_at) + timedelta(minutes=5))
-    _rate(cp, as_aware(lease.starts_at) + timedelta(minutes=50))
+    starts = as_aware(lease.starts_at)
+    next_month = (starts.replace(day=1) + timedelta(days=32)).replace(day=1, hour=1)
+    # Both ratings in the lease's first month (CI failed on this at 23:5x on 30 November: the second, 50
+    # minutes after a lease that began at 23:15, rated December and charged its fee too).
+    month_end = next_month.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(seconds=1)
+    second = min(starts + timedelta(minutes=50), month_end)
+    _rate(cp, min(starts + timedelta(minutes=5), second))
+    _rate(cp, second)
     fees = [c for c in _charges(cp, cp.a.ids["tenant"]) if c.measure == "subscription_fee"]
     assert [(c.amount_minor, c.quantity) for c in fees] == [(9900, 1)]
-    next_month = (as_aware(lease.starts_at).replace(day=1) + timedelta(days=32)).replace(day=1, hour=1)
     _rate(cp, next_month)
     fees = [c for c in _charges(cp, cp.a.ids["tenant"]) if c.measure == "subscription_fee"]
     assert [c.amount_minor for c in fees] == [9900, 9900] and fees[1].period == next_month.date().replace(day=1)

@@ -3,7 +3,7 @@ shifts and a mid-week volume change sets replica floors, and Ray Serve runs thos
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,10 @@ from edge_node import cluster
 from edge_node.agent import Agent, join
 from edge_node.profiling import ProfileResult, profile
 from models import BUNDLED_MANIFEST
-from tests.integration.cp_fixtures import ControlPlane, ok
+from tests.integration.cp_fixtures import ControlPlane, coming_monday, ok
 
+START = coming_monday(5)
+"""The control plane's clock at the start: a Monday before the early shift."""
 PLAN = {
     "views_per_part": 4,
     "headroom": 0.25,
@@ -26,8 +28,8 @@ PLAN = {
     ],
     # 8 h shifts: 14,400 parts x 4 views = 2 frames/s (1 replica at 3 frames/s); from Wednesday 8 frames/s (4).
     "volumes": [
-        {"effective_from": "2026-11-30", "parts_per_shift": 14400},
-        {"effective_from": "2026-12-02", "parts_per_shift": 57600},
+        {"effective_from": START.date().isoformat(), "parts_per_shift": 14400},
+        {"effective_from": (START + timedelta(days=2)).date().isoformat(), "parts_per_shift": 57600},
     ],
 }
 
@@ -54,7 +56,8 @@ def test_order_plan_sets_floors_that_serve_runs(ray_cluster: int, control_plane:
     node = join(cp.client, token, tmp_path / "agent")
     agent = Agent(cp.client, node["node_token"], tmp_path / "agent", profiler=fixed_profile)
     app_name = f"t{cp.a.tenant_id}-planned"
-    clock = {"now": datetime(2026, 11, 30, 5, 0)}
+    start = START
+    clock = {"now": start}
     cp.client.app.state.clock = lambda: clock["now"]  # type: ignore[attr-defined]
     engine = cp.client.app.state.engine  # type: ignore[attr-defined]
 
@@ -77,11 +80,13 @@ def test_order_plan_sets_floors_that_serve_runs(ray_cluster: int, control_plane:
         assert (wednesday["wanted_replicas"], wednesday["floor"], wednesday["shortfall"]) == (4, 2, 2)
         assert wednesday["shortfall_cost_per_hour"] == "1.80 EUR"  # 2 replicas x 0.9 per replica-hour
 
-        assert at(datetime(2026, 11, 30, 5, 0)) == 1  # Monday before the shift: the idle floor
-        assert at(datetime(2026, 12, 2, 5, 58, 45)) == 2  # Wednesday, 75 s before 06:00: pre-warmed, capped
+        assert at(start) == 1  # Monday before the shift: the idle floor
+        assert (
+            at(start + timedelta(days=2, minutes=58, seconds=45)) == 2
+        )  # Wednesday, 75 s before 06:00: pre-warmed, capped
         status = cluster.app_status(app_name)
         assert status["deployments"]["model"]["replicas"] == {"RUNNING": 2}
-        assert at(datetime(2026, 12, 2, 23, 0)) == 1  # after the late shift
+        assert at(start + timedelta(days=2, hours=18)) == 1  # after the late shift
         events = ok(cp.client.get(f"/slices/{slice_id}/events", headers=cp.a.pm))
         planned = [e for e in events if e["kind"] == "planned"]
         assert [(e["min_before"], e["min_after"]) for e in planned] == [(2, 1), (1, 2)]  # newest first

@@ -243,3 +243,37 @@ def _report_profile(cp: ControlPlane, t: Tenancy, body: dict[str, Any]) -> None:
         assert model is not None
         session.add(ModelProfile(**{**body, "site_id": item.site_id, "model_sha256": model.sha256}))
         session.commit()
+
+
+def test_a_line_slower_than_the_histogram_shows_over_budget_not_a_blank(control_plane: ControlPlane) -> None:
+    """Answers slower than the last latency bucket (5 s) once made p99 null and 'within budget' unknown: a line
+    stalled for seconds showed a dash and no 'over'."""
+    cp, a = control_plane, control_plane.a
+    monitors = cp.client.app.state.monitors  # type: ignore[attr-defined]
+    wait_until(lambda: cp.site_id in monitors.subscribed, 20, "the control plane to subscribe to the site's telemetry")
+    _publish(cp, a, wire.telemetry_topic("acme", "line-1", "t1-inspect"), _report(30, 0, latency_ms=15_000)).close()
+    tile = wait_until(
+        lambda: next((t for t in ok(cp.client.get("/dashboard/lines", headers=a.pm)) if t["frames_5min"] == 30), None),
+        20, "the monitor to store the slow window",
+    )  # fmt: skip
+    assert tile is not None
+    assert tile["within_budget"] is False
+    assert tile["p99_ms"] == wire.LATENCY_BUCKETS_MS[-1] and tile["p99_beyond_ms"] is True
+
+
+def test_a_failed_parts_location_reaches_the_plant_page_list(control_plane: ControlPlane) -> None:
+    cp, a = control_plane, control_plane.a
+    monitors = cp.client.app.state.monitors  # type: ignore[attr-defined]
+    wait_until(lambda: cp.site_id in monitors.subscribed, 20, "the control plane to subscribe to the site's telemetry")
+    now = time.time()
+    part = wire.FailedPart(robot="cam-1", frame_id="f-located", at=now, defect_class="anomaly", score=0.8,
+                           location=wire.Location(x=0.25, y=0.75, box=(0.2, 0.7, 0.3, 0.8)))  # fmt: skip
+    report = wire.Telemetry(replica="test", start=now - 2, end=now, frames=1, fails=1, errors=0,
+                            latency_ms_histogram=[1] + [0] * len(wire.LATENCY_BUCKETS_MS),
+                            robots={"cam-1": wire.RobotActivity(frames=1, last_frame_at=now)},
+                            failed_parts=[part])  # fmt: skip
+    _publish(cp, a, wire.telemetry_topic("acme", "line-1", "t1-inspect"), report.model_dump_json().encode()).close()
+    parts = wait_until(lambda: ok(cp.client.get(f"/lines/{a.line_id}/failed-parts", headers=a.pm)) or None, 20,
+                       "the monitor to store the failed part")  # fmt: skip
+    assert parts is not None
+    assert parts[0]["location"] == {"x": 0.25, "y": 0.75, "box": [0.2, 0.7, 0.3, 0.8]}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlmodel import Session
 
 from control_plane import placement, sites
-from tests.integration.cp_fixtures import ControlPlane, bearer, ok
+from tests.integration.cp_fixtures import ControlPlane, bearer, coming_monday, ok
 
-MONDAY_NOON, MONDAY_NIGHT = datetime(2026, 11, 30, 12, 0), datetime(2026, 11, 30, 21, 0)
+MONDAY_NOON, MONDAY_NIGHT = coming_monday(12), coming_monday(21)
 
 
 def _node(cp: ControlPlane, hostname: str) -> tuple[int, dict[str, str]]:

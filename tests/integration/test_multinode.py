@@ -22,10 +22,16 @@ def test_replicas_follow_the_scheduler_across_ray_nodes() -> None:
     assert result["placed_during_notice"] == [1, 2, 3] and result["notice_events"] == [drained], result
     assert result["ray_during_notice"] == {f"model-lineside_node_{n}": [n] for n in (1, 2, 3)}, result
     assert drained not in after and len(after) == 2, result
+    # The replica on the node that stays keeps running through both applies (Serve 2.60 restarted every
+    # replica on every apply until each deployment got a version from what it runs: serving.deployment_version).
+    assert result["kept_replicas"] == [f"model-lineside_node_{n}" for n in before if n != drained], result
     assert result["ray_after"] == {f"model-lineside_node_{n}": [n] * after.count(n) for n in set(after)}, result
     assert result["lost"] == 0 and result["answered_after_drain"] > 0, result
     # No two ingress versions fought over one MQTT session (that answered frames ~96 s late, with thousands
-    # of duplicate answers), and no frame needed a second resend of the robots' 5 s timeout.
-    assert result["duplicates"] == 0 and result["max_latency_ms"] < 3 * 5000, result
+    # of duplicate answers), and no frame waited for the robots' 5 s timeout: each apply replaces the ingress,
+    # and frames published while no ingress was subscribed were dropped by the broker (38-65 resends a run,
+    # and 15.2 s for a frame dropped in both handovers) until the replacement subscribed before the old one
+    # left (Serve's max_surge_percent, and an ingress constructor that waits for its SUBACK).
+    assert result["duplicates"] == 0 and result["resent"] == 0 and result["max_latency_ms"] < 5000, result
     print(json.dumps({k: result[k] for k in ("replacement_ready_s", "move_s", "longest_gap_s", "resent",
                                              "max_latency_ms", "sent", "lost")}))  # fmt: skip

@@ -7,13 +7,11 @@ sees no one else's; the operator sees them all.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi.testclient import TestClient
 
-from tests.integration.cp_fixtures import ControlPlane, bearer, ok
+from tests.integration.cp_fixtures import ControlPlane, bearer, coming_monday, ok
 
-MONDAY_NIGHT = datetime(2026, 11, 30, 22, 0)
+MONDAY_NIGHT = coming_monday(22)
 NIGHTS = {"contributed": True, "windows": [{"days": [0, 1, 2, 3, 4], "start": "20:00", "end": "07:00"}]}
 
 

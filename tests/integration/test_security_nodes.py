@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -22,7 +22,7 @@ from control_plane.server import BackgroundServer
 from edge_node.broker import free_port
 from tests.integration.cp_fixtures import ControlPlane, bearer, ok
 from tests.integration.test_cp_broker import Probe
-from tests.integration.test_cp_capacity import PLAN
+from tests.integration.test_cp_capacity import PLAN, START
 
 
 def join(cp: ControlPlane, hostname: str, *, worker: bool = False) -> tuple[int, dict[str, str]]:
@@ -150,7 +150,7 @@ def _profile(sha: str, fps: float = 3.0, cold: float = 90.0, hardware: str = "cp
 
 def test_nodes_post_profiles_only_for_their_site_and_hardware_within_bounds(control_plane: ControlPlane) -> None:
     cp = control_plane
-    clock = {"now": datetime(2026, 11, 30, 10, 0)}  # a Monday, in the early shift
+    clock = {"now": START + timedelta(hours=5)}  # a Monday, in the early shift
     cp.client.app.state.clock = lambda: clock["now"]  # type: ignore[attr-defined]
     sha = ok(cp.client.get("/models/1", headers=cp.a.pm))["sha256"]
     _, head = join(cp, "head-1")
@@ -185,7 +185,7 @@ def test_nodes_post_profiles_only_for_their_site_and_hardware_within_bounds(cont
 
 def test_one_slice_failing_to_plan_does_not_stop_the_others(control_plane: ControlPlane) -> None:
     cp = control_plane
-    now = datetime(2026, 11, 30, 10, 0)
+    now = START + timedelta(hours=5)
     sha = ok(cp.client.get("/models/1", headers=cp.a.pm))["sha256"]
     _, head = join(cp, "head-1")
     ok(cp.client.post("/agent/v1/profiles", json=_profile(sha), headers=head), 204)

@@ -32,6 +32,9 @@ MATRIX = {
     "manage_slices": {PM},
     "read_slices": {OP, PM, IT},
     "rotate_slice_credentials": {OP, PM},
+    # model rollouts (issue 15): the tenant's plant managers and factory IT move a slice to a new version
+    "roll_out_models": {PM, IT},
+    "fit_models": {PM, IT},
     # money (issue 13): operators run the catalogue, funds and voucher programmes; plant managers buy,
     # budget and redeem; factory IT reads the catalogue but sees no bills
     "manage_catalogue": {OP},

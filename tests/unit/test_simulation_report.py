@@ -21,3 +21,15 @@ def test_report_percentiles_accuracy_and_gaps() -> None:
     assert "latencies_ms" not in summary
     assert report.longest_gap_s() == pytest.approx(3.0)
     assert report.longest_gap_s(after=103.9) == pytest.approx(0.2)
+
+
+def test_a_pool_of_one_surface_family_holds_only_that_familys_parts() -> None:
+    """`--family printed`: every part the robots send is the generator's printed part, good or not."""
+    from models import synth
+    from robots.simulate import render_pool
+
+    pool = render_pool(6, workers=1, family="printed")
+    expected = [synth.generate(2026, i, family="printed") for i in range(6)]
+    assert pool == [(s.label, s.data) for s in expected]
+    assert {s.family for s in expected} == {"printed"}
+    assert pool != render_pool(6, workers=1)  # the generator's own mix of families otherwise

@@ -1,23 +1,41 @@
-"""The edge agent's side of the API: join, heartbeat with actual state, desired state, model files."""
+"""The edge agent's side of the API: join, heartbeat with actual state, desired state, model files, and the
+site's model fits (queued fits, their photos, progress reports and the fitted model)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Header, Response
-from fastapi.responses import FileResponse, JSONResponse
-from sqlmodel import col, select, update
+import json
+from typing import Any
 
-from contracts.agent_api import DesiredState, Heartbeat, NodeJoin, ProfileReport, SliceReport
-from control_plane import metering, placement, sites
-from control_plane.api.deps import CurrentNode, NowDep, SessionDep, SettingsDep
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from sqlmodel import Session, col, select, update
+from starlette.concurrency import run_in_threadpool
+
+from contracts.agent_api import (
+    DesiredState,
+    FitJob,
+    FitJobs,
+    FitProgress,
+    Heartbeat,
+    NodeJoin,
+    ProfileReport,
+    SliceReport,
+)
+from control_plane import fits, metering, placement, registry, sites, uploads
+from control_plane.api.deps import CurrentNode, IdPath, NowDep, SessionDep, SettingsDep
 from control_plane.dashboard import running_models
-from control_plane.errors import InvalidInput, NotFound, Unauthenticated
+from control_plane.errors import Conflict, InvalidInput, InvalidUpload, NotFound, Unauthenticated
 from control_plane.models import (
+    FitStatus,
     JoinToken,
+    ModelFit,
     ModelProfile,
     ModelVersion,
     Node,
     NodeJoined,
     NodePublic,
+    Rollout,
+    RolloutState,
     ScaleEvent,
     ScaleKind,
     Site,
@@ -182,13 +200,135 @@ def desired(
 
 @router.get("/models/{sha256}", response_class=FileResponse)
 def model_file(sha256: str, session: SessionDep, settings: SettingsDep, node: CurrentNode) -> FileResponse:
-    """A model file by hash, for slices on the node's site (or public models); verify the hash on arrival."""
+    """A model file by hash, for slices on the node's site and their rollouts' candidates (or public models);
+    verify the hash on arrival."""
     versions = session.exec(select(ModelVersion).where(col(ModelVersion.sha256) == sha256)).all()
     used_here = session.exec(
         select(Slice).where(Slice.site_id == node.site_id, col(Slice.model_version_id).in_([v.id for v in versions]))
     ).first()
-    allowed = any(v.tenant_id is None for v in versions) or used_here is not None
+    ids = [v.id for v in versions]
+    candidate_here = session.exec(  # a running rollout's candidate on one of the site's slices
+        select(Rollout)
+        .join(Slice, col(Slice.id) == Rollout.slice_id)
+        .where(
+            Slice.site_id == node.site_id, Rollout.state == RolloutState.RUNNING, col(Rollout.model_version_id).in_(ids)
+        )
+    ).first()
+    allowed = any(v.tenant_id is None for v in versions) or used_here is not None or candidate_here is not None
     path = settings.model_store / f"{sha256}.onnx"
     if not allowed or not path.exists():
         raise NotFound(f"model file {sha256} not found")
     return FileResponse(path, media_type="application/octet-stream")
+
+
+def _fit_job(fit: ModelFit) -> FitJob:
+    assert fit.id is not None
+    return FitJob(fit_id=fit.id, status=fit.status.value, name=fit.name, version=fit.version,
+                  false_reject_rate=fit.false_reject_rate, time_limit_s=fit.time_limit_s,
+                  defect_photos=fit.defect_photos)  # fmt: skip
+
+
+def _site_fit(session: Session, node: Node, fit_id: int) -> ModelFit:
+    fit = session.get(ModelFit, fit_id)
+    if fit is None or fit.site_id != node.site_id:
+        raise NotFound(f"fit {fit_id} not found at this node's site")
+    return fit
+
+
+@router.get("/fits", response_model=FitJobs)
+def fit_jobs(session: SessionDep, settings: SettingsDep, node: CurrentNode) -> FitJobs:
+    """The site's queued and running fits, oldest first, for its head agent to run as Ray tasks."""
+    fits.expire_overdue(session, settings.data_dir, site_id=node.site_id)
+    live = (FitStatus.QUEUED, FitStatus.RUNNING)
+    rows = session.exec(select(ModelFit).where(ModelFit.site_id == node.site_id, col(ModelFit.status).in_(live))
+                        .order_by(col(ModelFit.id)).limit(100)).all()  # fmt: skip
+    return FitJobs(fits=[_fit_job(fit) for fit in rows])
+
+
+@router.get("/fits/{fit_id}/photos/{kind}", response_class=FileResponse)
+def fit_photos(
+    fit_id: IdPath, kind: str, session: SessionDep, settings: SettingsDep, node: CurrentNode
+) -> FileResponse:
+    """A live fit's photos (``good`` or ``defects``) as a zip, for the site's head agent."""
+    fit = _site_fit(session, node, fit_id)
+    path = fits.photos_path(settings.data_dir, fit_id, kind)
+    if fit.status.finished or not path.exists():
+        raise NotFound(f"fit {fit_id} has no {kind} photos to fit on (it may have finished)")
+    return FileResponse(path, media_type="application/zip")
+
+
+@router.post("/fits/{fit_id}/progress", response_model=FitJob)
+def fit_progress(fit_id: IdPath, body: FitProgress, session: SessionDep, settings: SettingsDep,
+                 node: CurrentNode) -> FitJob:  # fmt: skip
+    """Claim a queued fit (running), report its stage and progress, or end it (failed, timed_out).
+
+    A fit a user cancelled answers its status unchanged: the agent then cancels its Ray task."""
+    fit = _site_fit(session, node, fit_id)
+    if fit.status.finished:
+        return _fit_job(fit)
+    target = FitStatus(body.status)
+    fit.cpu_s = max(fit.cpu_s, body.cpu_s)  # before the move: a fit that ends is metered with it
+    fits.move(session, fit, target)
+    if target == FitStatus.RUNNING and fit.node_id is None:
+        fit.node_id = node.id
+    fit.stage, fit.progress = body.stage or fit.stage, max(fit.progress, body.progress)
+    fit.message = body.message or fit.message
+    session.commit()
+    if fit.status.finished:
+        fits.forget_photos(settings.data_dir, fit_id)
+    return _fit_job(fit)
+
+
+def _report(fields: dict[str, str]) -> dict[str, Any]:
+    try:
+        report = json.loads(fields.get("report", "{}"))
+    except json.JSONDecodeError as e:
+        raise InvalidUpload("the fit's report is not JSON", reason="form") from e
+    if not isinstance(report, dict):
+        raise InvalidUpload("the fit's report must be a JSON object", reason="form")
+    card = fields.get("card", "")[: fits.MAX_CARD_CHARS]
+    return {**report, "card": card}
+
+
+@router.post("/fits/{fit_id}/result", response_model=FitJob, status_code=201)
+async def fit_result(fit_id: IdPath, request: Request, session: SessionDep, settings: SettingsDep,
+                     node: CurrentNode) -> FitJob:  # fmt: skip
+    """The fitted model (``file``: ONNX, ``manifest``, ``card``, ``report``): checked as ``POST /models`` checks
+    an upload and registered as a private version of the fit's tenant. A refused model fails the fit."""
+    fit = await run_in_threadpool(_site_fit, session, node, fit_id)
+    if fit.status != FitStatus.RUNNING:
+        raise Conflict(f"fit {fit_id} is {fit.status.value}; only a running fit takes a result")
+    with registry.VALIDATIONS.slot(settings.validator_concurrency):
+        upload = await uploads.receive(request, settings.data_dir / "uploads", max_file_bytes=settings.max_model_bytes)
+        try:
+            report = _report(upload.fields)
+            manifest = registry.parse_manifest(upload.fields.get("manifest", ""))
+            validated = await run_in_threadpool(
+                registry.validate_file, upload.path, manifest, limits=registry.CheckLimits.of(settings),
+                max_batch_size=32, sha256=upload.sha256,
+            )  # fmt: skip
+            fits.check_result(fit, validated)
+            registry.store(upload.path, validated.sha256, settings.model_store, move=True)
+        except InvalidUpload as e:
+            await run_in_threadpool(fits.fail, session, fit, f"the fitted model was refused: {e}", settings.data_dir)
+            raise
+        finally:
+            upload.path.unlink(missing_ok=True)
+    return await run_in_threadpool(_succeed, session, settings, fit, validated, report)
+
+
+def _succeed(session: Session, settings: SettingsDep, fit: ModelFit, validated: registry.ValidatedModel,
+             report: dict[str, Any]) -> FitJob:  # fmt: skip
+    try:
+        version = fits.record_version(session, fit.tenant_id, validated)
+    except Conflict as e:
+        fits.fail(session, fit, str(e), settings.data_dir)
+        raise
+    fit.cpu_s = max(fit.cpu_s, float(report.get("cpu_s", 0) or 0))
+    fits.move(session, fit, FitStatus.SUCCEEDED)
+    fit.model_version_id, fit.report, fit.stage, fit.progress = version.id, report, "done", 1.0
+    fit.message = f"registered as model version {version.id} ({version.name} {version.version})"
+    session.commit()
+    assert fit.id is not None
+    fits.forget_photos(settings.data_dir, fit.id)
+    return _fit_job(fit)

@@ -1,5 +1,6 @@
 """Model registry (``/models``): upload an ONNX file with its manifest, list versions, download by hash,
-and read the profiles (frames/s per replica, cold start) agents measured for a version."""
+and read the profiles (frames/s per replica, cold start) agents measured for a version; fit an anomaly model
+from photos of good parts on the tenant's site (``/models/fits``, declared before ``/models/{id}``)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
-from sqlalchemy.exc import IntegrityError
+from pydantic import ValidationError
 from sqlmodel import Session, col, or_, select
 from starlette.concurrency import run_in_threadpool
 
-from control_plane import registry, uploads
+from control_plane import fits, registry, uploads
 from control_plane.api.deps import CurrentUser, IdPath, PageDep, SessionDep, SettingsDep, allowed
 from control_plane.errors import Conflict, InvalidUpload, NotFound
-from control_plane.models import ModelProfile, ModelProfilePublic, ModelVersion, ModelVersionPublic
+from control_plane.models import (
+    FitCreate,
+    FitStatus,
+    ModelFit,
+    ModelFitPublic,
+    ModelProfile,
+    ModelProfilePublic,
+    ModelVersion,
+    ModelVersionPublic,
+)
 from control_plane.security import Permission, Principal
 
 router = APIRouter(prefix="/models", tags=["model registry"])
@@ -80,28 +90,133 @@ async def upload_model(
             registry.store(upload.path, validated.sha256, settings.model_store, move=True)
         finally:
             upload.path.unlink(missing_ok=True)
-    return await run_in_threadpool(_record, session, caller, validated)
-
-
-def _record(session: Session, caller: Principal, validated: registry.ValidatedModel) -> ModelVersion:
-    version = ModelVersion(
-        tenant_id=caller.tenant_id, name=validated.manifest.name, version=validated.manifest.version,
-        sha256=validated.sha256, size_bytes=validated.size_bytes, fixed_batch=validated.fixed_batch,
-        manifest=registry.manifest_json(validated),
-    )  # fmt: skip
-    session.add(version)
-    try:
-        session.commit()
-    except IntegrityError as e:
-        raise Conflict(f"{version.name} {version.version} is already registered; bump the version") from e
-    session.refresh(version)
-    return version
+    return await run_in_threadpool(fits.record_version, session, caller.tenant_id, validated)
 
 
 @router.get("", response_model=list[ModelVersionPublic])
 def list_models(session: SessionDep, caller: CurrentUser, page: PageDep) -> list[ModelVersion]:
     """Public models and your tenant's by id, a page at a time (X-Next-Cursor)."""
     return page.of(session, select(ModelVersion).where(_visible(caller)), ModelVersion)
+
+
+FIT_FORM = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object",
+        "required": ["photos", "name", "version"],
+        "properties": {
+            "photos": {"type": "string", "format": "binary",
+                       "description": "A zip of 50-500 JPEG/PNG photos of good parts; optional defect photos under "
+                       "defects/ (used only to report recall). At most LINESIDE_MAX_MODEL_BYTES."},
+            **{name: {k: v for k, v in field.items() if k in ("type", "description", "default", "pattern")}
+               for name, field in FitCreate.model_json_schema()["properties"].items()},
+        },
+    }}},
+}  # fmt: skip
+
+
+def _fit_fields(fields: dict[str, str]) -> FitCreate:
+    try:
+        return FitCreate.model_validate({k: v for k, v in fields.items() if v.strip() != ""})
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise InvalidUpload(f"the fit's fields are invalid: {problems}", reason="form") from e
+
+
+@router.post("/fits", response_model=ModelFitPublic, status_code=202, openapi_extra={"requestBody": FIT_FORM},
+             responses=UPLOAD_ANSWERS)  # fmt: skip
+async def start_fit(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.FIT_MODELS, "fitting models")],
+) -> ModelFit:
+    """Fit an anomaly model from photos of good parts, as a Ray job on your site; poll ``GET /models/fits/{id}``.
+
+    The zip streams to disk (refused past LINESIDE_MAX_MODEL_BYTES) and is checked without extracting it.
+    The fit is queued for the site's head agent; on success it registers a private model version."""
+    assert caller.tenant_id is not None  # FIT_MODELS is a tenant's role
+    with registry.VALIDATIONS.slot(settings.validator_concurrency):
+        upload = await uploads.receive(request, settings.data_dir / "uploads", max_file_bytes=settings.max_model_bytes,
+                                       file_field="photos")  # fmt: skip
+        try:
+            form = _fit_fields(upload.fields)
+            counts = await run_in_threadpool(fits.check_zip, upload.path)
+            fit = await run_in_threadpool(_queue_fit, session, caller, form, counts)
+            assert fit.id is not None
+            try:
+                await run_in_threadpool(fits.store_photos, upload.path, fits.fit_dir(settings.data_dir, fit.id))
+            except Exception:
+                await run_in_threadpool(
+                    fits.fail, session, fit, "the photos could not be stored; try again", settings.data_dir
+                )
+                raise
+        finally:
+            upload.path.unlink(missing_ok=True)
+    return fit
+
+
+def _queue_fit(session: Session, caller: Principal, form: FitCreate, counts: fits.PhotoCounts) -> ModelFit:
+    assert caller.tenant_id is not None
+    site_id = fits.fit_site(session, caller.tenant_id, form.site_id)
+    slice_id = fits.fit_slice(session, caller.tenant_id, site_id, form.slice_id)
+    taken = select(ModelVersion.id).where(ModelVersion.tenant_id == caller.tenant_id, ModelVersion.name == form.name,
+                                          ModelVersion.version == form.version)  # fmt: skip
+    if session.exec(taken).first() is not None:
+        raise Conflict(f"{form.name} {form.version} is already registered; fit a new version")
+    fit = ModelFit(tenant_id=caller.tenant_id, site_id=site_id, slice_id=slice_id, name=form.name, version=form.version,
+                   false_reject_rate=form.false_reject_rate, time_limit_s=form.time_limit_s,
+                   photos=counts.good, defect_photos=counts.defects, created_by=caller.user_id)  # fmt: skip
+    session.add(fit)
+    session.commit()
+    session.refresh(fit)
+    return fit
+
+
+def _own_fit(session: Session, fit_id: int, caller: Principal) -> ModelFit:
+    fit = session.get(ModelFit, fit_id)
+    if fit is None or fit.tenant_id != caller.tenant_id:
+        raise NotFound(f"fit {fit_id} not found")
+    return fit
+
+
+@router.get("/fits", response_model=list[ModelFitPublic])
+def list_fits(
+    session: SessionDep, settings: SettingsDep, page: PageDep,
+    caller: Annotated[Principal, allowed(Permission.FIT_MODELS, "reading fits")],
+) -> list[ModelFit]:  # fmt: skip
+    """Your tenant's fits by id, a page at a time (X-Next-Cursor)."""
+    assert caller.tenant_id is not None
+    fits.expire_overdue(session, settings.data_dir, tenant_id=caller.tenant_id)
+    return page.of(session, select(ModelFit).where(ModelFit.tenant_id == caller.tenant_id), ModelFit)
+
+
+@router.get("/fits/{fit_id}", response_model=ModelFitPublic)
+def get_fit(
+    fit_id: IdPath, session: SessionDep, settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.FIT_MODELS, "reading fits")],
+) -> ModelFit:  # fmt: skip
+    """A fit's status, stage, progress, report figures and, once succeeded, its model version."""
+    assert caller.tenant_id is not None
+    fits.expire_overdue(session, settings.data_dir, tenant_id=caller.tenant_id)
+    return _own_fit(session, fit_id, caller)
+
+
+@router.post("/fits/{fit_id}/cancel", response_model=ModelFitPublic)
+def cancel_fit(
+    fit_id: IdPath, session: SessionDep, settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.FIT_MODELS, "cancelling fits")],
+) -> ModelFit:  # fmt: skip
+    """Stop a queued or running fit (the site's agent cancels its Ray task); a finished fit answers 409."""
+    fit = _own_fit(session, fit_id, caller)
+    if fit.status.finished:
+        raise Conflict(f"fit {fit_id} is {fit.status.value} already; only a queued or running fit can be cancelled")
+    fits.move(session, fit, FitStatus.CANCELLED)
+    fit.message = "cancelled by a user"
+    session.commit()
+    session.refresh(fit)
+    fits.forget_photos(settings.data_dir, fit_id)
+    return fit
 
 
 def visible_model(session: SessionDep, model_id: int, caller: Principal) -> ModelVersion:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from control_plane import capacity, catalogue, dashboard, funds, placement, sites
+from control_plane import capacity, catalogue, dashboard, funds, placement, rollouts, sites
 from control_plane.api.deps import (
     IdPath,
     NowDep,
@@ -27,6 +27,7 @@ from control_plane.errors import Conflict, InvalidInput
 from control_plane.models import (
     Line,
     Product,
+    RolloutState,
     ScaleEvent,
     ScaleEventPublic,
     ScaleKind,
@@ -141,6 +142,8 @@ def delete_slice(
     item = scoped_get(session, Slice, slice_id, caller)
     item.status = transition(item.status, SliceStatus.DELETING, what=f"slice {item.slug}")
     item.updated_at = utcnow()
+    if item.id is not None and (rollout := rollouts.running(session, item.id)) is not None:
+        rollouts.stop(session, item, rollout, RolloutState.ABORTED, "the slice was released", item.updated_at)
     site = session.get(Site, item.site_id)
     assert site is not None
     with sites.admin(settings, site) as broker:

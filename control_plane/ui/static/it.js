@@ -1,4 +1,5 @@
-/* Factory IT: robots per line with live connection status; create, rotate, revoke; credentials shown once. */
+/* Factory IT: robots per line with live connection status; create, rotate, revoke; credentials shown once;
+   model fits (status, stage, progress, the model produced) with a cancel button. */
 "use strict";
 const { api, flash, poll, el, fmt, copyButton } = Lineside;
 let lines = [];
@@ -44,6 +45,31 @@ async function refresh() {
   });
   document.getElementById("robots").replaceChildren(...byLine);
   document.getElementById("robots-updated").textContent = "updated " + new Date().toLocaleTimeString();
+  await refreshFits();
+}
+
+async function cancelFit(fit) {
+  if (!confirm(`Cancel the fit of ${fit.name} ${fit.version}?`)) return;
+  try {
+    await api("POST", `/models/fits/${fit.id}/cancel`);
+    flash(`fit of ${fit.name} ${fit.version} cancelled`);
+    await refreshFits();
+  } catch (e) { flash(e.message, true); }
+}
+
+async function refreshFits() {
+  const fits = (await api("GET", "/models/fits")).reverse();
+  const live = (f) => f.status === "queued" || f.status === "running";
+  document.getElementById("fits").replaceChildren(fits.length ? el("table", { "data-testid": "fits" },
+    el("thead", {}, el("tr", {}, ...["Model", "Photos", "Status", "Stage", "Progress", "Model produced", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...fits.map((f) => el("tr", { "data-fit": f.id },
+      el("td", {}, `${f.name} ${f.version}`), el("td", {}, String(f.photos)),
+      el("td", { "data-field": "status", title: f.message }, f.status.replace("_", " ")),
+      el("td", { "data-field": "stage" }, f.stage),
+      el("td", { "data-field": "progress" }, el("progress", { max: "1", value: String(f.progress) }), ` ${Math.round(f.progress * 100)}%`),
+      el("td", { "data-field": "model" }, f.model_version_id ? `version ${f.model_version_id}` : (live(f) ? "" : f.message)),
+      el("td", {}, live(f) ? el("button", { type: "button", class: "danger", onclick: () => cancelFit(f) }, "Cancel") : ""))))
+  ) : el("p", { class: "hint" }, "No fits yet."));
 }
 
 function field(name, value) {

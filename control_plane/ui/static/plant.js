@@ -20,7 +20,8 @@ function tile(line) {
       el("dt", {}, "Frames/s"), el("dd", { "data-metric": "fps" }, fmt.num(line.frames_per_s)),
       el("dt", {}, "Latency p50"), el("dd", { "data-metric": "p50" }, fmt.ms(line.p50_ms)),
       el("dt", {}, `p99 (budget ${Math.round(line.latency_budget_ms)} ms)`),
-      el("dd", { "data-metric": "p99", class: budget }, fmt.ms(line.p99_ms), line.within_budget === false ? " over" : ""),
+      el("dd", { "data-metric": "p99", class: budget }, line.p99_beyond_ms ? "> " : "", fmt.ms(line.p99_ms),
+        line.within_budget === false ? " over" : ""),
       el("dt", {}, "Verdicts (5 min)"), el("dd", { "data-metric": "verdicts" }, String(line.frames_5min)),
       el("dt", {}, "Defect rate (5 min)"), el("dd", { "data-metric": "defects" }, fmt.pct(line.defect_rate)),
       el("dt", {}, "Errors (5 min)"), el("dd", { "data-metric": "errors" }, String(line.errors_5min))));
@@ -38,6 +39,36 @@ async function refreshLines() {
   }
 }
 
+/* A failed part's thumbnail, with where the defect is when its verdict said: the anomaly region or defect box
+   (outlined) or the anomaly map's peak (a ring). ``location`` is in 0..1 of the frame; the overlay's viewBox is
+   the image's own size once it loads, so "slice" crops it exactly as the gallery's object-fit: cover crops the image. */
+function partThumbnail(p) {
+  const img = el("img", { src: `/failed-parts/${p.id}/thumbnail`, alt: `Failed part from ${p.robot}: ${p.defect_class || "defect"}`, loading: "lazy", width: 160, height: 160 });
+  const where = p.location;
+  if (!where) return img;
+  const mark = (tag, attrs) => {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    return node;
+  };
+  const overlay = mark("svg", { "data-testid": "defect-location", preserveAspectRatio: "xMidYMid slice", "aria-hidden": "true" });
+  overlay.style.cssText = "position: absolute; inset: 0; width: 100%; height: 100%; pointer-events: none";
+  img.addEventListener("load", () => {
+    const w = img.naturalWidth, h = img.naturalHeight, stroke = Math.max(w, h) / 60;
+    overlay.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    const common = { fill: "none", stroke: "#ff2d2d", "stroke-width": stroke };
+    if (where.box) {
+      const [x1, y1, x2, y2] = where.box;
+      overlay.append(mark("rect", { ...common, x: x1 * w, y: y1 * h, width: Math.max((x2 - x1) * w, stroke), height: Math.max((y2 - y1) * h, stroke) }));
+    } else {
+      overlay.append(mark("circle", { ...common, cx: where.x * w, cy: where.y * h, r: stroke * 4 }));
+    }
+  }, { once: true });
+  const frame = el("div", { title: where.box ? "Outlined: where the defect is" : "Ringed: where the defect is" }, img, overlay);
+  frame.style.cssText = "position: relative";
+  return frame;
+}
+
 async function refreshFailed() {
   const parts = (await Promise.all(lines.map((l) => api("GET", `/lines/${l.id}/failed-parts?limit=8`)))).flat();
   parts.sort((a, b) => (a.at < b.at ? 1 : -1));
@@ -46,7 +77,7 @@ async function refreshFailed() {
   if (key === shownParts) return;  // unchanged: keep the images as they are (no flicker, no reloads)
   shownParts = key;
   document.getElementById("failed").replaceChildren(...parts.slice(0, 12).map((p) => el("figure", { "data-testid": "failed-part" },
-    el("img", { src: `/failed-parts/${p.id}/thumbnail`, alt: `Failed part from ${p.robot}: ${p.defect_class || "defect"}`, loading: "lazy", width: 160, height: 160 }),
+    partThumbnail(p),
     el("figcaption", {}, el("strong", {}, p.defect_class || "defect"), ` ${(p.score * 100).toFixed(0)} %`, el("br"),
       `${p.robot} · ${slugs[p.line_id] || ""}`, el("br"), fmt.time(p.at)))));
   document.getElementById("failed-empty").hidden = parts.length > 0;
@@ -59,6 +90,9 @@ async function refreshSlices() {
   select.replaceChildren(...slices.map((s) => el("option", { value: s.id }, `${s.slug} (${s.status})`)));
   if (chosen) select.value = chosen;
   currentSlice = slices.find((s) => String(s.id) === select.value) || slices[0] || null;
+  // The first fill (or a chosen slice that went away) changes the choice: the cards that follow the slice
+  // (lease, rollout) refresh now, not at their next poll.
+  if (select.value !== chosen) select.dispatchEvent(new Event("change"));
 }
 
 function drawCapacity(data) {

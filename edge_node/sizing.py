@@ -1,0 +1,114 @@
+"""A slice sized to its node: ONNX Runtime threads per model replica, from the node's cores and a measurement.
+
+A model replica reserves ``cpus_per_replica`` of Ray's logical CPUs, and until now ran that many
+ONNX Runtime threads (at least one). A slice of one replica at one CPU on a two-core node left a core
+idle while the model replica sat at 100 % of the other (issue 16). Threads are not a reservation: a
+replica may use cores its slice has not reserved when nothing else needs them. So, unless the slice
+says how many threads (``ResourceSpec.ort_threads`` above 0, which always wins), each replica gets
+the thread count that measured fastest within its share of the node's cores:
+
+* its share: the node's cores divided by the most replicas of this slice one node may hold (the
+  placement's largest count, or ``max_replicas`` without a placement), at least one core;
+* measured: one replica's frames/s (decode, preprocess, infer; ``profiling.profile``) at each
+  candidate count up to that share, the best of ``ROUNDS`` interleaved runs; the fewest threads
+  within 10 % of the best win, since a thread that adds little still takes a core from the ingress
+  and the broker.
+
+What the sizing leaves as it was, and why:
+
+* model replicas: the plant leases them (and pays per replica); the autoscaler moves within the lease;
+* ingress replicas: the control plane's setting (with one ingress the bundled model's slice answered
+  553 frames/s on this project's 2-core machine, 2.8 times the seed plant's 100 robots at 2 fps:
+  BENCHMARKS.md);
+* the node's cores are those of the node the agent runs on (the head); a worker node of another
+  size gets the same thread count;
+* decoding stays in the model replica: decoded in the ingress, a 224 px frame would cross Ray as a
+  600 KB float tensor instead of a 10-20 KB JPEG, and the ingress's core is the one the broker shares.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contracts.slice_spec import SliceSpec
+from edge_node.profiling import ProfileResult, profile
+
+log = logging.getLogger(__name__)
+
+NEAR_BEST = 0.9
+"""A thread count within this share of the best measured frames/s is as good (fewer threads win)."""
+
+ROUNDS = 2
+"""Each count is measured this many times, interleaved with the others (one short run each was noise: a heavy
+model measured 78 and 83 frames/s at 1 and 2 threads where ONNX Runtime alone did 69 and 105)."""
+
+Profiler = Callable[..., ProfileResult]
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The configuration chosen for a slice's model replicas on a node, and what it was chosen from."""
+
+    ort_threads: int
+    cores: int
+    replicas_per_node: int
+    measured: dict[int, ProfileResult] = field(default_factory=dict)
+    explicit: bool = False
+
+    @property
+    def measured_fps(self) -> dict[int, float]:
+        return {t: r.frames_per_s_per_replica for t, r in self.measured.items()}
+
+    def describe(self) -> str:
+        if self.explicit:
+            return f"{self.ort_threads} ONNX Runtime thread(s) per replica, as the slice says"
+        measured = ", ".join(f"{t} thread(s) {fps:.0f} frames/s" for t, fps in sorted(self.measured_fps.items()))
+        return (f"{self.ort_threads} ONNX Runtime thread(s) per replica: {self.cores} cores, up to "
+                f"{self.replicas_per_node} replica(s) on a node; measured {measured}")  # fmt: skip
+
+
+def replicas_per_node(spec: SliceSpec) -> int:
+    """The most model replicas of ``spec`` that one node may hold."""
+    if spec.placement:
+        return max(spec.placement.values())
+    return max(spec.replicas.max_replicas, 1)
+
+
+def candidates(share: int) -> list[int]:
+    """Thread counts worth measuring up to ``share`` cores: 1, 2, 4, ... and ``share`` itself."""
+    counts, t = [], 1
+    while t < share:
+        counts.append(t)
+        t *= 2
+    return [*counts, max(share, 1)]
+
+
+def choose(measured: dict[int, float]) -> int:
+    """The fewest threads whose frames/s are within ``NEAR_BEST`` of the best measured."""
+    best = max(measured.values())
+    return min(t for t, fps in measured.items() if fps >= NEAR_BEST * best)
+
+
+def size(spec: SliceSpec, manifest: Path, cores: int, *, profiler: Profiler = profile) -> Sizing:
+    """Choose ``spec``'s ONNX Runtime threads per replica on a node of ``cores`` cores (measures unless explicit)."""
+    per_node = replicas_per_node(spec)
+    if spec.resources.ort_threads:
+        return Sizing(spec.resources.ort_threads, cores, per_node, explicit=True)
+    share = max(1, cores // per_node)
+    batch = spec.batch.max_batch_size
+    measured: dict[int, ProfileResult] = {}
+    for _ in range(ROUNDS):  # interleaved, the best of each: a machine's noise hits every count alike
+        for t in candidates(share):
+            run = profiler(manifest, threads=t, batch=batch)
+            if t not in measured or run.frames_per_s_per_replica > measured[t].frames_per_s_per_replica:
+                measured[t] = run
+    return Sizing(choose({t: r.frames_per_s_per_replica for t, r in measured.items()}), cores, per_node, measured)
+
+
+def sized(spec: SliceSpec, ort_threads: int) -> SliceSpec:
+    """``spec`` with the chosen threads written in (what its model replicas are started with)."""
+    resources = spec.resources.model_copy(update={"ort_threads": ort_threads})
+    return spec.model_copy(update={"resources": resources})

@@ -1,0 +1,72 @@
+"""A slice's ONNX Runtime threads per replica, chosen from the node's cores and a measurement (issue 16)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contracts.slice_spec import ReplicaSpec, ResourceSpec, SliceSpec
+from edge_node import sizing
+from edge_node.profiling import ProfileResult
+from models import BUNDLED_MANIFEST
+
+
+def spec(**changes: object) -> SliceSpec:
+    return SliceSpec.model_validate({"name": "s", "tenant": "acme", "lines": ["line-1"], **changes})
+
+
+class Measured:
+    """A profiler with given frames/s per thread count, recording what it was asked."""
+
+    def __init__(self, fps: dict[int, float]) -> None:
+        self.fps = fps
+        self.asked: list[int] = []
+
+    def __call__(self, _manifest: Path, *, threads: int, batch: int) -> ProfileResult:
+        self.asked.append(threads)
+        return ProfileResult(frames_per_s_per_replica=self.fps[threads], cold_start_s=0.1)
+
+
+@pytest.mark.parametrize(("share", "expected"), [(1, [1]), (2, [1, 2]), (4, [1, 2, 4]), (6, [1, 2, 4, 6])])
+def test_the_candidates_are_powers_of_two_and_the_share(share: int, expected: list[int]) -> None:
+    assert sizing.candidates(share) == expected
+
+
+def test_more_threads_win_only_when_they_add_more_than_a_tenth() -> None:
+    assert sizing.choose({1: 180.0, 2: 300.0}) == 2  # the heavy model: the second core pays
+    assert sizing.choose({1: 180.0, 2: 195.0}) == 1  # a light one: a thread that adds 8 % is a core lost
+    assert sizing.choose({1: 100.0, 2: 170.0, 4: 180.0}) == 2
+
+
+def test_one_replica_on_a_two_core_node_gets_the_second_core_when_it_measures_faster() -> None:
+    measured = Measured({1: 180.0, 2: 320.0})
+    chosen = sizing.size(spec(replicas=ReplicaSpec(min_replicas=1, max_replicas=1)), BUNDLED_MANIFEST, 2,
+                         profiler=measured)  # fmt: skip
+    assert (chosen.ort_threads, measured.asked) == (2, [1, 2] * sizing.ROUNDS)
+    assert "2 ONNX Runtime thread(s) per replica" in chosen.describe() and "320 frames/s" in chosen.describe()
+    assert sizing.sized(spec(), chosen.ort_threads).resources.ort_threads == 2
+
+
+def test_a_slice_that_may_fill_the_node_with_replicas_gets_one_core_each_without_measuring_more() -> None:
+    measured = Measured({1: 180.0})
+    two = spec(replicas=ReplicaSpec(min_replicas=1, max_replicas=2))
+    assert sizing.size(two, BUNDLED_MANIFEST, 2, profiler=measured).ort_threads == 1 and set(measured.asked) == {1}
+    # Placed over nodes: its share of a node is for the most replicas the placement puts on one.
+    placed = spec(replicas=ReplicaSpec(min_replicas=1, max_replicas=3),
+                  placement={"lineside_node_1": 1, "lineside_node_2": 2})  # fmt: skip
+    assert sizing.replicas_per_node(placed) == 2
+
+
+def test_the_slices_own_thread_count_wins_and_nothing_is_measured() -> None:
+    measured = Measured({})
+    chosen = sizing.size(spec(resources=ResourceSpec(ort_threads=3)), BUNDLED_MANIFEST, 2, profiler=measured)
+    assert (chosen.ort_threads, chosen.explicit, measured.asked) == (3, True, [])
+    assert "as the slice says" in chosen.describe()
+
+
+def test_the_bundled_model_is_measured_with_onnx_runtime_at_each_count() -> None:
+    """The real profiler (ONNX Runtime on generated JPEG frames): a choice among what was measured."""
+    chosen = sizing.size(spec(replicas=ReplicaSpec(min_replicas=1, max_replicas=1)), BUNDLED_MANIFEST, 2)
+    assert sorted(chosen.measured_fps) == [1, 2] and all(fps > 0 for fps in chosen.measured_fps.values())
+    assert chosen.ort_threads == sizing.choose(chosen.measured_fps)
