@@ -53,6 +53,10 @@ CANDIDATE = "candidate"
 WARM_TIMEOUT_S = 20.0
 """How long an ingress replica waits, per model deployment, for its warm-up call (``Ingress._warm``)."""
 SUBSCRIBE_WAIT_S = 15.0
+INFER_TIMEOUT_S = 30.0
+"""Longest wait for one model call: a call to a deployment Serve removed would otherwise wait for good,
+holding the ingress's batcher (and its shutdown) with it. A batch that times out is retried, then answered
+``internal`` (``batching.judge``): the robot resends it."""
 """How long an ingress replica's constructor waits for the broker to confirm its frame subscriptions."""
 
 
@@ -239,7 +243,7 @@ class Ingress:
             handle = serve.get_deployment_handle(CANDIDATE, app_name=candidate_app(self._app))
 
             def infer(frames: list[bytes]) -> list[dict[str, Any]]:
-                return list(handle.inspect.remote(frames).result())
+                return call_model(handle, frames)
 
             rollout = RolloutSpec.model_validate(posted["rollout"])
             self.ingress.set_candidate(rollout, infer, posted["candidate_model"])
@@ -253,7 +257,7 @@ class Ingress:
     def _infer(self, frames: list[bytes]) -> list[dict[str, Any]]:
         with self._models_lock:
             model = next(self._models)
-        return list(model.inspect.remote(frames).result())
+        return call_model(model, frames)
 
     def stats(self) -> dict[str, int]:
         """Counters of this replica: frames received, acknowledged, verdicts and errors by code."""
@@ -273,6 +277,19 @@ class Ingress:
         if hasattr(self, "_stop_following"):  # the constructor may have failed before the ingress started
             self._stop_following.set()
             self.ingress.stop()
+
+
+def call_model(
+    model: DeploymentHandle, frames: list[bytes], timeout_s: float = INFER_TIMEOUT_S
+) -> list[dict[str, Any]]:
+    """The model's outcomes for ``frames``, waiting at most ``timeout_s``; on timeout the request is cancelled
+    (Serve drops it if it is still queued) and ``TimeoutError`` raised."""
+    response = model.inspect.remote(frames)
+    try:
+        return list(response.result(timeout_s=timeout_s))
+    except TimeoutError:
+        response.cancel()
+        raise
 
 
 def model_spec_json(spec: SliceSpec, manifest: Path | None = None) -> str:

@@ -194,7 +194,13 @@ def test_plant_manager_enters_an_order_plan_and_the_floor_chart_changes(page: An
     )  # 5,555 frames/s in one hour: more than a lease of 2 replicas serves
     page.get_by_role("button", name="Preview plan and cost").click()
     expect(page.locator("#preview-summary")).to_contain_text("the lease lacks capacity")
-    expect(page.locator("#preview-table tbody tr").first).to_be_visible()
+    try:
+        expect(page.locator("#preview-table tbody tr").first).to_be_visible()
+    except AssertionError as e:  # seen once in CI (1 December), not reproduced: say what the page held
+        shown = page.evaluate("""() => ({summary: document.getElementById('preview-summary').textContent,
+            form: [...document.querySelectorAll('#plan-form input')].map((i) => i.id + "=" + i.value),
+            browser_now: new Date().toString()})""")  # fmt: skip
+        raise AssertionError(f"no preview rows; the page held {shown} (test's start {start:%a %H:%M})") from e
     page.get_by_role("button", name="Save plan").click()
     expect(page.locator("#flash")).to_contain_text("Order plan saved")
     page.wait_for_function("d => document.querySelector('#cap-chart path[data-series=floor]').getAttribute('d') !== d",
@@ -237,8 +243,9 @@ def test_the_chosen_slices_lease_shows_without_waiting_for_a_poll(page: Any, dem
     """Regression (CI, 30 November): the lease card stayed "–" for more than 5 s on a loaded machine. Its first
     refresh ran before the slice list had loaded, found no slice, and waited for its next poll. With the page's
     timers frozen (no poll runs twice), the lease must still show once the slice list is filled."""
-    page.clock.install()
-    page.clock.pause_at(datetime.now(UTC))
+    now = datetime.now(UTC)  # installed a little earlier than the pause: pausing "now" on a clock that already
+    page.clock.install(time=now - timedelta(seconds=10))  # ran past it fails with "fast-forward to the past" (CI)
+    page.clock.pause_at(now)
     _as(page, demo, "plant_manager")
     expect(page.locator("#slice option").first).to_be_attached()
     expect(page.get_by_test_id("lease-now")).not_to_have_text("–")
