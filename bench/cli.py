@@ -49,7 +49,10 @@ def bench_pipeline(
         int, typer.Option(min=0, help="ONNX Runtime threads per model replica; 0: measured, as a slice sizes itself.")
     ] = 0,
     ingress_concurrency: Annotated[int, typer.Option(min=1, help="Model calls in flight per ingress.")] = 3,
-    model_replicas: Annotated[int, typer.Option(min=1, max=16, help="Model replicas of the slice.")] = 1,
+    model_replicas: Annotated[
+        int,
+        typer.Option(min=0, max=16, help="Model replicas; 0: measured, as `lineside slice run` sizes them."),
+    ] = 0,
     ingress_replicas: Annotated[int, typer.Option(min=1, max=16, help="Ingress replicas of the slice.")] = 1,
     model: ModelOption = None,
     as_json: JsonOption = False,

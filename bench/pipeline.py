@@ -126,7 +126,7 @@ def resolve_model(model: str | None) -> Path:
 
 
 def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_concurrency: int = 3,
-        manifest: Path = BUNDLED_MANIFEST, model_replicas: int = 1,
+        manifest: Path = BUNDLED_MANIFEST, model_replicas: int = 0,
         ingress_replicas: int = 1) -> dict[str, Any]:  # fmt: skip
     _log("(a) raw ONNX Runtime throughput by batch size and thread count...")
     raw = measure_runtime([8, 32, 64], [1, 2], min_seconds=max(duration_s / 6, 1.0), manifest=manifest)
@@ -145,19 +145,20 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_co
 
         spec = SliceSpec(
             name="bench", tenant=TENANT, lines=[LINE], broker=BrokerSpec(port=broker.port), manifest=manifest,
-            replicas=ReplicaSpec(min_replicas=model_replicas, max_replicas=model_replicas),
+            replicas=ReplicaSpec(min_replicas=max(model_replicas, 1), max_replicas=max(model_replicas, 1)),
             ingress_replicas=ingress_replicas,
             batch=BatchSpec(max_batch_size=batch, batch_wait_ms=1.0, ingress_batch=min(batch, 32), ingress_wait_ms=1.0,
                             ingress_concurrency=ingress_concurrency),
             # Every replica must fit on the machine's cores: the model replicas share one core's worth of
             # reservation, the ingress replicas a quarter each (or less), as Ray only counts reservations.
-            resources=ResourceSpec(cpus_per_replica=round(1.0 / model_replicas, 3), ort_threads=ort_threads,
+            resources=ResourceSpec(cpus_per_replica=round(1.0 / max(model_replicas, 1), 3), ort_threads=ort_threads,
                                    ingress_cpus=round(min(0.25, 1.0 / ingress_replicas), 3)),
             max_inflight_frames=256,
         )  # fmt: skip
-        chosen = sizing.size(spec, manifest, os.cpu_count() or 1)  # 0 threads: as a slice sizes itself
+        cores = os.cpu_count() or 1  # 0 threads, 0 replicas: as a slice run on its own sizes itself
+        chosen = sizing.size(spec, manifest, cores, choose_replicas=not model_replicas)
         _log(f"    sizing: {chosen.describe()}")
-        spec = sizing.sized(spec, chosen.ort_threads)
+        spec = sizing.sized(spec, chosen.ort_threads, chosen.replicas, cores)
         cluster.start()
         try:
             cluster.apply_slice(spec)
@@ -185,7 +186,8 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_co
         "e2e_vs_echo": round(e2e_fps / echo_fps, 3),
         "providers": raw["providers"],
         "batch_size": batch,
-        "model_replicas": model_replicas,
+        "model_replicas": spec.replicas.max_replicas,
+        "model_replicas_chosen_by": "sizing (measured)" if chosen.replicas else "the slice",
         "ingress_replicas": ingress_replicas,
         "ort_threads": chosen.ort_threads,
         "ort_threads_chosen_by": "the slice" if chosen.explicit else "sizing (measured)",

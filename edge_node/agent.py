@@ -30,7 +30,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,24 +324,39 @@ class Agent:
     def _profiles_path(self) -> Path:
         return self.data_dir / "profiles.json"
 
-    def profile_models(self, state: DesiredState) -> None:
-        """Measure each served model once per hardware and report it (the planner needs it)."""
-        gpus = self._inventory.gpus or []
+    def _served_models(self, state: DesiredState) -> Iterator[tuple[SliceSpec, ModelRef]]:
+        """Each applied slice's model, and its rollout's candidate as the slice would run it once promoted."""
         for item in state.slices:
-            resources = item.spec.resources
-            sizing_key = self._sizing_key(item.spec, item.model)
+            if item.spec.name not in self.applied:
+                continue
+            yield item.spec, item.model
+            if item.candidate is not None and item.spec.rollout is not None:
+                as_model = {"manifest": self._model_manifest(item.candidate), "rollout": None}
+                candidate = item.spec.model_copy(update=as_model)
+                if not candidate.resources.ort_threads and self._sizing_key(candidate, item.candidate) not in \
+                        self._sizings:  # fmt: skip
+                    self._sized(candidate, item.candidate)
+                yield candidate, item.candidate
+
+    def profile_models(self, state: DesiredState) -> None:
+        """Measure each served model once per hardware and report it (the planner needs it). A rollout's
+        candidate is measured while it rolls out, so that the line's plan has its figures once it is promoted."""
+        gpus = self._inventory.gpus or []
+        for spec, model in self._served_models(state):
+            resources = spec.resources
+            sizing_key = self._sizing_key(spec, model)
             fallback = max(1, int(resources.cpus_per_replica))
             threads = resources.ort_threads or self._sizings.get(sizing_key, fallback)
             on_gpu = resources.gpus_per_replica > 0 and gpus
             hardware = gpus[0].model if on_gpu else f"cpu x{threads}"
-            key = f"{item.model.sha256}@{hardware}"
-            if key in self._profiled or item.spec.name not in self.applied:
+            key = f"{model.sha256}@{hardware}"
+            if key in self._profiled:
                 continue
-            batch = item.spec.batch.max_batch_size
+            batch = spec.batch.max_batch_size
             # Sizing measured the chosen threads on this node already: report that run rather than measure again.
             sized = None if on_gpu or resources.ort_threads else self._measured.get(sizing_key)
-            result = sized or self.profiler(self._model_manifest(item.model), threads=threads, batch=batch)
-            body = ProfileReport(model_sha256=item.model.sha256, hardware=hardware, **asdict(result))
+            result = sized or self.profiler(self._model_manifest(model), threads=threads, batch=batch)
+            body = ProfileReport(model_sha256=model.sha256, hardware=hardware, **asdict(result))
             try:
                 response = self.client.post(
                     "/agent/v1/profiles", json=body.model_dump(mode="json"), headers=self._headers()

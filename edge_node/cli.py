@@ -58,9 +58,10 @@ def slice_run(
     min_replicas: Annotated[int, typer.Option(min=0, help=_help(ReplicaSpec, "min_replicas"))] = _default(
         ReplicaSpec, "min_replicas"
     ),
-    max_replicas: Annotated[int, typer.Option(min=1, help=_help(ReplicaSpec, "max_replicas"))] = _default(
-        ReplicaSpec, "max_replicas"
-    ),
+    max_replicas: Annotated[
+        int | None,
+        typer.Option(min=1, help=_help(ReplicaSpec, "max_replicas") + " Default: measured, to fill this machine."),
+    ] = None,
     max_batch_size: Annotated[int, typer.Option(min=1, help=_help(BatchSpec, "max_batch_size"))] = _default(
         BatchSpec, "max_batch_size"
     ),
@@ -91,15 +92,17 @@ def slice_run(
         manifest=manifest,
         ingress_replicas=ingress_replicas,
         broker=BrokerSpec(host=broker_host, port=broker_port),
-        replicas=ReplicaSpec(min_replicas=min_replicas, max_replicas=max_replicas),
+        replicas=ReplicaSpec(min_replicas=min_replicas, max_replicas=max_replicas or max(min_replicas, 1)),
         batch=BatchSpec(max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, ingress_batch=ingress_batch),
         resources=ResourceSpec(ort_threads=ort_threads),
     )
     if not ort_threads:
         typer.echo("measuring the model at each thread count that fits this machine's cores ...")
-    chosen = sizing.size(spec, manifest, os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    chosen = sizing.size(spec, manifest, cores, choose_replicas=max_replicas is None)
     typer.echo(f"slice {name}: {chosen.describe()}")
-    spec = sizing.sized(spec, chosen.ort_threads)
+    replicas = None if chosen.replicas is None else max(chosen.replicas, min_replicas)
+    spec = sizing.sized(spec, chosen.ort_threads, replicas, cores)
     try:
         cluster.start(ray_address)
         cluster.apply_slice(spec)

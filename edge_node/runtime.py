@@ -23,6 +23,7 @@ from edge_node.imaging import FrameLimits, Placement, Preprocessor
 from edge_node.settings import EdgeSettings, get_settings
 from edge_node.verdicts import (
     Verdict,
+    as_reply,
     decide,
     judge_anomaly,
     judge_detections,
@@ -37,13 +38,6 @@ log = logging.getLogger(__name__)
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 """Execution providers in the order Lineside prefers them when available."""
-
-
-def as_reply(outcome: Verdict | FrameError) -> dict[str, object]:
-    """A verdict or frame error as the plain dict that travels from model to ingress."""
-    if isinstance(outcome, FrameError):
-        return {"code": outcome.code.value, "detail": outcome.detail}
-    return dict(outcome.__dict__)
 
 
 def choose_providers(available: Sequence[str], requested: Sequence[str] | None = None) -> list[str]:
@@ -169,6 +163,7 @@ def _open_session(path: Path, settings: EdgeSettings) -> ort.InferenceSession:
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = settings.ort_memory_arena
     if not settings.ort_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")

@@ -38,8 +38,8 @@ from contracts.slice_spec import INGRESS_SLOTS, REVEAL_SECRETS, ReplicaSpec, Rol
 from edge_node.autoscaling import POLICY as LINE_POLICY
 from edge_node.errors import SliceDeployFailed
 from edge_node.ingress import FrameIngress
-from edge_node.runtime import InspectionModel, as_reply
 from edge_node.settings import EdgeSettings
+from edge_node.verdicts import as_reply
 from models import BUNDLED_MANIFEST
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,10 @@ class ModelServer:
         settings = EdgeSettings(
             intra_op_threads=threads, inter_op_threads=1, providers=spec.resources.providers, ort_spinning=False
         )
+        # imported here, not at the top: the ingress replicas import this module too, and need no ONNX Runtime
+        # (about 20 MB of each ingress replica's memory)
+        from edge_node.runtime import InspectionModel
+
         self.model = InspectionModel(manifest_of(spec), settings, warmup_batch=spec.batch.max_batch_size)
         self.delay_s = spec.inject_delay_ms / 1000
         self.inspect.set_max_batch_size(spec.batch.max_batch_size)  # type: ignore[attr-defined]

@@ -32,6 +32,13 @@ class EdgeSettings(BaseSettings):
             "because their replicas share cores with the ingress and the broker."
         ),
     )
+    ort_memory_arena: bool = Field(
+        default=True,
+        description=(
+            "Let ONNX Runtime keep a CPU memory arena: freed tensors stay with the process for the next call. "
+            "Slices turn it off, as the arena holds on to the largest batch's memory for good (issue 16)."
+        ),
+    )
     max_frame_bytes: int = Field(default=wire.MAX_FRAME_BYTES, gt=0, description="Largest encoded frame accepted.")
     max_frame_pixels: int = Field(default=wire.MAX_FRAME_PIXELS, gt=0, description="Largest width x height accepted.")
     max_frame_side: int = Field(default=wire.MAX_FRAME_SIDE, gt=0, description="Longest side accepted, in pixels.")

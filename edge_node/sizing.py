@@ -14,9 +14,18 @@ the thread count that measured fastest within its share of the node's cores:
   within 10 % of the best win, since a thread that adds little still takes a core from the ingress
   and the broker.
 
+A slice that leaves its model replicas to the sizing (``lineside slice run`` and ``lineside bench
+pipeline`` without a replica count: a slice run on its own machine, not leased) also gets its replica count:
+the layout of the node's cores, ``replicas x threads``, whose estimated frames/s (replicas times one
+replica's measured frames/s at those threads) is the best, the fewest replicas within 10 % of it. One
+replica's batches run one after another, so a second thread mostly waits on the first; two replicas on
+one thread each overlap theirs (the heavy reference model: 0.83 of the machine's limit against 0.61 for
+one replica on two threads, BENCHMARKS.md).
+
 What the sizing leaves as it was, and why:
 
-* model replicas: the plant leases them (and pays per replica); the autoscaler moves within the lease;
+* a leased slice's model replicas: the plant leases them (and pays per replica); the autoscaler moves
+  within the lease;
 * ingress replicas: the control plane's setting (with one ingress the bundled model's slice answered
   553 frames/s on this project's 2-core machine, 2.8 times the seed plant's 100 robots at 2 fps:
   BENCHMARKS.md);
@@ -57,15 +66,21 @@ class Sizing:
     replicas_per_node: int
     measured: dict[int, ProfileResult] = field(default_factory=dict)
     explicit: bool = False
+    replicas: int | None = None
+    """Model replicas chosen with the threads (a slice that left them to the sizing); None: the slice's own."""
 
     @property
     def measured_fps(self) -> dict[int, float]:
         return {t: r.frames_per_s_per_replica for t, r in self.measured.items()}
 
     def describe(self) -> str:
+        measured = ", ".join(f"{t} thread(s) {fps:.0f} frames/s" for t, fps in sorted(self.measured_fps.items()))
+        if self.replicas is not None:
+            threads = "as the slice says" if self.explicit else f"measured one replica at {measured}"
+            return (f"{self.replicas} model replica(s) of {self.ort_threads} ONNX Runtime thread(s) on "
+                    f"{self.cores} cores ({threads})")  # fmt: skip
         if self.explicit:
             return f"{self.ort_threads} ONNX Runtime thread(s) per replica, as the slice says"
-        measured = ", ".join(f"{t} thread(s) {fps:.0f} frames/s" for t, fps in sorted(self.measured_fps.items()))
         return (f"{self.ort_threads} ONNX Runtime thread(s) per replica: {self.cores} cores, up to "
                 f"{self.replicas_per_node} replica(s) on a node; measured {measured}")  # fmt: skip
 
@@ -92,12 +107,25 @@ def choose(measured: dict[int, float]) -> int:
     return min(t for t, fps in measured.items() if fps >= NEAR_BEST * best)
 
 
-def size(spec: SliceSpec, manifest: Path, cores: int, *, profiler: Profiler = profile) -> Sizing:
-    """Choose ``spec``'s ONNX Runtime threads per replica on a node of ``cores`` cores (measures unless explicit)."""
-    per_node = replicas_per_node(spec)
+def layout(measured: dict[int, float], cores: int) -> tuple[int, int]:
+    """``(replicas, threads)`` filling ``cores``: the best estimated frames/s (replicas x one replica's at its
+    threads), the fewest replicas within ``NEAR_BEST`` of it (each replica holds its own model in memory)."""
+    estimated = {(max(cores // t, 1), t): max(cores // t, 1) * fps for t, fps in measured.items()}
+    best = max(estimated.values())
+    return min((r, t) for (r, t), fps in estimated.items() if fps >= NEAR_BEST * best)
+
+
+def size(
+    spec: SliceSpec, manifest: Path, cores: int, *, profiler: Profiler = profile, choose_replicas: bool = False
+) -> Sizing:
+    """Choose ``spec``'s ONNX Runtime threads per replica on a node of ``cores`` cores (measures unless explicit);
+    with ``choose_replicas`` (a slice run on its own machine, that left its replica count open), the number of
+    model replicas too."""
+    per_node = cores if choose_replicas else replicas_per_node(spec)
     if spec.resources.ort_threads:
-        return Sizing(spec.resources.ort_threads, cores, per_node, explicit=True)
-    share = max(1, cores // per_node)
+        replicas = max(cores // spec.resources.ort_threads, 1) if choose_replicas else None
+        return Sizing(spec.resources.ort_threads, cores, per_node, explicit=True, replicas=replicas)
+    share = max(1, cores // per_node) if not choose_replicas else max(cores, 1)
     batch = spec.batch.max_batch_size
     measured: dict[int, ProfileResult] = {}
     for _ in range(ROUNDS):  # interleaved, the best of each: a machine's noise hits every count alike
@@ -105,10 +133,22 @@ def size(spec: SliceSpec, manifest: Path, cores: int, *, profiler: Profiler = pr
             run = profiler(manifest, threads=t, batch=batch)
             if t not in measured or run.frames_per_s_per_replica > measured[t].frames_per_s_per_replica:
                 measured[t] = run
-    return Sizing(choose({t: r.frames_per_s_per_replica for t, r in measured.items()}), cores, per_node, measured)
+    fps = {t: r.frames_per_s_per_replica for t, r in measured.items()}
+    if choose_replicas:
+        replicas, threads = layout(fps, cores)
+        return Sizing(threads, cores, replicas, measured, replicas=replicas)
+    return Sizing(choose(fps), cores, per_node, measured)
 
 
-def sized(spec: SliceSpec, ort_threads: int) -> SliceSpec:
-    """``spec`` with the chosen threads written in (what its model replicas are started with)."""
-    resources = spec.resources.model_copy(update={"ort_threads": ort_threads})
-    return spec.model_copy(update={"resources": resources})
+def sized(spec: SliceSpec, ort_threads: int, replicas: int | None = None, cores: int | None = None) -> SliceSpec:
+    """``spec`` with the chosen threads written in (what its model replicas are started with); with ``replicas``
+    (and the node's ``cores``), that many model replicas, each reserving its share of the cores the ingress
+    replicas leave (Ray places by reservations, so all of them must fit)."""
+    if replicas is None:
+        return spec.model_copy(update={"resources": spec.resources.model_copy(update={"ort_threads": ort_threads})})
+    assert cores is not None, "replicas are sized for a node's cores"
+    left = max(cores - spec.resources.ingress_cpus * spec.ingress_replicas, 0.1)
+    cpus = round(min(spec.resources.cpus_per_replica, left / replicas), 3)
+    resources = spec.resources.model_copy(update={"ort_threads": ort_threads, "cpus_per_replica": cpus})
+    bounds = spec.replicas.model_copy(update={"min_replicas": replicas, "max_replicas": replicas})
+    return spec.model_copy(update={"resources": resources, "replicas": bounds})

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from contracts.manifest import ModelManifest
+from edge_node.errors import FrameError
 from edge_node.imaging import Placement
 
 
@@ -195,3 +196,10 @@ def judge_detections(manifest: ModelManifest, found: Detections, placement: Plac
         confidence = float(found.confidence[top])
         return Verdict("fail", labels[int(found.classes[top])], confidence, confidence, scores, boxes=boxes)
     return Verdict("pass", None, 1.0, 0.0, scores, boxes=boxes)
+
+
+def as_reply(outcome: Verdict | FrameError) -> dict[str, object]:
+    """A verdict or frame error as the plain dict that travels from model to ingress."""
+    if isinstance(outcome, FrameError):
+        return {"code": outcome.code.value, "detail": outcome.detail}
+    return dict(outcome.__dict__)

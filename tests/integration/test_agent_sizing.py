@@ -15,6 +15,7 @@ from edge_node import sizing
 from edge_node.agent import Agent, join
 from edge_node.profiling import ProfileResult
 from tests.integration.cp_fixtures import ControlPlane, RecordedServe, ok
+from tests.integration.rollout_streams import fails_every_part, upload
 
 
 class LinearProfile:
@@ -64,3 +65,32 @@ def test_the_agent_gives_a_lone_replica_every_core_once_measured_and_reports_it(
     agent(again).step()
     assert [s.resources.ort_threads for s in applied if s.tenant == "acme"] == [cores]
     assert again.asked == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_rollouts_candidate_is_sized_and_profiled_before_it_is_promoted(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Regression (CI, 1 December): once the demo's rollout promoted its fitted model, the plan preview said
+    "the model has no measured profile yet" until the agent measured the new model. The agent now measures the
+    candidate while it rolls out, and the promoted slice reuses that sizing without measuring again."""
+    cp = control_plane
+    token = ok(cp.client.post(f"/sites/{cp.site_id}/join-tokens", headers=cp.op), 201)["token"]
+    node = join(cp.client, token, tmp_path / "agent")
+    serve = RecordedServe()
+    profiler = LinearProfile()
+    agent = Agent(cp.client, node["node_token"], tmp_path / "agent", profiler=profiler, **serve.agent_options())
+    agent.step()
+    candidate = upload(cp, fails_every_part(), "fails-every-part", "2.0.0")
+    body = {"slice_id": cp.a.ids["slice"], "model_version_id": candidate["id"]}
+    rollout = ok(cp.client.post("/rollouts", json=body, headers=cp.a.it), 201)
+    agent.step()
+    profiles = ok(cp.client.get(f"/models/{candidate['id']}/profiles", headers=cp.a.pm))
+    assert [p["hardware"] for p in profiles] and all(p["frames_per_s_per_replica"] > 0 for p in profiles)
+    while ok(cp.client.get(f"/rollouts/{rollout['id']}", headers=cp.a.pm))["state"] != "completed":
+        ok(cp.client.post(f"/rollouts/{rollout['id']}/advance", headers=cp.a.pm))
+    profiler.asked.clear()
+    serve.applied.clear()
+    agent.step()
+    [promoted] = [s for s in serve.applied if s.name == f"t{cp.a.tenant_id}-inspect"]
+    assert promoted.resources.ort_threads > 0 and profiler.asked == []  # the candidate's sizing, kept

@@ -12,6 +12,8 @@ robot's small computer, so it imports neither the server side nor Ray or ONNX Ru
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -77,3 +79,11 @@ def test_no_cycle_between_packages() -> None:
 
     for package in PACKAGES:
         visit(package, (package,))
+
+
+def test_an_ingress_replica_loads_no_onnx_runtime() -> None:
+    """Ingress replicas import ``edge_node.serving`` (their class lives there) but never run a model: ONNX
+    Runtime would add about 20 MB to each (issue 16, memory). Only the model replica imports it, when it starts."""
+    probe = "import sys, edge_node.serving; print(sorted(m for m in sys.modules if m.startswith('onnxruntime')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

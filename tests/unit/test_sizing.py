@@ -70,3 +70,28 @@ def test_the_bundled_model_is_measured_with_onnx_runtime_at_each_count() -> None
     chosen = sizing.size(spec(replicas=ReplicaSpec(min_replicas=1, max_replicas=1)), BUNDLED_MANIFEST, 2)
     assert sorted(chosen.measured_fps) == [1, 2] and all(fps > 0 for fps in chosen.measured_fps.values())
     assert chosen.ort_threads == sizing.choose(chosen.measured_fps)
+
+
+def test_a_heavy_model_whose_second_thread_mostly_waits_gets_two_replicas_of_one_thread() -> None:
+    """The layout of the node's cores for a slice run on its own (``lineside slice run``, the pipeline bench)."""
+    assert sizing.layout({1: 70.0, 2: 101.0}, 2) == (2, 1)  # the reference model on 2 cores: 140 against 101
+    assert sizing.layout({1: 180.0, 2: 350.0}, 2) == (1, 2)  # threads that scale: one replica, one model in memory
+    assert sizing.layout({1: 100.0, 2: 190.0, 4: 300.0}, 4) == (2, 2)  # 380 is within a tenth of 400 (4 x 1)
+
+
+def test_a_slice_run_on_its_own_measures_up_to_all_cores_and_gets_its_replicas() -> None:
+    measured = Measured({1: 70.0, 2: 101.0})
+    chosen = sizing.size(spec(), BUNDLED_MANIFEST, 2, profiler=measured, choose_replicas=True)
+    assert (chosen.replicas, chosen.ort_threads, sorted(set(measured.asked))) == (2, 1, [1, 2])
+    assert "2 model replica(s) of 1 ONNX Runtime thread(s) on 2 cores" in chosen.describe()
+    placed = sizing.sized(spec(), chosen.ort_threads, chosen.replicas, cores=2)
+    assert (placed.replicas.min_replicas, placed.replicas.max_replicas, placed.resources.ort_threads) == (2, 2, 1)
+    # Ray places by reservations: both model replicas and the ingress (0.25 CPU) must fit on the 2 cores.
+    assert 2 * placed.resources.cpus_per_replica + placed.resources.ingress_cpus <= 2
+
+
+def test_a_slice_run_that_names_its_threads_fills_the_cores_with_replicas_of_that_many() -> None:
+    measured = Measured({})
+    chosen = sizing.size(spec(resources=ResourceSpec(ort_threads=2)), BUNDLED_MANIFEST, 4, profiler=measured,
+                         choose_replicas=True)  # fmt: skip
+    assert (chosen.replicas, chosen.ort_threads, measured.asked) == (2, 2, [])

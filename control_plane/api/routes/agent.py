@@ -155,12 +155,14 @@ def _check_hardware(node: Node, hardware: str) -> None:
 
 @router.post("/profiles", status_code=204)
 def report_profile(body: ProfileReport, session: SessionDep, node: CurrentNode) -> None:
-    """A profiling run's result for a model served at this node's site, on this node's hardware (newest wins)."""
+    """A profiling run's result for a model served at this node's site, or rolling out there (measured before
+    it is promoted), on this node's hardware (newest wins)."""
     versions = select(ModelVersion.id).where(ModelVersion.sha256 == body.model_sha256)
-    served = session.exec(
-        select(Slice.id).where(Slice.site_id == node.site_id, col(Slice.model_version_id).in_(versions))
-    ).first()
-    if served is None:
+    here = select(Slice.id).where(Slice.site_id == node.site_id)
+    served = session.exec(here.where(col(Slice.model_version_id).in_(versions))).first()
+    rolling_out = select(Rollout.id).where(Rollout.state == RolloutState.RUNNING, col(Rollout.slice_id).in_(here),
+                                           col(Rollout.model_version_id).in_(versions))  # fmt: skip
+    if served is None and session.exec(rolling_out).first() is None:
         raise NotFound(f"model {body.model_sha256} is not served at this node's site; profile only models it runs")
     _check_hardware(node, body.hardware)
     same = (ModelProfile.site_id == node.site_id, ModelProfile.model_sha256 == body.model_sha256,

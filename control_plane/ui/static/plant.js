@@ -171,7 +171,7 @@ function showPreview(result) {
       }
     }
     if (s.cost_7_days) summaries.push(`Slice ${s.slug}: ${s.cost_7_days.replica_hours} replica-hours over the shifts shown, cost ${s.cost_7_days.cost}` +
-      (s.cost_7_days.shortfall_cost ? `; the lease lacks capacity worth ${s.cost_7_days.shortfall_cost}` : "") + ".");
+      (s.cost_7_days.shortfall_replica_hours > 0 ? `; the lease lacks capacity worth ${s.cost_7_days.shortfall_cost}` : "") + ".");
     if (!s.profile) summaries.push(`Slice ${s.slug}: the model has no measured profile yet, so no floors can be computed.`);
   }
   document.querySelector("#preview-table tbody").replaceChildren(...rows);
