@@ -204,8 +204,8 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_co
         "sent": saturated["sent"] + half["sent"],
         "lost_frames": saturated["lost"] + half["lost"],
         "verdict_accuracy": saturated["accuracy"],
-        "slice_rss_mb": round(ingress_rss + model_rss, 1),
-        "ingress_rss_mb": round(ingress_rss, 1),  # one replica of each
+        "slice_rss_mb": round(ingress_rss * ingress_replicas + model_rss * spec.replicas.max_replicas, 1),
+        "ingress_rss_mb": round(ingress_rss, 1),  # per replica (one of each measured)
         "model_rss_mb": round(model_rss, 1),
         "robots": robots,
         "duration_s": duration_s,

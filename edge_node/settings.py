@@ -36,7 +36,8 @@ class EdgeSettings(BaseSettings):
         default=True,
         description=(
             "Let ONNX Runtime keep a CPU memory arena: freed tensors stay with the process for the next call. "
-            "Slices turn it off, as the arena holds on to the largest batch's memory for good (issue 16)."
+            "Off, a replica of the heavy reference model held 150 MB instead of 215 MB but judged 35-40 % fewer "
+            "frames/s (BENCHMARKS.md), so it stays on unless memory is what the node lacks."
         ),
     )
     max_frame_bytes: int = Field(default=wire.MAX_FRAME_BYTES, gt=0, description="Largest encoded frame accepted.")
