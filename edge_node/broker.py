@@ -31,6 +31,7 @@ the plain listener stays on 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import fcntl
 import getpass
 import hashlib
 import json
@@ -128,6 +129,7 @@ class MosquittoBroker:
         self.extra_config = extra_config
         self.admin_password = admin_password
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock: int | None = None  # the workdir's lock file, held while the broker runs
 
     @property
     def config_path(self) -> Path:
@@ -202,6 +204,7 @@ class MosquittoBroker:
         if binary is None:
             raise BrokerError("mosquitto is not installed: apt-get install mosquitto (make demo does this for you)")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._take_workdir()
         self.config_path.write_text(self.render_config())
         self._write_dynsec_state()
         # Its own session: a Ctrl-C in the terminal reaches the demo, which stops robots, slice and
@@ -218,15 +221,36 @@ class MosquittoBroker:
         log.info("mosquitto listening on %s:%d (config %s)", self.host, self.port, self.config_path)
         return self
 
+    def _take_workdir(self) -> None:
+        """Lock the data folder for this broker. Two brokers in one folder write the same persistence file, and
+        Mosquitto exits at the first autosave that finds the other's rename ("No such file or directory")."""
+        if self._lock is not None:
+            return
+        fd = os.open(self.workdir / "broker.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BrokerError(f"another broker runs with the data folder {self.workdir}; give each broker a folder "
+                              "of its own") from None  # fmt: skip
+        self._lock = fd
+
+    def _release_workdir(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the file releases the lock
+            self._lock = None
+
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self._process:
             self._process.kill()
             self._process.wait()
             self._process = None
+        self._release_workdir()
 
     def stop(self) -> None:
         if self._process is None:
+            self._release_workdir()
             return
         self._process.terminate()
         try:
@@ -235,6 +259,7 @@ class MosquittoBroker:
             self._process.kill()
             self._process.wait()
         self._process = None
+        self._release_workdir()
 
     def __enter__(self) -> MosquittoBroker:
         return self.start()

@@ -166,7 +166,7 @@ def control_plane(database_url: str, tmp_path: Path, cp_overrides: dict[str, obj
         port = free_port()
         site = ok(c.post("/sites", json={"name": "north", "broker_port": port}, headers=op), 201)
         admin = ok(c.get(f"/sites/{site['id']}/broker-admin", headers=op))
-        with MosquittoBroker(tmp_path / "broker", port, admin_password=admin["password"]) as broker:
+        with MosquittoBroker(tmp_path / "cp-broker", port, admin_password=admin["password"]) as broker:
             a = _tenancy(c, op, "acme", site["id"])
             b = _tenancy(c, op, "globex", site["id"])
             yield ControlPlane(c, settings, broker, site["id"], op, a, b)
