@@ -107,10 +107,17 @@ def choose(measured: dict[int, float]) -> int:
     return min(t for t, fps in measured.items() if fps >= NEAR_BEST * best)
 
 
+MAX_SIZED_REPLICAS = 8
+"""The most model replicas the sizing gives a slice run on its own: each holds its own model (250-550 MB with the
+reference models), so a 64-core server would otherwise get 64 of them; ask for more with ``--max-replicas``."""
+
+
 def layout(measured: dict[int, float], cores: int) -> tuple[int, int]:
     """``(replicas, threads)`` filling ``cores``: the best estimated frames/s (replicas x one replica's at its
-    threads), the fewest replicas within ``NEAR_BEST`` of it (each replica holds its own model in memory)."""
-    estimated = {(max(cores // t, 1), t): max(cores // t, 1) * fps for t, fps in measured.items()}
+    threads), the fewest replicas within ``NEAR_BEST`` of it (each replica holds its own model in memory), at
+    most ``MAX_SIZED_REPLICAS``."""
+    fits = {t: min(max(cores // t, 1), MAX_SIZED_REPLICAS) for t in measured}
+    estimated = {(fits[t], t): fits[t] * fps for t, fps in measured.items()}
     best = max(estimated.values())
     return min((r, t) for (r, t), fps in estimated.items() if fps >= NEAR_BEST * best)
 

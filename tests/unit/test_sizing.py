@@ -95,3 +95,11 @@ def test_a_slice_run_that_names_its_threads_fills_the_cores_with_replicas_of_tha
     chosen = sizing.size(spec(resources=ResourceSpec(ort_threads=2)), BUNDLED_MANIFEST, 4, profiler=measured,
                          choose_replicas=True)  # fmt: skip
     assert (chosen.replicas, chosen.ort_threads, measured.asked) == (2, 2, [])
+
+
+def test_a_large_server_gets_at_most_the_sized_replica_cap() -> None:
+    """64 cores would otherwise mean 64 copies of the model in memory; past the cap, threads take the cores."""
+    measured = {1: 100.0, 2: 150.0, 4: 200.0, 8: 300.0, 16: 350.0, 32: 380.0, 64: 400.0}
+    replicas, threads = sizing.layout(measured, 64)
+    assert replicas <= sizing.MAX_SIZED_REPLICAS and replicas * threads <= 64
+    assert (replicas, threads) == (8, 8)  # 8 x 300 beats 8 x 100 (1 thread) and 4 x 350 (16 threads)
