@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from contracts import wire
 from models import synth
 from robots.sdk import RobotClient
 from tests.integration.browser import RunningDemo, chromium_path, login
+from tests.waiting import wait_until
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -185,12 +185,12 @@ def _wait_for_a_profile(demo: RunningDemo, timeout_s: float = 90) -> None:
     """Until the tenant's slice's model has a measured profile (no plan has floors before: the agent measures a
     model when it first serves it, or while it rolls out, and the demo rolls out a fitted model)."""
     with httpx.Client(base_url=demo.url, headers={"Authorization": f"Bearer {demo.tokens['plant_manager']}"}) as api:
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def profiled() -> bool:
             [item] = api.get("/slices").json()
-            if api.get(f"/models/{item['model_version_id']}/profiles").json() or time.monotonic() > deadline:
-                return
-            time.sleep(1)
+            return bool(api.get(f"/models/{item['model_version_id']}/profiles").json())
+
+        wait_until(profiled, timeout_s, "a measured profile of the slice's model", interval=1)
 
 
 def test_plant_manager_enters_an_order_plan_and_the_floor_chart_changes(page: Any, demo: RunningDemo) -> None:
