@@ -162,8 +162,9 @@ def test_agent_joins_pulls_desired_state_and_reports(control_plane: ControlPlane
     )
 
 
+@pytest.mark.parametrize("cp_overrides", [{"heartbeat_timeout_s": 1.0}])
 def test_silent_node_goes_offline_and_only_operators_see_nodes(control_plane: ControlPlane) -> None:
-    cp = control_plane  # heartbeat_timeout_s is 1 s in these tests
+    cp = control_plane
     node = _join(cp)
     ok(cp.client.post("/agent/v1/heartbeat", json={}, headers=bearer(str(node["node_token"]))))
     assert ok(cp.client.get(f"/nodes/{node['id']}", headers=cp.op))["status"] == "online"

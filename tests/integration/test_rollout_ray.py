@@ -28,12 +28,6 @@ LINE = "line-1"
 SHARE = 0.5
 
 
-@pytest.fixture
-def cp_overrides() -> dict[str, object]:
-    """Heartbeats that never time out: a loaded run must not mark the only node offline mid-test."""
-    return {"heartbeat_timeout_s": 600.0}
-
-
 def apply(spec: SliceSpec) -> None:
     """The agent's apply, waiting until the slice runs (the test asserts on what then serves)."""
     assert cluster.apply_slice(spec), f"slice {spec.name} did not start"
