@@ -96,6 +96,8 @@ def test_a_lab_earns_credits_from_bank_slices_on_its_node_and_draws_on_them(cont
     paid = ok(cp.client.post("/bank/payouts", json=payout, headers=lab_eo), 201)
     assert paid["credits"]["left"]["minor"] == earned - 20 and paid["payable"]["owed"]["minor"] == 20
     assert ok(cp.client.post("/bank/payouts", json=payout, headers=lab_eo), 201)["credits"] == paid["credits"]
+    cents = cp.client.post("/bank/payouts", json={**payout, "amount": "0.205", "reference": "y"}, headers=lab_eo)
+    assert cents.status_code == 422 and "0.205" in cents.json()["detail"]  # was a 500: more decimals than EUR has
     too_much = cp.client.post("/bank/payouts", json={**payout, "amount": "5.00", "reference": "x"}, headers=lab_eo)
     assert too_much.status_code == 409 and too_much.json()["code"] == "not_enough_credits"
     assert ok(cp.client.get("/bank/contributor", headers=lab_eo))["credits"]["left"]["minor"] == earned - 20

@@ -380,3 +380,22 @@ def test_a_month_that_is_no_date_is_refused_not_a_server_error(control_plane: Co
         response = cp.client.get(path, headers=cp.op)
         assert response.status_code == 422, (path, response.text)
     assert cp.client.get("/billing/charges?period=0001-01", headers=cp.op).status_code == 200
+
+
+def test_an_amount_finer_than_the_currencys_cents_is_refused_not_a_server_error(control_plane: ControlPlane) -> None:
+    """The API fuzzer found ``PUT /billing/credit-limit`` with ``76867.7624`` answering 500; every amount a
+    caller gives in major units is a 422 that names it, and changes nothing."""
+    cp = control_plane
+    tenant = cp.a.ids["tenant"]
+    before = ok(cp.client.get(f"/billing/summary?tenant_id={tenant}", headers=cp.op))
+    asks = [
+        ("PUT", "/billing/credit-limit", {"tenant_id": tenant, "credit_limit": "76867.7624"}, cp.op),
+        ("POST", "/billing/top-ups", {"tenant_id": tenant, "amount": "10.001", "currency": "EUR", "reference": "r"},
+         cp.op),
+        ("PUT", "/billing/budget", {"monthly_budget": "99.999"}, cp.a.pm),
+    ]  # fmt: skip
+    for method, path, body, headers in asks:
+        response = cp.client.request(method, path, json=body, headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        assert "more decimals than EUR" in response.json()["detail"], response.text
+    assert ok(cp.client.get(f"/billing/summary?tenant_id={tenant}", headers=cp.op)) == before

@@ -15,10 +15,9 @@ from fastapi import APIRouter, Query
 from sqlmodel import select
 
 from control_plane import bank, funds, ledger
-from control_plane.api.deps import NowDep, PageDep, SessionDep, allowed, get_or_404
+from control_plane.api.deps import NowDep, PageDep, SessionDep, allowed, get_or_404, money_in
 from control_plane.errors import Conflict, Forbidden
 from control_plane.models import BankRule, BankRuleIn, BankRulePublic, PayoutIn, Site, Tenant
-from control_plane.money import Money
 from control_plane.security import Permission, Principal
 
 router = APIRouter(prefix="/bank", tags=["compute bank"])
@@ -89,7 +88,7 @@ def pay_out(
 ) -> dict[str, Any]:
     """Turn bank credits into a payable: money the operator owes you; the same reference pays once."""
     assert caller.tenant_id is not None
-    amount = Money.of(body.amount, body.currency)
+    amount = money_in(body.amount, body.currency, "amount")
     try:
         transaction_id = bank.pay_out(session, caller.tenant_id, amount, body.reference)
     except ledger.LedgerError as e:

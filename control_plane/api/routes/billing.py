@@ -11,7 +11,16 @@ from fastapi import APIRouter, Query
 from sqlmodel import col, select
 
 from control_plane import billing, billing_views, funds, ledger
-from control_plane.api.deps import IdFilter, PageDep, SessionDep, UtcNowDep, allowed, get_or_404, own_tenant
+from control_plane.api.deps import (
+    IdFilter,
+    PageDep,
+    SessionDep,
+    UtcNowDep,
+    allowed,
+    get_or_404,
+    money_in,
+    own_tenant,
+)
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.models import BudgetIn, Charge, CreditLimitIn, Tenant, TopUpIn
 from control_plane.models.billing import MONTH_PATTERN
@@ -59,7 +68,7 @@ def set_budget(
     assert caller.tenant_id is not None
     settings = funds.settings_for(session, caller.tenant_id)
     settings.monthly_budget_minor = (
-        Money.of(body.monthly_budget, settings.currency).minor if body.monthly_budget else None
+        money_in(body.monthly_budget, settings.currency, "monthly_budget").minor if body.monthly_budget else None
     )
     session.add(settings)
     billing.review(session, caller.tenant_id, now)  # a budget set below this month's spend alerts at once
@@ -96,7 +105,7 @@ def record_top_up(
     settings = funds.settings_for(session, body.tenant_id)
     if body.currency != settings.currency:
         raise InvalidInput(f"tenant {body.tenant_id} is billed in {settings.currency}, not {body.currency}")
-    amount = Money.of(body.amount, body.currency)
+    amount = money_in(body.amount, body.currency, "amount")
     try:
         transaction_id = funds.top_up(session, body.tenant_id, amount, f"top-up:{body.tenant_id}:{body.reference}")
     except ledger.LedgerError as e:
@@ -118,7 +127,7 @@ def set_credit_limit(
     get_or_404(session, Tenant, body.tenant_id)
     settings = funds.settings_for(session, body.tenant_id)
     prepaid = funds.tenant_account(session, body.tenant_id, ledger.AccountKind.PREPAID, settings.currency)
-    prepaid.credit_limit_minor = Money.of(body.credit_limit, settings.currency).minor
+    prepaid.credit_limit_minor = money_in(body.credit_limit, settings.currency, "credit_limit").minor
     session.add(prepaid)
     billing.review(session, body.tenant_id, now)
     session.commit()

@@ -18,8 +18,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from sqlmodel import Session, col, select
 
 from control_plane import vouchers
-from control_plane.api.deps import IdPath, NowDep, PageDep, SessionDep, allowed, get_or_404
-from control_plane.errors import InvalidInput
+from control_plane.api.deps import IdPath, NowDep, PageDep, SessionDep, allowed, get_or_404, money_in
 from control_plane.models import Voucher, VoucherProgramme
 from control_plane.models._common import Input
 from control_plane.money import Money
@@ -81,13 +80,6 @@ def public(session: Session, programme: VoucherProgramme) -> ProgrammePublic:
     )  # fmt: skip
 
 
-def _money(amount: str, currency: str, what: str) -> Money:
-    try:
-        return Money.of(amount, currency)
-    except ValueError as e:
-        raise InvalidInput(f"{what} {amount!r} is not an amount of {currency}: {e}") from None
-
-
 @router.post("", response_model=ProgrammePublic, status_code=201)
 def create_programme(
     body: ProgrammeCreate,
@@ -97,8 +89,8 @@ def create_programme(
 ) -> ProgrammePublic:
     """A funder's programme: a budget, an amount per factory, an expiry, its products and share of each charge."""
     programme = vouchers.create_programme(
-        session, name=body.name, funder=body.funder, budget=_money(body.budget, body.currency, "budget"),
-        per_tenant=_money(body.per_tenant, body.currency, "per_tenant"), expires_at=body.expires_at,
+        session, name=body.name, funder=body.funder, budget=money_in(body.budget, body.currency, "budget"),
+        per_tenant=money_in(body.per_tenant, body.currency, "per_tenant"), expires_at=body.expires_at,
         product_skus=body.product_skus, max_share_bp=body.max_share_bp, now=now,
     )  # fmt: skip
     session.commit()
