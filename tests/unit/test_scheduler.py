@@ -439,8 +439,21 @@ def test_bank_replicas_leave_a_lent_node_from_its_notice_before_the_window_ends(
 def test_with_notice_no_slice_loses_a_replica_before_the_notice_ends_unless_preempted(
     nodes: list[NodeSpec], demands: list[SliceDemand], now: datetime, data: st.DataObject
 ) -> None:
-    before = place(nodes, demands, now=now)
     leaving = data.draw(st.sets(st.sampled_from([n.node_id for n in nodes])) if nodes else st.just(set()))
+    notice_holds(nodes, demands, now, leaving)
+
+
+def test_a_window_that_closes_during_a_notice_takes_its_replicas_with_it() -> None:
+    """Hypothesis found (CI, 1 December): a burst replica on a lent node at 06:50 was gone at 07:00, when the
+    node's window closed; the property called that "something moved". It is the window's doing."""
+    lab = NodeSpec(1, cpus=2.0, memory_mb=4000, contributed=True, windows=(NIGHTS,))
+    burst = SliceDemand(0, Priority.BURST, replicas=1, cpus=0.5, memory_mb=500)
+    notice_holds([lab], [burst], datetime(2026, 12, 1, 6, 50), set())
+
+
+def notice_holds(nodes: list[NodeSpec], demands: list[SliceDemand], now: datetime, leaving: set[int]) -> None:
+    """Nodes ``leaving`` get 10 minutes' notice at ``now``: what must hold during it and after."""
+    before = place(nodes, demands, now=now)
     until = now + timedelta(minutes=10)
     reclaimed = [replace(n, held_until=until) if n.node_id in leaving else n for n in nodes]
     during = place(reclaimed, demands, before.assignments, now=now)
@@ -456,9 +469,12 @@ def test_with_notice_no_slice_loses_a_replica_before_the_notice_ends_unless_pree
                        during.unplaced)  # fmt: skip
     check(offline, demands, target, now)  # what runs besides the held replicas is a valid placement without them
     after = place(reclaimed, demands, during.assignments, now=until)
+    # A lent node whose window closed meanwhile holds no bank or burst replicas at ``until`` (that is the
+    # window's doing, not the notice's: hypothesis found one closing at 07:00 in CI, 1 December).
+    closed = {n.node_id for n in nodes if n.eligible(now) and not n.eligible(until)}
     for demand in demands:
         assert not set(after.assignments[demand.slice_id]) & leaving
-        kept = Counter(n for n in during.assignments[demand.slice_id] if n not in leaving)
+        kept = Counter(n for n in during.assignments[demand.slice_id] if n not in leaving | closed)
         now_placed = Counter(after.assignments[demand.slice_id])
         assert kept <= now_placed  # replacements stay where they are; nothing moves
         # Replicas are added only where the slice was short: a window that opened meanwhile may hold them.
