@@ -7,11 +7,16 @@ once, here.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from contracts.slice_spec import DecodeAt
 
 app = typer.Typer(no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print JSON (see BENCHMARKS.md).", no_args_is_help=True)
@@ -40,6 +45,13 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 
+def _measured(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``measure()`` with what Ray prints to stdout as it stops ("(raylet) Task ServeController... failed")
+    sent to stderr: stdout is the JSON alone."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return measure()
+
+
 @bench_app.command("pipeline")
 def bench_pipeline(
     duration: Annotated[float, typer.Option(min=1, help="Seconds per measured phase.")] = 20.0,
@@ -53,7 +65,12 @@ def bench_pipeline(
         int,
         typer.Option(min=0, max=16, help="Model replicas; 0: measured, as `lineside slice run` sizes them."),
     ] = 0,
-    ingress_replicas: Annotated[int, typer.Option(min=1, max=16, help="Ingress replicas of the slice.")] = 1,
+    ingress_replicas: Annotated[
+        int, typer.Option(min=0, max=16, help="Ingress replicas of the slice; 0: one, or as decoding needs.")
+    ] = 0,
+    decode_at: Annotated[
+        DecodeAt, typer.Option(help="Where frames are decoded: model, ingress, or auto (measured, as a slice does).")
+    ] = DecodeAt.AUTO,
     model: ModelOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -64,8 +81,8 @@ def bench_pipeline(
     from bench.pipeline import run
 
     manifest = _manifest(model)
-    _emit(run(duration, robots, batch, ort_threads, ingress_concurrency, manifest, model_replicas, ingress_replicas),
-          as_json)  # fmt: skip
+    _emit(_measured(lambda: run(duration, robots, batch, ort_threads, ingress_concurrency, manifest, model_replicas,
+                                ingress_replicas, decode_at)), as_json)  # fmt: skip
 
 
 @bench_app.command("runtime")
@@ -115,7 +132,7 @@ def bench_autoscale(
     """Load step from 20% to 150% of one replica: reaction time, p99 during the step, scale flips when steady."""
     from bench.autoscale import measure
 
-    _emit(measure(model_delay_ms, step_seconds, steady_seconds), as_json)
+    _emit(_measured(lambda: measure(model_delay_ms, step_seconds, steady_seconds)), as_json)
 
 
 @bench_app.command("dashboard")

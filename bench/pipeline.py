@@ -24,6 +24,7 @@ on a GPU the limit is ``min(raw_ort_fps, 1 / (1/echo_fps + 1/decode_fps))``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
@@ -40,7 +41,7 @@ from bench.runtime_throughput import measure as measure_runtime
 from bench.runtime_throughput import rate
 from contracts import wire
 from contracts.manifest import load_manifest
-from contracts.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
+from contracts.slice_spec import BatchSpec, BrokerSpec, DecodeAt, ReplicaSpec, ResourceSpec, SliceSpec
 from edge_node import cluster, sizing
 from edge_node.broker import MosquittoBroker
 from edge_node.imaging import FrameLimits, Preprocessor
@@ -126,8 +127,8 @@ def resolve_model(model: str | None) -> Path:
 
 
 def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_concurrency: int = 3,
-        manifest: Path = BUNDLED_MANIFEST, model_replicas: int = 0,
-        ingress_replicas: int = 1) -> dict[str, Any]:  # fmt: skip
+        manifest: Path = BUNDLED_MANIFEST, model_replicas: int = 0, ingress_replicas: int = 0,
+        decode_at: DecodeAt = DecodeAt.AUTO) -> dict[str, Any]:  # fmt: skip
     _log("(a) raw ONNX Runtime throughput by batch size and thread count...")
     raw = measure_runtime([8, 32, 64], [1, 2], min_seconds=max(duration_s / 6, 1.0), manifest=manifest)
     best = max(raw["results"], key=lambda r: r["raw_ort_frames_per_s"])
@@ -146,19 +147,22 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_co
         spec = SliceSpec(
             name="bench", tenant=TENANT, lines=[LINE], broker=BrokerSpec(port=broker.port), manifest=manifest,
             replicas=ReplicaSpec(min_replicas=max(model_replicas, 1), max_replicas=max(model_replicas, 1)),
-            ingress_replicas=ingress_replicas,
+            ingress_replicas=max(ingress_replicas, 1),
             batch=BatchSpec(max_batch_size=batch, batch_wait_ms=1.0, ingress_batch=min(batch, 32), ingress_wait_ms=1.0,
                             ingress_concurrency=ingress_concurrency),
             # Every replica must fit on the machine's cores: the model replicas share one core's worth of
             # reservation, the ingress replicas a quarter each (or less), as Ray only counts reservations.
             resources=ResourceSpec(cpus_per_replica=round(1.0 / max(model_replicas, 1), 3), ort_threads=ort_threads,
-                                   ingress_cpus=round(min(0.25, 1.0 / ingress_replicas), 3)),
+                                   ingress_cpus=round(min(0.25, 1.0 / max(ingress_replicas, 1)), 3),
+                                   decode_at=decode_at),
             max_inflight_frames=256,
         )  # fmt: skip
         cores = os.cpu_count() or 1  # 0 threads, 0 replicas: as a slice run on its own sizes itself
         chosen = sizing.size(spec, manifest, cores, choose_replicas=not model_replicas)
         _log(f"    sizing: {chosen.describe()}")
-        spec = sizing.sized(spec, chosen.ort_threads, chosen.replicas, cores)
+        if ingress_replicas:  # the bench's own count wins over the decoding's
+            chosen = dataclasses.replace(chosen, ingress_replicas=None)
+        spec = sizing.apply(spec, chosen, cores)
         cluster.start()
         try:
             cluster.apply_slice(spec)
@@ -188,7 +192,10 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_co
         "batch_size": batch,
         "model_replicas": spec.replicas.max_replicas,
         "model_replicas_chosen_by": "sizing (measured)" if chosen.replicas else "the slice",
-        "ingress_replicas": ingress_replicas,
+        "ingress_replicas": spec.ingress_replicas,
+        "decode_at": spec.resources.decode_at.value,
+        "decode_at_chosen_by": "the bench" if decode_at != DecodeAt.AUTO else "sizing (measured)",
+        "decode_ms": chosen.measured[chosen.ort_threads].decode_ms if chosen.measured else None,
         "ort_threads": chosen.ort_threads,
         "ort_threads_chosen_by": "the slice" if chosen.explicit else "sizing (measured)",
         "ingress_concurrency": ingress_concurrency,
@@ -204,7 +211,7 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_co
         "sent": saturated["sent"] + half["sent"],
         "lost_frames": saturated["lost"] + half["lost"],
         "verdict_accuracy": saturated["accuracy"],
-        "slice_rss_mb": round(ingress_rss * ingress_replicas + model_rss * spec.replicas.max_replicas, 1),
+        "slice_rss_mb": round(ingress_rss * spec.ingress_replicas + model_rss * spec.replicas.max_replicas, 1),
         "ingress_rss_mb": round(ingress_rss, 1),  # per replica (one of each measured)
         "model_rss_mb": round(model_rss, 1),
         "robots": robots,

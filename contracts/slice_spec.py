@@ -113,6 +113,14 @@ class BatchSpec(_Strict):
         return self
 
 
+class DecodeAt(StrEnum):
+    """Where a slice's frames are decoded and resized to the model's input (``ResourceSpec.decode_at``)."""
+
+    AUTO = "auto"
+    MODEL = "model"
+    INGRESS = "ingress"
+
+
 class ResourceSpec(_Strict):
     """What each replica reserves on its node."""
 
@@ -123,6 +131,11 @@ class ResourceSpec(_Strict):
         default=0, ge=0, le=64, description="ONNX Runtime threads per model replica; 0 = chosen by the node."
     )
     providers: list[str] | None = Field(default=None, description="ONNX Runtime providers; default best available.")
+    decode_at: DecodeAt = Field(
+        default=DecodeAt.AUTO,
+        description="Where frames are decoded and resized: in the model replica, in the ingress (which sends the "
+        "model the resized pixels), or auto = chosen by the node from its measurement (model where it cannot say).",
+    )
 
 
 KNOB_SECTIONS: dict[str, type[BaseModel]] = {"replicas": ReplicaSpec, "batch": BatchSpec, "resources": ResourceSpec}

@@ -31,7 +31,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,18 @@ def join(client: httpx.Client, token: str, data_dir: Path, ray_address: str | No
     return node
 
 
+def _remembered(choice: int | dict[str, Any]) -> tuple[int, str]:
+    """(threads, decode_at) of a remembered sizing; an agent of before decode_at remembered threads only."""
+    if isinstance(choice, int):
+        return choice, "model"
+    return int(choice["threads"]), str(choice.get("decode_at", "model"))
+
+
+def _decode_at(spec: SliceSpec, chosen: str) -> str:
+    """Where ``spec`` decodes: its own setting, unless it left it to the node ("auto")."""
+    return chosen if spec.resources.decode_at == "auto" else spec.resources.decode_at
+
+
 @dataclass
 class Agent:
     """One pass of ``step`` = pull, cache, reconcile, heartbeat. ``run`` repeats it."""
@@ -140,7 +152,8 @@ class Agent:
     _etag: str | None = None
     _inventory: Heartbeat = field(default_factory=Heartbeat)  # what every heartbeat says of the machine
     _profiled: set[str] = field(default_factory=set)  # "sha256@hardware" reported to the control plane
-    _sizings: dict[str, int] = field(default_factory=dict)  # "sha256@cores/replicas per node" -> threads chosen
+    # "sha256@cores/replicas per node" -> {"threads", "decode_at"} chosen (an int: threads, from before decode_at)
+    _sizings: dict[str, Any] = field(default_factory=dict)
     _measured: dict[str, ProfileResult] = field(default_factory=dict)  # this process's sizing runs, for the profile
     _meter: UtilizationMeter = field(init=False)
     fits: FitRunner | None = None  # the site's model fits, run as Ray tasks (head only); None: made from client
@@ -231,15 +244,16 @@ class Agent:
         per model and shape (remembered across restarts: a changed choice would restart the model replicas)."""
         key = self._sizing_key(spec, model)
         if spec.resources.ort_threads == 0 and key in self._sizings:
-            return sizing.sized(spec, self._sizings[key])
+            threads, decode_at = _remembered(self._sizings[key])
+            return sizing.sized(spec, threads, decode_at=_decode_at(spec, decode_at))
         assert spec.manifest is not None
         chosen = sizing.size(spec, spec.manifest, self._cores, profiler=self.profiler)
         log.info("slice %s: %s", spec.name, chosen.describe())
         if not chosen.explicit:
-            self._sizings[key] = chosen.ort_threads
+            self._sizings[key] = {"threads": chosen.ort_threads, "decode_at": chosen.decode_at}
             self._measured[key] = chosen.measured[chosen.ort_threads]
             write_private(self._sizings_path, json.dumps(self._sizings, sort_keys=True))
-        return sizing.sized(spec, chosen.ort_threads)
+        return sizing.apply(spec, chosen, self._cores)
 
     def reconcile(self, state: DesiredState) -> list[SliceReport]:
         """Make Serve match ``state``; returns one report per desired slice."""
@@ -346,7 +360,7 @@ class Agent:
             resources = spec.resources
             sizing_key = self._sizing_key(spec, model)
             fallback = max(1, int(resources.cpus_per_replica))
-            threads = resources.ort_threads or self._sizings.get(sizing_key, fallback)
+            threads = resources.ort_threads or _remembered(self._sizings.get(sizing_key, fallback))[0]
             on_gpu = resources.gpus_per_replica > 0 and gpus
             hardware = gpus[0].model if on_gpu else f"cpu x{threads}"
             key = f"{model.sha256}@{hardware}"
@@ -356,7 +370,9 @@ class Agent:
             # Sizing measured the chosen threads on this node already: report that run rather than measure again.
             sized = None if on_gpu or resources.ort_threads else self._measured.get(sizing_key)
             result = sized or self.profiler(self._model_manifest(model), threads=threads, batch=batch)
-            body = ProfileReport(model_sha256=model.sha256, hardware=hardware, **asdict(result))
+            body = ProfileReport(model_sha256=model.sha256, hardware=hardware,
+                                 frames_per_s_per_replica=result.frames_per_s_per_replica,
+                                 cold_start_s=result.cold_start_s)  # fmt: skip
             try:
                 response = self.client.post(
                     "/agent/v1/profiles", json=body.model_dump(mode="json"), headers=self._headers()

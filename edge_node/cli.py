@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from contracts.slice_spec import BatchSpec, BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
+from contracts.slice_spec import BatchSpec, BrokerSpec, DecodeAt, ReplicaSpec, ResourceSpec, SliceSpec
 from edge_node.broker import QUEUED_BYTES_PER_CLIENT
 from models import BUNDLED_MANIFEST
 
@@ -72,6 +72,7 @@ def slice_run(
         SliceSpec, "ingress_replicas"
     ),
     ort_threads: Annotated[int, typer.Option(min=0, help=_help(ResourceSpec, "ort_threads") + " (0: measured)")] = 0,
+    decode_at: Annotated[DecodeAt, typer.Option(help=_help(ResourceSpec, "decode_at"))] = DecodeAt.AUTO,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
     manifest: Annotated[
         Path, typer.Option(help="Model manifest (JSON) to load.", exists=True, dir_okay=False)
@@ -94,15 +95,14 @@ def slice_run(
         broker=BrokerSpec(host=broker_host, port=broker_port),
         replicas=ReplicaSpec(min_replicas=min_replicas, max_replicas=max_replicas or max(min_replicas, 1)),
         batch=BatchSpec(max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, ingress_batch=ingress_batch),
-        resources=ResourceSpec(ort_threads=ort_threads),
+        resources=ResourceSpec(ort_threads=ort_threads, decode_at=decode_at),
     )
     if not ort_threads:
         typer.echo("measuring the model at each thread count that fits this machine's cores ...")
     cores = os.cpu_count() or 1
     chosen = sizing.size(spec, manifest, cores, choose_replicas=max_replicas is None)
     typer.echo(f"slice {name}: {chosen.describe()}")
-    replicas = None if chosen.replicas is None else max(chosen.replicas, min_replicas)
-    spec = sizing.sized(spec, chosen.ort_threads, replicas, cores)
+    spec = sizing.apply(spec, chosen, cores, min_replicas)
     try:
         cluster.start(ray_address)
         cluster.apply_slice(spec)

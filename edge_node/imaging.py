@@ -191,9 +191,14 @@ class Preprocessor:
             return np.ascontiguousarray(pixels)
         return np.ascontiguousarray(pixels, dtype=np.float32) * self._gain + self._offset
 
+    def decode(self, data: bytes) -> tuple[np.ndarray, Placement]:
+        """Encoded bytes -> (H, W, 3) uint8 RGB at the input size and where the frame lies in it; raises a
+        ``FrameError``. What an ingress that decodes sends its model replica (``to_tensor`` finishes it there)."""
+        return fit_into(decode_rgb(data, self.limits, self.size, self.fit), self.size, self.pad_value)
+
     def prepare(self, data: bytes) -> tuple[np.ndarray, Placement]:
         """Encoded bytes -> the input tensor and where the frame lies in it; raises a ``FrameError``."""
-        rgb, placement = fit_into(decode_rgb(data, self.limits, self.size, self.fit), self.size, self.pad_value)
+        rgb, placement = self.decode(data)
         return self.to_tensor(rgb), placement
 
     def __call__(self, data: bytes) -> np.ndarray:

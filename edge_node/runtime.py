@@ -139,6 +139,21 @@ class InspectionModel:
                 outcomes[i] = verdict
         return [o for o in outcomes if o is not None]
 
+    def inspect_decoded(self, frames: Sequence[tuple[np.ndarray, Placement]]) -> list[Verdict]:
+        """Judge frames an ingress decoded (``Preprocessor.decode``: RGB pixels at the input size) in one batch.
+
+        The pixels crossed a process boundary: an array of another shape or type is refused whole (it is this
+        node's ingress that sent it, so it is a fault of the slice, not of a robot)."""
+        expected = (self.preprocess.size[1], self.preprocess.size[0], 3)
+        for rgb, _ in frames:
+            if rgb.shape != expected or rgb.dtype != np.uint8:
+                got = f"{rgb.dtype}{list(rgb.shape)}"
+                raise ValueError(f"decoded frame is {got}; this model takes uint8{list(expected)}")
+        if not frames:
+            return []
+        tensors = np.stack([self.preprocess.to_tensor(rgb) for rgb, _ in frames])
+        return self._judge_batch(self.infer(tensors), [placement for _, placement in frames])
+
     def _judge_batch(self, outputs: list[np.ndarray], placements: list[Placement]) -> list[Verdict]:
         """One verdict per frame from the batch's outputs, by the manifest's output kind."""
         manifest, main = self.manifest, outputs[0]

@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from ray.serve.schema import ApplicationStatus
 from contracts.manifest import load_manifest
 from contracts.slice_spec import INGRESS_SLOTS, REVEAL_SECRETS, ReplicaSpec, RolloutSpec, RolloutStage, SliceSpec
 from edge_node.autoscaling import POLICY as LINE_POLICY
-from edge_node.errors import SliceDeployFailed
+from edge_node.errors import FrameError, SliceDeployFailed
+from edge_node.imaging import FrameLimits, Preprocessor
 from edge_node.ingress import FrameIngress
 from edge_node.settings import EdgeSettings
 from edge_node.verdicts import as_reply
@@ -53,11 +55,11 @@ CANDIDATE = "candidate"
 WARM_TIMEOUT_S = 20.0
 """How long an ingress replica waits, per model deployment, for its warm-up call (``Ingress._warm``)."""
 SUBSCRIBE_WAIT_S = 15.0
+"""How long an ingress replica's constructor waits for the broker to confirm its frame subscriptions."""
 INFER_TIMEOUT_S = 30.0
 """Longest wait for one model call: a call to a deployment Serve removed would otherwise wait for good,
 holding the ingress's batcher (and its shutdown) with it. A batch that times out is retried, then answered
 ``internal`` (``batching.judge``): the robot resends it."""
-"""How long an ingress replica's constructor waits for the broker to confirm its frame subscriptions."""
 
 
 def _warm_frame() -> bytes:
@@ -80,8 +82,13 @@ def process_info() -> dict[str, Any]:
     return {"pid": os.getpid(), "rss_mb": round(rss_kb / 1024, 1)}
 
 
-def _frames_in(calls: list[list[bytes]]) -> int:
+def _frames_in(calls: list[list[Any]]) -> int:
     return sum(len(call) for call in calls)
+
+
+def decodes_in_ingress(spec: SliceSpec) -> bool:
+    """Whether ``spec``'s ingress decodes frames (``ResourceSpec.decode_at``; "auto" left unsized: the model)."""
+    return spec.resources.decode_at == "ingress"
 
 
 def manifest_of(spec: SliceSpec) -> Path:
@@ -105,14 +112,30 @@ class ModelServer:
 
         self.model = InspectionModel(manifest_of(spec), settings, warmup_batch=spec.batch.max_batch_size)
         self.delay_s = spec.inject_delay_ms / 1000
+        self.judged = {"encoded": 0, "decoded": 0}  # frames this replica judged, as they came (decode_at)
         self.inspect.set_max_batch_size(spec.batch.max_batch_size)  # type: ignore[attr-defined]
         self.inspect.set_batch_wait_timeout_s(spec.batch.batch_wait_ms / 1000)  # type: ignore[attr-defined]
 
+        self.inspect_decoded.set_max_batch_size(spec.batch.max_batch_size)  # type: ignore[attr-defined]
+        self.inspect_decoded.set_batch_wait_timeout_s(spec.batch.batch_wait_ms / 1000)  # type: ignore[attr-defined]
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_frames_in)
     async def inspect(self, calls: list[list[bytes]]) -> list[list[dict[str, Any]]]:
+        """Encoded frames (JPEG, PNG) -> one reply each: a verdict, or the frame's error."""
+        self.judged["encoded"] += _frames_in(calls)
+        return await self._batch(calls, self.model.inspect)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_frames_in)
+    async def inspect_decoded(self, calls: list[list[tuple[Any, Any]]]) -> list[list[dict[str, Any]]]:
+        """Frames an ingress decoded (``decode_at`` "ingress"): (RGB pixels, placement) -> one verdict each."""
+        self.judged["decoded"] += _frames_in(calls)
+        return await self._batch(calls, self.model.inspect_decoded)
+
+    async def _batch(self, calls: list[list[Any]], inspect: Callable[[list[Any]], list[Any]]) -> list[list[Any]]:
+        """Judge every call's frames as one batch, off the event loop; the replies split back by call."""
         frames = [frame for call in calls for frame in call]
         started = time.perf_counter()
-        outcomes = await asyncio.get_running_loop().run_in_executor(None, self._judge, frames)
+        outcomes = await asyncio.get_running_loop().run_in_executor(None, self._judge, frames, inspect)
         log.debug(
             "judged %d frames from %d calls in %.1f ms", len(frames), len(calls), (time.perf_counter() - started) * 1e3
         )
@@ -122,10 +145,10 @@ class ModelServer:
             offset += len(call)
         return replies
 
-    def _judge(self, frames: list[bytes]) -> list[dict[str, Any]]:
+    def _judge(self, frames: list[Any], inspect: Callable[[list[Any]], list[Any]]) -> list[dict[str, Any]]:
         if self.delay_s:
             time.sleep(self.delay_s)
-        return [as_reply(o) for o in self.model.inspect(frames)]
+        return [as_reply(o) for o in inspect(frames)]
 
     def info(self) -> dict[str, Any]:
         """Model and execution providers of this replica."""
@@ -133,6 +156,7 @@ class ModelServer:
         return {
             "model": f"{manifest.name}:{manifest.version}",
             "providers": self.model.providers,
+            "frames_judged": dict(self.judged),
             "ray_node_id": ray.get_runtime_context().get_node_id(),
             **process_info(),
         }
@@ -168,6 +192,9 @@ class Ingress:
             tag_keys=("slice", "tenant"),  # type: ignore[arg-type]
         )  # fmt: skip
         manifest = load_manifest(manifest_of(spec))
+        # With decode_at "ingress" this replica decodes and resizes each frame, and the model replica gets pixels.
+        limits = FrameLimits.from_settings(EdgeSettings())
+        self._decoder = Preprocessor(manifest, limits) if decodes_in_ingress(spec) else None
         self.ingress = FrameIngress(
             spec,
             self._infer,
@@ -261,7 +288,9 @@ class Ingress:
     def _infer(self, frames: list[bytes]) -> list[dict[str, Any]]:
         with self._models_lock:
             model = next(self._models)
-        return call_model(model, frames)
+        if self._decoder is None:
+            return call_model(model, frames)
+        return call_model_decoding(model, frames, self._decoder)
 
     def stats(self) -> dict[str, int]:
         """Counters of this replica: frames received, acknowledged, verdicts and errors by code."""
@@ -288,12 +317,35 @@ def call_model(
 ) -> list[dict[str, Any]]:
     """The model's outcomes for ``frames``, waiting at most ``timeout_s``; on timeout the request is cancelled
     (Serve drops it if it is still queued) and ``TimeoutError`` raised."""
-    response = model.inspect.remote(frames)
+    return _answer(model.inspect.remote(frames), timeout_s)
+
+
+def _answer(response: Any, timeout_s: float) -> list[dict[str, Any]]:
+    """A model call's replies, waiting at most ``timeout_s``; on timeout it is cancelled, ``TimeoutError`` raised."""
     try:
         return list(response.result(timeout_s=timeout_s))
     except TimeoutError:
         response.cancel()
         raise
+
+
+def call_model_decoding(
+    model: DeploymentHandle, frames: list[bytes], decoder: Preprocessor, timeout_s: float = INFER_TIMEOUT_S
+) -> list[dict[str, Any]]:
+    """``call_model`` with the frames decoded here: a frame that does not decode is answered with its error at
+    once, the rest go to the model replica as pixels at its input size (``ModelServer.inspect_decoded``)."""
+    replies: list[dict[str, Any] | None] = [None] * len(frames)
+    decoded: list[tuple[int, Any]] = []
+    for i, data in enumerate(frames):
+        try:
+            decoded.append((i, decoder.decode(data)))
+        except FrameError as e:
+            replies[i] = as_reply(e)
+    if decoded:
+        outcomes = _answer(model.inspect_decoded.remote([pixels for _, pixels in decoded]), timeout_s)
+        for (i, _), outcome in zip(decoded, outcomes, strict=True):
+            replies[i] = outcome
+    return [r for r in replies if r is not None]
 
 
 def model_spec_json(spec: SliceSpec, manifest: Path | None = None) -> str:

@@ -26,23 +26,37 @@ What the sizing leaves as it was, and why:
 
 * a leased slice's model replicas: the plant leases them (and pays per replica); the autoscaler moves
   within the lease;
-* ingress replicas: the control plane's setting (with one ingress the bundled model's slice answered
-  553 frames/s on this project's 2-core machine, 2.8 times the seed plant's 100 robots at 2 fps:
-  BENCHMARKS.md);
-* the node's cores are those of the node the agent runs on (the head); a worker node of another
-  size gets the same thread count;
-* decoding stays in the model replica: decoded in the ingress, a 224 px frame would cross Ray as a
-  600 KB float tensor instead of a 10-20 KB JPEG, and the ingress's core is the one the broker shares.
+Where frames are decoded (``ResourceSpec.decode_at`` "auto"; "model" or "ingress" always win), from the
+same measurement: one replica's frames/s ``F`` includes decoding and resizing, ``d`` seconds a frame
+(``ProfileResult.decode_ms``). Without the decoding a replica would judge ``1 / (1/F - d)``. Decoding
+moves to the ingress only when the node has cores the model replicas' threads leave idle and those can
+decode what the replicas then judge: estimated ``min(R / (1/F - d), idle_cores / d)`` frames/s against
+``R x F``, and only if that is better by more than ``NEAR_BEST`` leaves (the pixels cross Ray, and the
+ingress's cores are the broker's too). So a slice whose replicas fill the node decodes in the model
+replica (every layout ``layout`` picks on a CPU node); a GPU replica, or a lease of fewer replicas than
+the node has cores, decodes in the ingress. A frame decoded in the ingress crosses Ray as uint8 pixels
+at the model's input size (48 KB at 128 px, 150 KB at 224 px), not as a float tensor.
+
+Ingress replicas: with decoding in the ingress, a slice run on its own gets as many as the decoding
+needs cores (``ceil(frames/s x d)``, at most the idle cores and ``MAX_SIZED_INGRESS``). Otherwise the
+slice's own count stands: a leased slice's ingress logins on the broker are the control plane's (one
+replica; its decoding runs on the ingress's concurrent model calls), and one ingress answered 553
+frames/s with the bundled model on this project's 2-core machine, 2.8 times the seed plant's 100
+robots at 2 fps (BENCHMARKS.md).
+
+The node's cores are those of the node the agent runs on (the head); a worker node of another size gets
+the same choice.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contracts.slice_spec import SliceSpec
+from contracts.slice_spec import DecodeAt, SliceSpec
 from edge_node.profiling import ProfileResult, profile
 
 log = logging.getLogger(__name__)
@@ -68,12 +82,19 @@ class Sizing:
     explicit: bool = False
     replicas: int | None = None
     """Model replicas chosen with the threads (a slice that left them to the sizing); None: the slice's own."""
+    decode_at: str = "model"
+    """Where frames are decoded: "model" or "ingress" (``place_decoding``)."""
+    ingress_replicas: int | None = None
+    """Ingress replicas chosen for the decoding (a slice run on its own); None: the slice's own."""
 
     @property
     def measured_fps(self) -> dict[int, float]:
         return {t: r.frames_per_s_per_replica for t, r in self.measured.items()}
 
     def describe(self) -> str:
+        return f"{self._models()}; {self._decoding()}"
+
+    def _models(self) -> str:
         measured = ", ".join(f"{t} thread(s) {fps:.0f} frames/s" for t, fps in sorted(self.measured_fps.items()))
         if self.replicas is not None:
             threads = "as the slice says" if self.explicit else f"measured one replica at {measured}"
@@ -83,6 +104,13 @@ class Sizing:
             return f"{self.ort_threads} ONNX Runtime thread(s) per replica, as the slice says"
         return (f"{self.ort_threads} ONNX Runtime thread(s) per replica: {self.cores} cores, up to "
                 f"{self.replicas_per_node} replica(s) on a node; measured {measured}")  # fmt: skip
+
+    def _decoding(self) -> str:
+        where = f"frames decoded in the {self.decode_at}"
+        if self.ingress_replicas is not None:
+            where += f" ({self.ingress_replicas} ingress replica(s))"
+        run = self.measured.get(self.ort_threads)
+        return f"{where}, decoding measured {run.decode_ms:.2f} ms a frame" if run and run.decode_ms else where
 
 
 def replicas_per_node(spec: SliceSpec) -> int:
@@ -122,16 +150,37 @@ def layout(measured: dict[int, float], cores: int) -> tuple[int, int]:
     return min((r, t) for (r, t), fps in estimated.items() if fps >= NEAR_BEST * best)
 
 
+MAX_SIZED_INGRESS = 4
+"""The most ingress replicas the sizing gives a slice run on its own (each holds a broker session)."""
+
+
+def place_decoding(
+    run: ProfileResult, replicas: int, threads: int, cores: int, on_gpu: bool = False
+) -> tuple[str, float]:
+    """("model" or "ingress", the estimated frames/s of the slice's model replicas so) for ``replicas`` replicas
+    of ``threads`` threads, one of which measured ``run``; a GPU replica's threads take no core."""
+    with_decode = replicas * run.frames_per_s_per_replica
+    frame_s = 1 / run.frames_per_s_per_replica
+    decode_s = run.decode_ms / 1000
+    idle = cores - (0 if on_gpu else replicas * threads)
+    if decode_s <= 0 or idle < 1 or decode_s >= frame_s:
+        return "model", with_decode
+    in_ingress = min(replicas / (frame_s - decode_s), idle / decode_s)
+    return ("ingress", in_ingress) if in_ingress * NEAR_BEST > with_decode else ("model", with_decode)
+
+
 def size(
     spec: SliceSpec, manifest: Path, cores: int, *, profiler: Profiler = profile, choose_replicas: bool = False
 ) -> Sizing:
-    """Choose ``spec``'s ONNX Runtime threads per replica on a node of ``cores`` cores (measures unless explicit);
-    with ``choose_replicas`` (a slice run on its own machine, that left its replica count open), the number of
-    model replicas too."""
+    """Choose ``spec``'s ONNX Runtime threads per replica on a node of ``cores`` cores (measures unless explicit)
+    and where its frames are decoded; with ``choose_replicas`` (a slice run on its own machine, that left its
+    replica count open), the number of model replicas too, and of ingress replicas if they decode."""
     per_node = cores if choose_replicas else replicas_per_node(spec)
     if spec.resources.ort_threads:
         replicas = max(cores // spec.resources.ort_threads, 1) if choose_replicas else None
-        return Sizing(spec.resources.ort_threads, cores, per_node, explicit=True, replicas=replicas)
+        where = "model" if spec.resources.decode_at == "auto" else spec.resources.decode_at
+        return Sizing(spec.resources.ort_threads, cores, per_node, explicit=True, replicas=replicas,
+                      decode_at=where)  # fmt: skip
     share = max(1, cores // per_node) if not choose_replicas else max(cores, 1)
     batch = spec.batch.max_batch_size
     measured: dict[int, ProfileResult] = {}
@@ -141,21 +190,55 @@ def size(
             if t not in measured or run.frames_per_s_per_replica > measured[t].frames_per_s_per_replica:
                 measured[t] = run
     fps = {t: r.frames_per_s_per_replica for t, r in measured.items()}
-    if choose_replicas:
+    on_gpu = spec.resources.gpus_per_replica > 0
+    if choose_replicas and not on_gpu:
         replicas, threads = layout(fps, cores)
-        return Sizing(threads, cores, replicas, measured, replicas=replicas)
-    return Sizing(choose(fps), cores, per_node, measured)
+    else:  # a GPU replica's threads feed the GPU: the slice's own replicas (one per GPU share), not the cores'
+        replicas, threads = (spec.replicas.max_replicas if on_gpu else per_node), choose(fps)
+    decode_at, estimated = place_decoding(measured[threads], replicas, threads, cores, on_gpu)
+    if spec.resources.decode_at != "auto":
+        decode_at = spec.resources.decode_at
+    ingress = None
+    if choose_replicas and decode_at == "ingress" and spec.resources.decode_at == "auto":
+        idle = cores - (0 if on_gpu else replicas * threads)
+        needed = math.ceil(estimated * measured[threads].decode_ms / 1000)
+        ingress = max(spec.ingress_replicas, min(needed, max(int(idle), 1), MAX_SIZED_INGRESS))
+    return Sizing(threads, cores, per_node if not choose_replicas else replicas, measured,
+                  replicas=replicas if choose_replicas else None, decode_at=decode_at,
+                  ingress_replicas=ingress)  # fmt: skip
 
 
-def sized(spec: SliceSpec, ort_threads: int, replicas: int | None = None, cores: int | None = None) -> SliceSpec:
-    """``spec`` with the chosen threads written in (what its model replicas are started with); with ``replicas``
-    (and the node's ``cores``), that many model replicas, each reserving its share of the cores the ingress
-    replicas leave (Ray places by reservations, so all of them must fit)."""
-    if replicas is None:
-        return spec.model_copy(update={"resources": spec.resources.model_copy(update={"ort_threads": ort_threads})})
-    assert cores is not None, "replicas are sized for a node's cores"
-    left = max(cores - spec.resources.ingress_cpus * spec.ingress_replicas, 0.1)
-    cpus = round(min(spec.resources.cpus_per_replica, left / replicas), 3)
-    resources = spec.resources.model_copy(update={"ort_threads": ort_threads, "cpus_per_replica": cpus})
-    bounds = spec.replicas.model_copy(update={"min_replicas": replicas, "max_replicas": replicas})
-    return spec.model_copy(update={"resources": resources, "replicas": bounds})
+def sized(
+    spec: SliceSpec,
+    ort_threads: int,
+    replicas: int | None = None,
+    cores: int | None = None,
+    *,
+    decode_at: str | None = None,
+    ingress_replicas: int | None = None,
+) -> SliceSpec:
+    """``spec`` with the chosen threads (and ``decode_at``) written in (what its replicas are started with);
+    with ``replicas`` (and the node's ``cores``), that many model replicas, and ``ingress_replicas`` if given,
+    each model replica reserving its share of the cores the ingress replicas leave (Ray places by
+    reservations, so all of them must fit)."""
+    resources = spec.resources.model_copy(update={"ort_threads": ort_threads})
+    if decode_at is not None:
+        resources.decode_at = DecodeAt(decode_at)
+    update: dict[str, object] = {}
+    ingress = spec.ingress_replicas
+    if ingress_replicas is not None:
+        ingress = update["ingress_replicas"] = ingress_replicas
+        resources.ingress_cpus = round(min(resources.ingress_cpus, 1.0 / ingress_replicas), 3)
+    if replicas is not None:
+        assert cores is not None, "replicas are sized for a node's cores"
+        left = max(cores - resources.ingress_cpus * ingress, 0.1)
+        resources.cpus_per_replica = round(min(resources.cpus_per_replica, left / replicas), 3)
+        update["replicas"] = spec.replicas.model_copy(update={"min_replicas": replicas, "max_replicas": replicas})
+    return spec.model_copy(update={**update, "resources": resources})
+
+
+def apply(spec: SliceSpec, chosen: Sizing, cores: int, min_replicas: int = 0) -> SliceSpec:
+    """``spec`` as ``chosen`` sizes it (``sized`` with every choice the sizing made)."""
+    replicas = None if chosen.replicas is None else max(chosen.replicas, min_replicas)
+    return sized(spec, chosen.ort_threads, replicas, cores, decode_at=chosen.decode_at,
+                 ingress_replicas=chosen.ingress_replicas)  # fmt: skip

@@ -58,12 +58,22 @@ def test_the_agent_gives_a_lone_replica_every_core_once_measured_and_reports_it(
     assert any(p["hardware"] == f"cpu x{cores}" for p in profiles), profiles
     # A restarted agent re-applies what Serve lost with the same threads, measuring nothing again.
     sizings = json.loads((tmp_path / "agent" / "sizings.json").read_text())
-    assert cores in sizings.values()
+    assert {"threads": cores, "decode_at": "model"} in sizings.values()  # decoding took no time: the model's
     applied.clear()
     present.clear()
     again = LinearProfile()
     agent(again).step()
     assert [s.resources.ort_threads for s in applied if s.tenant == "acme"] == [cores]
+    assert [s.resources.decode_at for s in applied if s.tenant == "acme"] == ["model"]
+    assert again.asked == []
+    # An agent from before decode_at remembered the threads alone: read as they were, decoding in the model.
+    (tmp_path / "agent" / "sizings.json").write_text(json.dumps(dict.fromkeys(sizings, cores)))
+    applied.clear()
+    present.clear()
+    agent(again).step()
+    assert [(s.resources.ort_threads, s.resources.decode_at) for s in applied if s.tenant == "acme"] == [
+        (cores, "model")
+    ]
     assert again.asked == []
 
 

@@ -13,7 +13,7 @@ import pytest
 from ray import serve
 
 from contracts import wire
-from contracts.slice_spec import BrokerSpec, ReplicaSpec, SliceSpec
+from contracts.slice_spec import BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
 from edge_node import cluster
 from edge_node.broker import MosquittoBroker
 from models import synth
@@ -114,3 +114,45 @@ def test_killed_ingress_loses_no_acknowledged_frame(broker: MosquittoBroker, dep
     assert report.results == report.sent
     assert report.longest_gap_s(after=killed_at[0]) <= 15.0, "service did not resume within 15 s"
     assert serve.status().applications[deployed.name].deployments["ingress"].replica_states == {"RUNNING": 1}
+
+
+def test_a_slice_decoding_in_its_ingress_answers_as_one_decoding_in_its_model(
+    broker: MosquittoBroker, deployed: SliceSpec
+) -> None:
+    """decode_at "ingress": the ingress decodes, the model replica gets pixels; the robot sees the same verdicts
+    and the same coded errors as from a slice whose model replica decodes (``deployed``)."""
+    from robots.sdk import RobotClient
+    from tests.unit.test_imaging import _png_header_only
+
+    resources = ResourceSpec(cpus_per_replica=0.5, decode_at="ingress")
+    in_ingress = deployed.model_copy(update={"name": "t-decode-in-ingress", "lines": ["line-2"],
+                                             "resources": resources})  # fmt: skip
+    assert cluster.apply_slice(in_ingress)
+    try:
+        frames = [data for _, data in POOL[:12]] + [POOL[0][1][:300], _png_header_only(20000, 20000)]
+        replies = {}
+        for line in ("line-1", "line-2"):
+            robot = RobotClient(broker.host, broker.port, tenant="acme", line=line, robot="cam-1").connect()
+            try:
+                futures = [robot.send(frame, timeout_s=20) for frame in frames]
+                replies[line] = [future.result() for future in futures]
+            finally:
+                robot.close()
+        for by_model, by_ingress in zip(replies["line-1"], replies["line-2"], strict=True):
+            if isinstance(by_model, wire.Result):
+                assert isinstance(by_ingress, wire.Result)
+                assert (by_ingress.verdict, by_ingress.defect_class) == (by_model.verdict, by_model.defect_class)
+                assert by_ingress.score == pytest.approx(by_model.score, abs=1e-4)
+            else:
+                assert isinstance(by_ingress, wire.ErrorReply) and by_ingress.code == by_model.code
+        codes = [r.code.value for r in replies["line-2"][-2:] if isinstance(r, wire.ErrorReply)]
+        assert codes == ["bad_image", "too_large"]
+        judged = {}
+        for spec in (deployed, in_ingress):
+            info = serve.get_deployment_handle("model", app_name=spec.name).info.remote().result(timeout_s=10)
+            judged[spec.name] = info["frames_judged"]
+        assert judged[deployed.name]["decoded"] == 0 and judged[deployed.name]["encoded"] >= len(frames)
+        assert judged[in_ingress.name]["encoded"] <= 1  # the ingress's warm-up call, at most
+        assert judged[in_ingress.name]["decoded"] == 12  # the two bad frames never left the ingress
+    finally:
+        cluster.delete_slice(in_ingress.name)

@@ -19,13 +19,14 @@ def spec(**changes: object) -> SliceSpec:
 class Measured:
     """A profiler with given frames/s per thread count, recording what it was asked."""
 
-    def __init__(self, fps: dict[int, float]) -> None:
+    def __init__(self, fps: dict[int, float], decode_ms: float = 0.0) -> None:
         self.fps = fps
+        self.decode_ms = decode_ms
         self.asked: list[int] = []
 
     def __call__(self, _manifest: Path, *, threads: int, batch: int) -> ProfileResult:
         self.asked.append(threads)
-        return ProfileResult(frames_per_s_per_replica=self.fps[threads], cold_start_s=0.1)
+        return ProfileResult(frames_per_s_per_replica=self.fps[threads], cold_start_s=0.1, decode_ms=self.decode_ms)
 
 
 @pytest.mark.parametrize(("share", "expected"), [(1, [1]), (2, [1, 2]), (4, [1, 2, 4]), (6, [1, 2, 4, 6])])
@@ -103,3 +104,47 @@ def test_a_large_server_gets_at_most_the_sized_replica_cap() -> None:
     replicas, threads = sizing.layout(measured, 64)
     assert replicas <= sizing.MAX_SIZED_REPLICAS and replicas * threads <= 64
     assert (replicas, threads) == (8, 8)  # 8 x 300 beats 8 x 100 (1 thread) and 4 x 350 (16 threads)
+
+
+def run(fps: float, decode_ms: float) -> ProfileResult:
+    return ProfileResult(frames_per_s_per_replica=fps, cold_start_s=0.1, decode_ms=decode_ms)
+
+
+def test_decoding_stays_in_model_replicas_that_fill_the_node() -> None:
+    """Two replicas of one thread on two cores: no core is left to decode elsewhere, whatever decoding costs."""
+    assert sizing.place_decoding(run(500.0, 1.5), replicas=2, threads=1, cores=2) == ("model", 1000.0)
+
+
+def test_decoding_moves_to_the_ingress_when_idle_cores_can_take_it_and_it_pays() -> None:
+    # One replica on one of two cores: 2 ms a frame of which 1 ms decoding. Without it the replica judges
+    # 1,000 frames/s, and the idle core decodes 1,000: twice the 500 it did.
+    assert sizing.place_decoding(run(500.0, 1.0), replicas=1, threads=1, cores=2) == ("ingress", 1000.0)
+    # Decoding a tenth of the frame's time: at most 11 % more, within what moving it costs: it stays.
+    assert sizing.place_decoding(run(500.0, 0.2), replicas=1, threads=1, cores=2)[0] == "model"
+    # A GPU replica's threads take no core: its decoding goes to the ingress on the node's cores.
+    assert sizing.place_decoding(run(800.0, 1.0), replicas=1, threads=4, cores=4, on_gpu=True)[0] == "ingress"
+    assert sizing.place_decoding(run(800.0, 1.0), replicas=1, threads=4, cores=4)[0] == "model"
+
+
+def test_the_sizing_writes_where_to_decode_and_the_slices_own_choice_wins() -> None:
+    one = spec(replicas=ReplicaSpec(min_replicas=1, max_replicas=1))
+    chosen = sizing.size(one, BUNDLED_MANIFEST, 2, profiler=Measured({1: 500.0, 2: 520.0}, decode_ms=1.0))
+    assert (chosen.ort_threads, chosen.decode_at, chosen.ingress_replicas) == (1, "ingress", None)
+    assert "frames decoded in the ingress, decoding measured 1.00 ms a frame" in chosen.describe()
+    assert sizing.apply(one, chosen, 2).resources.decode_at == "ingress"
+    own = spec(replicas=ReplicaSpec(min_replicas=1, max_replicas=1), resources=ResourceSpec(decode_at="model"))
+    assert sizing.size(own, BUNDLED_MANIFEST, 2, profiler=Measured({1: 500.0, 2: 520.0}, 1.0)).decode_at == "model"
+    explicit = spec(resources=ResourceSpec(ort_threads=1))
+    assert sizing.size(explicit, BUNDLED_MANIFEST, 2).decode_at == "model"  # nothing measured: the model decodes
+
+
+def test_a_slice_run_on_its_own_that_decodes_in_its_ingress_gets_the_ingress_replicas_decoding_needs() -> None:
+    """A GPU replica on an 8-core node judging 2,000 frames/s without decoding, decoding 2 ms a frame: the
+    ingress replicas need 4 cores for it (the sizing's cap); their reservation shrinks to fit."""
+    gpu = spec(resources=ResourceSpec(gpus_per_replica=1.0, ort_threads=0))
+    measured = Measured(dict.fromkeys((1, 2, 4, 8), 400.0), decode_ms=2.0)
+    chosen = sizing.size(gpu, BUNDLED_MANIFEST, 8, profiler=measured, choose_replicas=True)
+    assert (chosen.replicas, chosen.ort_threads) == (1, 1)  # one GPU replica, not one per core
+    assert chosen.decode_at == "ingress" and chosen.ingress_replicas == sizing.MAX_SIZED_INGRESS
+    sized = sizing.apply(gpu, chosen, 8)
+    assert sized.ingress_replicas == 4 and sized.resources.ingress_cpus == 0.25
