@@ -126,9 +126,14 @@ def parse_topic(value: str) -> RobotTopic:
     return RobotTopic(tenant, line, robot, TopicKind(kind))
 
 
+def line_filter(tenant: str, line: str, kind: TopicKind) -> str:
+    """Subscription filter for every robot's topics of one kind on one line."""
+    return f"{TOPIC_ROOT}/{check_name(tenant, 'tenant')}/{check_name(line, 'line')}/+/{kind.value}"
+
+
 def line_frames_filter(tenant: str, line: str) -> str:
     """Subscription filter for every robot's frames on one line."""
-    return f"{TOPIC_ROOT}/{check_name(tenant, 'tenant')}/{check_name(line, 'line')}/+/{TopicKind.FRAMES.value}"
+    return line_filter(tenant, line, TopicKind.FRAMES)
 
 
 def shared_frames_filter(group: str, tenant: str, line: str) -> str:

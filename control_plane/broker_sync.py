@@ -7,17 +7,16 @@ is not the robot's own (``clientid`` on the client), and disconnects a client
 the moment it is deleted, which is what revoking and rotating need. Files
 would need a SIGHUP per change and cannot pin client ids.
 
-Per robot there is one dynsec client (username = client id =
-``r.tenant.line.robot``) with one role of the same name allowing exactly: publish
-to its own frames and status topics, subscribe to and receive its own results
-and errors; and a read-only watcher (``w.tenant.line.robot``) for a second
-connection such as ``mosquitto_sub`` or an MES bridge. Per slice and ingress replica rank there are two
-clients, one per connection the replica opens (``s.app.rank`` takes its share of the lines' frames
-through the slice's ``$share`` group; ``s.app.rank-out`` answers on those lines' results and errors and
-publishes their telemetry). Every client's client id is pinned to its username: dynsec pins exact ids
-only, and a credential without a pinned id could connect as a robot and take its session over.
-Per site there is one monitor client for the control plane's dashboard, which reads telemetry and
-robots' status topics.
+Per robot there is one dynsec client (username = client id = ``r.tenant.line.robot``) with one role of the
+same name allowing exactly: publish to its own frames and status topics, subscribe to and receive its own
+results and errors; and a read-only watcher (``w.tenant.line.robot``) for a second connection such as
+``mosquitto_sub``. Per line there is a read-only watcher of all its robots' answers (``w.tenant.line``) for a
+bridge to plant equipment (``lineside bridge opcua``) or an MES. Per slice and ingress replica rank there are
+two clients, one per connection the replica opens (``s.app.rank`` takes its share of the lines' frames through
+the slice's ``$share`` group; ``s.app.rank-out`` answers on those lines' results and errors and publishes
+their telemetry). Every client's client id is pinned to its username: dynsec pins exact ids only, and a
+credential without a pinned id could connect as a robot and take its session over. Per site there is one
+monitor client for the control plane's dashboard, which reads telemetry and robots' status topics.
 Everything else is denied by the broker's default ACL access. Passwords are
 derived (``security.derived_secret``), so ``reconcile`` can rebuild a broker
 from the database alone.
@@ -101,6 +100,22 @@ def watcher_client(tenant: str, line: str, robot: str, password: str) -> BrokerC
     for kind in (wire.TopicKind.RESULTS, wire.TopicKind.ERRORS, wire.TopicKind.STATUS):
         own = wire.topic(tenant, line, robot, kind)
         acls += [("subscribeLiteral", own), ("publishClientReceive", own)]
+    return BrokerClient(username, password, username, tuple(acls))
+
+
+def line_watcher_username(tenant: str, line: str) -> str:
+    """``w.tenant.line``: read-only access to every robot's answers and status on one line."""
+    return f"w.{tenant}.{line}"
+
+
+def line_watcher_client(tenant: str, line: str, password: str) -> BrokerClient:
+    """Reads the results, errors and status of every robot on one line (the OPC UA bridge, an MES); publishes
+    nothing and sees no frames, nor any other line."""
+    username = line_watcher_username(tenant, line)
+    acls: list[tuple[str, str]] = []
+    for kind in (wire.TopicKind.RESULTS, wire.TopicKind.ERRORS, wire.TopicKind.STATUS):
+        every = wire.line_filter(tenant, line, kind)
+        acls += [("subscribePattern", every), ("publishClientReceive", every)]
     return BrokerClient(username, password, username, tuple(acls))
 
 

@@ -58,6 +58,17 @@ def watcher_password(settings: ControlPlaneSettings, robot: Robot) -> str:
     return _secret(settings, f"watch:{robot.id}:{robot.credential_epoch}")
 
 
+def line_watcher_password(settings: ControlPlaneSettings, line: Line) -> str:
+    return _secret(settings, f"line-watch:{line.id}")
+
+
+def line_watcher_client(session: Session, settings: ControlPlaneSettings, line: Line) -> broker_sync.BrokerClient:
+    """The line's read-only watcher of every robot's answers (``broker_sync.line_watcher_client``)."""
+    tenant = session.get(Tenant, line.tenant_id)
+    assert tenant is not None
+    return broker_sync.line_watcher_client(tenant.slug, line.slug, line_watcher_password(settings, line))
+
+
 def robot_broker_clients(
     session: Session, settings: ControlPlaneSettings, robot: Robot
 ) -> list[broker_sync.BrokerClient]:
@@ -159,8 +170,10 @@ def desired_broker_clients(
     robots = session.exec(
         select(Robot).join(Line).where(Line.site_id == site.id, Robot.status == RobotStatus.ACTIVE)
     ).all()
+    lines = session.exec(select(Line).where(Line.site_id == site.id).order_by(col(Line.id))).all()
     return [
         monitor_broker_client(settings, site),
+        *(line_watcher_client(session, settings, line) for line in lines),
         *(c for r in robots for c in robot_broker_clients(session, settings, r)),
         *(c for s in live_slices(session, site) for c in ingress_broker_clients(session, settings, s)),
     ]

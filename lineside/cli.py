@@ -8,6 +8,7 @@ runs all of them together), the way ``ray`` and ``kubectl`` group their verbs:
     robots.cli          lineside robots simulate
     training.cli        lineside inspect, lineside model-info
     bench.cli           lineside bench pipeline|runtime|scheduler|autoscale|dashboard
+    bridges.cli         lineside bridge opcua|opcua-certificate
     lineside.cli        lineside demo
 
 A package's app is mounted without a name (Typer >= 0.14 merges its commands and groups into this one),
@@ -26,6 +27,7 @@ from typing import Annotated
 import typer
 
 from bench.cli import app as bench_app
+from bridges.cli import app as bridges_app
 from control_plane.cli import app as control_plane_app
 from edge_node.cli import app as edge_node_app
 from robots.cli import app as robots_app
@@ -38,7 +40,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for package_app in (control_plane_app, edge_node_app, robots_app, training_app, bench_app):
+for package_app in (control_plane_app, edge_node_app, robots_app, training_app, bench_app, bridges_app):
     app.add_typer(package_app)
 
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details to the console.")]

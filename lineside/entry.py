@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 OWN_PACKAGES = frozenset(
-    {"contracts", "robots", "models", "edge_node", "training", "control_plane", "bench", "lineside"}
+    {"contracts", "robots", "models", "edge_node", "training", "control_plane", "bench", "bridges", "lineside"}
 )
 
 SERVER_MISSING = (

@@ -103,3 +103,15 @@ class RobotCredentials(RobotPublic):
     broker_port: int
     topics: dict[str, str] = Field(description="frames, status (publish); results, errors (subscribe).")
     examples: dict[str, str] = Field(description="Ready-to-run mosquitto_pub / mosquitto_sub / Python SDK.")
+
+
+class LineWatcher(SQLModel):
+    """``POST /lines/{id}/watcher``: read-only broker credentials for every robot's answers on the line."""
+
+    line_id: int
+    username: str = Field(description="Username and the only client id it may connect with.")
+    password: str = Field(description="Derived from the control plane's key: the same each time it is asked.")
+    broker_host: str
+    broker_port: int
+    topics: dict[str, str] = Field(description="results, errors, status: filters over the line's robots.")
+    examples: dict[str, str] = Field(description="Ready-to-run mosquitto_sub and `lineside bridge opcua`.")

@@ -48,7 +48,15 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 
 MODULES = ["training.train", "training.evaluate", "docs.screenshots"]
-PACKAGE_CLIS = ["control_plane.cli", "edge_node.cli", "robots.cli", "training.cli", "bench.cli", "lineside.cli"]
+PACKAGE_CLIS = [
+    "control_plane.cli",
+    "edge_node.cli",
+    "robots.cli",
+    "training.cli",
+    "bench.cli",
+    "bridges.cli",
+    "lineside.cli",
+]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -90,22 +90,46 @@ def test_robot_is_confined_to_its_own_topics(control_plane: ControlPlane) -> Non
     robot_b.close()
 
 
-def _ingress_answer(cp: ControlPlane, topic: str) -> bytes:
-    """Publish an answer to ``topic`` as globex's slice does (its rank-0 results-out login)."""
+def _ingress_answer(cp: ControlPlane, topic: str, who: str = "b", answer: bytes = b'{"verdict": "pass"}') -> bytes:
+    """Publish ``answer`` to ``topic`` as a tenant's slice does (its rank-0 results-out login); globex's default."""
     from sqlmodel import Session
 
     from control_plane import sites
     from control_plane.models import Slice
 
     with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
-        slice_b = session.get(Slice, cp.b.ids["slice"])
-        assert slice_b is not None
-        results_out = sites.ingress_broker_clients(session, cp.settings, slice_b)[1]  # rank 0, results out
+        item = session.get(Slice, getattr(cp, who).ids["slice"])
+        assert item is not None
+        results_out = sites.ingress_broker_clients(session, cp.settings, item)[1]  # rank 0, results out
     sender = Probe(cp, results_out.username, results_out.password, results_out.username)
-    answer = b'{"verdict": "pass"}'
     sender.publish(topic, answer)
     sender.close()
     return answer
+
+
+def test_a_lines_watcher_reads_every_robots_answers_on_its_line_and_nothing_else(control_plane: ControlPlane) -> None:
+    """``POST /lines/{id}/watcher`` (factory IT): the login an OPC UA bridge or an MES uses for a whole line."""
+    cp = control_plane
+    watch = ok(cp.client.post(f"/lines/{cp.a.line_id}/watcher", headers=cp.a.it))
+    assert watch["username"] == "w.acme.line-1" and watch["topics"]["results"] == "lineside/acme/line-1/+/results"
+    assert "lineside bridge opcua" in watch["examples"]["opcua_bridge"]
+    assert ok(cp.client.post(f"/lines/{cp.a.line_id}/watcher", headers=cp.a.it))["password"] == watch["password"]
+    assert cp.client.post(f"/lines/{cp.a.line_id}/watcher", headers=cp.b.it).status_code == 404  # not globex's
+    assert cp.client.post(f"/lines/{cp.a.line_id}/watcher", headers=cp.a.pm).status_code == 403
+    assert Probe(cp, watch["username"], watch["password"], "another-id").connect_reason == "Not authorized"
+    watcher = Probe(cp, watch["username"], watch["password"], watch["username"])
+    assert watcher.subscribe("lineside/acme/line-1/+/frames") == ["Not authorized"]
+    assert watcher.subscribe("lineside/globex/line-1/+/results") == ["Not authorized"]
+    assert watcher.subscribe("lineside/acme/+/+/results") == ["Not authorized"]
+    for kind in ("results", "errors", "status"):
+        assert watcher.subscribe(watch["topics"][kind]) == ["Granted QoS 1"]
+    answer = _ingress_answer(cp, _robot(cp, "a")["topics"]["results"], who="a", answer=b'{"verdict": "fail"}')
+    wait_until(lambda: watcher.payloads, 5, "the line's watcher to receive the slice's answer")
+    assert watcher.payloads == [answer] and watcher.received == ["lineside/acme/line-1/cam-1/results"]
+    # It publishes nothing: a forged verdict costs it its connection.
+    watcher.client.publish("lineside/acme/line-1/cam-1/results", b"forged", qos=1)
+    assert watcher.disconnected.wait(5), "the watcher published a verdict"
+    watcher.client.loop_stop()
 
 
 def test_frames_reach_only_the_own_slices_ingress(control_plane: ControlPlane) -> None:
@@ -175,8 +199,9 @@ def test_broker_rebuilt_from_the_database(control_plane: ControlPlane, tmp_path_
     cp.broker.start()
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Not authorized"
     counts = ok(cp.client.post(f"/sites/{cp.site_id}/broker/sync", headers=cp.op))
-    # Two robots with their watchers, the monitor, and per slice 2 ranks x 2 slots x 2 connections of its ingress.
-    assert counts == {"ensured": 2 * 2 + 1 + 2 * 8, "removed": 0}
+    # Two robots with their watchers, the monitor, the two lines' watchers, and per slice 2 ranks x 2 slots x 2
+    # connections of its ingress.
+    assert counts == {"ensured": 2 * 2 + 1 + 2 + 2 * 8, "removed": 0}
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Success"
 
 

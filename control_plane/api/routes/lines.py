@@ -8,6 +8,7 @@ its series and failed parts feed the dashboard's line pages.
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -15,13 +16,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from sqlmodel import Session, select
 
-from control_plane import capacity, catalogue, dashboard
+from contracts import wire
+from control_plane import capacity, catalogue, dashboard, sites
 from control_plane.api.deps import (
     CurrentUser,
     IdPath,
     NowDep,
     PageDep,
     SessionDep,
+    SettingsDep,
     allowed,
     get_or_404,
     insert,
@@ -36,10 +39,12 @@ from control_plane.models import (
     LineCreate,
     LinePublic,
     LineUpdate,
+    LineWatcher,
     OrderPlan,
     OrderPlanIn,
     Site,
     Slice,
+    Tenant,
     utcnow,
 )
 from control_plane.money import rate
@@ -115,6 +120,40 @@ def _stage_plan(session: Session, line: Line, plan: dict[str, Any]) -> OrderPlan
         row.plan, row.updated_at = plan, utcnow()
     session.add(row)
     return row
+
+
+@router.post("/{line_id}/watcher", response_model=LineWatcher)
+def line_watcher(
+    line_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_ROBOTS, "reading a line's watch credentials")],
+) -> LineWatcher:
+    """Read-only broker credentials for every robot's results, errors and status on the line, for a bridge to
+    plant equipment (``lineside bridge opcua``) or an MES; they publish nothing and see no frames."""
+    line = scoped_get(session, Line, line_id, caller)
+    site = session.get(Site, line.site_id)
+    tenant = session.get(Tenant, line.tenant_id)
+    assert site is not None
+    assert tenant is not None
+    assert line.id is not None
+    client = sites.line_watcher_client(session, settings, line)
+    with sites.admin(settings, site) as broker:  # the site's sync made it already; a new line's is made here
+        broker.replace(client)
+    topics = {k.value: wire.line_filter(tenant.slug, line.slug, k)
+              for k in (wire.TopicKind.RESULTS, wire.TopicKind.ERRORS, wire.TopicKind.STATUS)}  # fmt: skip
+    login = f"-h {site.broker_host} -p {site.broker_port}"
+    examples = {
+        "mosquitto_sub": f"mosquitto_sub {login} -V mqttv5 -u {client.username} -P {shlex.quote(client.password)} "
+        f"-i {client.username} -t '{topics['results']}' -t '{topics['errors']}' -v",
+        "opcua_bridge": f"LINESIDE_BROKER_PASSWORD={shlex.quote(client.password)} lineside bridge opcua "
+        f"--tenant {tenant.slug} --line {line.slug} --broker-host {site.broker_host} "
+        f"--broker-port {site.broker_port} --username {client.username} --certificate opcua-certs/opcua-bridge.der "
+        "--private-key opcua-certs/opcua-bridge.key.pem",
+    }
+    return LineWatcher(line_id=line.id, username=client.username, password=client.password,
+                       broker_host=site.broker_host, broker_port=site.broker_port, topics=topics,
+                       examples=examples)  # fmt: skip
 
 
 @router.put("/{line_id}/order-plan")
