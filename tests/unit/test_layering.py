@@ -20,7 +20,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("contracts", "models", "robots", "edge_node", "training", "control_plane", "bench", "lineside", "docs")
+PACKAGES = (
+    "contracts",
+    "models",
+    "robots",
+    "edge_node",
+    "training",
+    "control_plane",
+    "bench",
+    "bridges",
+    "lineside",
+    "docs",
+)
 HEAVY = ("ray", "onnxruntime", "fastapi", "sqlmodel", "sqlalchemy", "torch")
 
 
@@ -64,6 +75,15 @@ def test_robot_code_needs_no_server_side() -> None:
     graph = _graph()
     assert set(graph["robots"]) <= {"contracts", "models"}, dict(graph["robots"])
     heavy = {f: n & set(HEAVY) for f, n in _imports("robots").items() if n & set(HEAVY)}
+    assert not heavy, heavy
+
+
+def test_a_bridge_needs_only_the_wire() -> None:
+    """``lineside bridge opcua`` runs beside a PLC on a small plant computer: the wire contract, paho and
+    asyncua, no Ray, ONNX Runtime, database or web framework."""
+    graph = _graph()
+    assert set(graph["bridges"]) <= {"contracts"}, dict(graph["bridges"])
+    heavy = {f: n & set(HEAVY) for f, n in _imports("bridges").items() if n & set(HEAVY)}
     assert not heavy, heavy
 
 
