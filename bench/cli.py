@@ -117,6 +117,19 @@ def bench_scheduler(
     _emit(measure(nodes, replicas, baseline_seconds), as_json)
 
 
+@bench_app.command("http")
+def bench_http(
+    clients: Annotated[int, typer.Option(min=1, max=200, help="Robots over MQTT, then as many HTTP clients.")] = 8,
+    fps: Annotated[float, typer.Option(min=0.1, max=100, help="Frames (requests) per second per client.")] = 5.0,
+    seconds: Annotated[float, typer.Option(min=2, help="Seconds per measured phase.")] = 20.0,
+    as_json: JsonOption = False,
+) -> None:
+    """HTTP (KServe v2) against MQTT at the same load through the same slice: latency as clients see it."""
+    from bench.http_vs_mqtt import measure
+
+    _emit(_measured(lambda: measure(clients, fps, seconds)), as_json)
+
+
 @bench_app.command("autoscale")
 def bench_autoscale(
     model_delay_ms: Annotated[

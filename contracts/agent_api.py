@@ -106,6 +106,19 @@ class ProfileReport(_FromNode):
     cold_start_s: float = Field(ge=0, le=3600, description="Seconds from starting a replica to its first answer.")
 
 
+class CallerCheck(_FromNode):
+    """``POST /agent/v1/callers``: whose is this API token? (the head's HTTP inference endpoint asks)."""
+
+    token: str = Field(min_length=8, max_length=512, description="The bearer token an HTTP caller sent.")
+
+
+class Caller(BaseModel):
+    """The answer: the token's tenant (slug) and role; 401 for an unknown, revoked or expired token."""
+
+    tenant: str = Field(description="Slug of the token's tenant.")
+    role: str = Field(description="The token's user's role.")
+
+
 class ModelRef(BaseModel):
     """The model a desired slice serves: fetched by hash from ``/agent/v1/models/{sha256}``."""
 

@@ -169,7 +169,16 @@ def ingress_clients(
         for out, acls in ((False, receive), (True, send)):
             username, password = ingress_connection(slice_username(app_name), base_password, index, out=out)
             clients.append(BrokerClient(username, password, username, tuple(acls)))
+    # The head's HTTP inference endpoint (edge_node.http_gateway) meters its frames on the lines' telemetry.
+    gateway = gateway_username(app_name)
+    metering = tuple(("publishClientSend", wire.telemetry_topic(tenant, line, app_name)) for line in lines)
+    clients.append(BrokerClient(gateway, connection_password(base_password, gateway), gateway, metering))
     return clients
+
+
+def gateway_username(app_name: str) -> str:
+    """The HTTP inference endpoint's login for a slice, as ``edge_node.http_gateway.gateway_client_id`` names it."""
+    return f"{slice_username(app_name)}.http"
 
 
 def monitor_username(site_name: str, instance: str) -> str:

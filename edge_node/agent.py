@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import ValidationError
@@ -54,6 +54,9 @@ from edge_node.fit_jobs import FitRunner
 from edge_node.private_files import private_dir, tighten, write_private
 from edge_node.profiling import ProfileResult, profile
 from edge_node.utilization import UtilizationMeter
+
+if TYPE_CHECKING:
+    from edge_node.http_gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,8 @@ class Agent:
     _measured: dict[str, ProfileResult] = field(default_factory=dict)  # this process's sizing runs, for the profile
     _meter: UtilizationMeter = field(init=False)
     fits: FitRunner | None = None  # the site's model fits, run as Ray tasks (head only); None: made from client
+    gateway: Gateway | None = None  # HTTP inference (head only, ``--http-port``): told the slices after each pass
+    specs: dict[str, SliceSpec] = field(default_factory=dict)  # app -> the spec as last applied here
 
     def __post_init__(self) -> None:
         tighten(self.data_dir)  # the node token, broker passwords and tenants' models: 0600 files, 0700 folders
@@ -271,13 +276,10 @@ class Agent:
                 if name in present and before.get("ingress", before.get("digest")) not in (None, ingress, digest):
                     slot = (slot + 1) % INGRESS_SLOTS
                 try:
-                    update: dict[str, Any] = {"manifest": self._model_manifest(item.model), "ingress_slot": slot}
-                    if item.candidate is not None and item.spec.rollout is not None:
-                        candidate = {"manifest": self._model_manifest(item.candidate)}
-                        update["rollout"] = item.spec.rollout.model_copy(update=candidate)
-                    spec = self._sized(item.spec.model_copy(update=update), item.model)
+                    spec = self._local_spec(item, slot)
                     log.info("applying slice %s generation %s (ingress slot %s)", name, item.generation, slot)
                     self.apply(spec)
+                    self.specs[name] = spec
                     self.applied[name] = {"generation": item.generation, "digest": digest, "slot": slot,
                                           "ingress": ingress}  # fmt: skip
                     self.errors.pop(name, None)
@@ -286,14 +288,27 @@ class Agent:
                     self.errors[name] = f"{type(e).__name__}: {e}"[:1000]
             else:
                 self.applied[name]["generation"] = item.generation  # same content: nothing to do in Serve
+                if name not in self.specs and self.gateway is not None:  # a restarted agent: as it was applied
+                    self.specs[name] = self._local_spec(item, int(before.get("slot", 0)))
             reports.append(self._report(name, item))
         for name in sorted(set(self.applied) - set(desired)):
             log.info("deleting slice %s: no longer desired", name)
             self.delete(name)
             self.forget(name)  # its rollout's candidate and board, if it had them
             del self.applied[name]
+            self.specs.pop(name, None)
         write_private(self._applied_path, json.dumps(self.applied))
+        if self.gateway is not None:
+            self.gateway.update([self.specs[n] for n in desired if n in self.specs and n not in self.errors])
         return reports
+
+    def _local_spec(self, item: DesiredSlice, slot: int) -> SliceSpec:
+        """``item``'s spec as this node runs it: its models on this disk, its ingress slot, sized here."""
+        update: dict[str, Any] = {"manifest": self._model_manifest(item.model), "ingress_slot": slot}
+        if item.candidate is not None and item.spec.rollout is not None:
+            candidate = {"manifest": self._model_manifest(item.candidate)}
+            update["rollout"] = item.spec.rollout.model_copy(update=candidate)
+        return self._sized(item.spec.model_copy(update=update), item.model)
 
     def _report(self, name: str, item: DesiredSlice) -> SliceReport:
         if name in self.errors:

@@ -36,6 +36,11 @@ app.add_typer(model_app, name="model")
 DataDirOption = Annotated[Path, typer.Option(help="Where the agent keeps its token, cache and models.")]
 DEFAULT_AGENT_DIR = Path.home() / ".lineside" / "agent"
 PeriodOption = Annotated[float, typer.Option(min=0.5, help="Seconds between agent passes.")]
+HttpPortOption = Annotated[
+    int | None,
+    typer.Option(min=1, max=65535, help="Head only: serve the site's slices over HTTP (KServe v2) on this port."),
+]
+HttpHostOption = Annotated[str, typer.Option(help="Address the HTTP inference endpoint listens on.")]
 
 
 def _default(model: type[BaseModel], field: str) -> Any:
@@ -124,6 +129,8 @@ def edge_join(
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local head.")] = None,
     run: Annotated[bool, typer.Option(help="Run the agent after joining.")] = True,
     period: PeriodOption = 5.0,
+    http_port: HttpPortOption = None,
+    http_host: HttpHostOption = "0.0.0.0",
 ) -> None:
     """Register this server with its site, then (by default) run the agent until Ctrl-C."""
     import httpx
@@ -138,7 +145,7 @@ def edge_join(
         raise typer.Exit(2) from e
     typer.echo(f"joined site {node['site_id']} as node {node['id']} ({node['hostname']}); state in {data_dir}")
     if run:
-        _run_agent(client, node, data_dir, ray_address, period)
+        _run_agent(client, node, data_dir, ray_address, period, (http_host, http_port))
 
 
 @edge_app.command("run")
@@ -146,6 +153,8 @@ def edge_run(
     data_dir: DataDirOption = DEFAULT_AGENT_DIR,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to use; default: start a local head.")] = None,
     period: PeriodOption = 5.0,
+    http_port: HttpPortOption = None,
+    http_host: HttpHostOption = "0.0.0.0",
 ) -> None:
     """Run the agent of a node that has joined (after a restart, even with the control plane down).
 
@@ -160,10 +169,11 @@ def edge_run(
         raise typer.Exit(2)
     state = json.loads(state_file.read_text())
     client = httpx.Client(base_url=state["control_plane"], timeout=30.0)
-    _run_agent(client, state["node"], data_dir, ray_address, period)
+    _run_agent(client, state["node"], data_dir, ray_address, period, (http_host, http_port))
 
 
-def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address: str | None, period: float) -> None:
+def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address: str | None, period: float,
+               http: tuple[str, int | None] = ("0.0.0.0", None)) -> None:  # fmt: skip
     import signal
     import threading
 
@@ -189,11 +199,35 @@ def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address
             cluster.start(None, resources=resources)
             address = cluster.gcs_address()
             typer.echo(f"Ray head at {address}: other servers join with --ray-address {address}")
-        Agent(client, node["node_token"], data_dir, period_s=period, head=not ray_address).run(stop)
+        gateway = _serve_http(client, node["node_token"], *http) if http[1] and not ray_address else None
+        try:
+            Agent(client, node["node_token"], data_dir, period_s=period, head=not ray_address,
+                  gateway=gateway).run(stop)  # fmt: skip
+        finally:
+            if gateway is not None:
+                gateway.close()
     except KeyboardInterrupt:
         pass
     finally:
         cluster.stop()  # Serve, Ray and every process this agent started, head or worker
+
+
+def _serve_http(client: Any, node_token: str, host: str, port: int | None) -> Any:
+    """The head's HTTP inference endpoint (``edge_node.http_gateway``) on ``host:port``, in a thread."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from edge_node import serving
+    from edge_node.http_gateway import ControlPlaneVerifier, Gateway, create_app
+
+    verifier = ControlPlaneVerifier(client, lambda: {"Authorization": f"Bearer {node_token}"})
+    gateway = Gateway(verifier, serving.model_caller, socket.gethostname())
+    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host=host, port=port or 0, log_level="warning"))
+    threading.Thread(target=server.run, name="http-inference", daemon=True).start()
+    typer.echo(f"HTTP inference (KServe v2) on http://{host}:{port}/v2/models/<slice>/infer")
+    return gateway
 
 
 @broker_app.command("run")

@@ -348,6 +348,25 @@ def call_model_decoding(
     return [r for r in replies if r is not None]
 
 
+def model_caller(spec: SliceSpec) -> Callable[[list[bytes]], list[dict[str, Any]]]:
+    """Judge encoded frames with ``spec``'s model deployments from outside its ingress (the HTTP gateway):
+    calls rotate over the deployments in proportion to their replicas, and decode where the slice decodes."""
+    weights = [count for _, count in _pins(spec)] or [1]
+    handles = [serve.get_deployment_handle(name, app_name=spec.name) for name in _model_names(spec)]
+    models = itertools.cycle(_interleave(list(zip(handles, weights, strict=True))))
+    lock = threading.Lock()
+    decoder = None
+    if decodes_in_ingress(spec):
+        decoder = Preprocessor(load_manifest(manifest_of(spec)), FrameLimits.from_settings(EdgeSettings()))
+
+    def infer(frames: list[bytes]) -> list[dict[str, Any]]:
+        with lock:
+            model = next(models)
+        return call_model(model, frames) if decoder is None else call_model_decoding(model, frames, decoder)
+
+    return infer
+
+
 def model_spec_json(spec: SliceSpec, manifest: Path | None = None) -> str:
     """The init args of a model replica: the spec without what only the ingress and Serve's autoscaling use.
 

@@ -74,7 +74,11 @@ def _token_of(request: Request, authorization: str | None) -> str:
 
 def _principal(request: Request, session: SessionDep, settings: SettingsDep,
                authorization: Annotated[str | None, Header()] = None) -> Principal:  # fmt: skip
-    token = _token_of(request, authorization)
+    return principal_of_token(session, settings, _token_of(request, authorization))
+
+
+def principal_of_token(session: Session, settings: ControlPlaneSettings, token: str) -> Principal:
+    """Whose ``token`` is; raises ``Unauthenticated`` for an unknown, revoked or expired one."""
     row = session.exec(
         select(ApiToken, User).where(ApiToken.token_hash == token_hash(token), ApiToken.user_id == User.id)
     ).first()

@@ -200,8 +200,8 @@ def test_broker_rebuilt_from_the_database(control_plane: ControlPlane, tmp_path_
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Not authorized"
     counts = ok(cp.client.post(f"/sites/{cp.site_id}/broker/sync", headers=cp.op))
     # Two robots with their watchers, the monitor, the two lines' watchers, and per slice 2 ranks x 2 slots x 2
-    # connections of its ingress.
-    assert counts == {"ensured": 2 * 2 + 1 + 2 + 2 * 8, "removed": 0}
+    # connections of its ingress and its HTTP endpoint's metering login.
+    assert counts == {"ensured": 2 * 2 + 1 + 2 + 2 * (8 + 1), "removed": 0}
     assert Probe(cp, a["mqtt_username"], a["mqtt_password"], a["client_id"]).connect_reason == "Success"
 
 
@@ -225,3 +225,31 @@ def test_watcher_reads_only_its_robots_answers(control_plane: ControlPlane) -> N
     watcher.client.publish(a["topics"]["frames"], b"forged", qos=1)
     assert watcher.disconnected.wait(5), "a watcher could publish a frame"
     watcher.client.loop_stop()
+
+
+def test_the_http_endpoints_login_only_meters_its_slices_lines(control_plane: ControlPlane) -> None:
+    """``s.<app>.http`` (the head's KServe endpoint) publishes its slice's telemetry and nothing else."""
+    from sqlmodel import Session
+
+    from control_plane import sites
+    from control_plane.models import Slice
+
+    cp = control_plane
+    with Session(cp.client.app.state.engine) as session:  # type: ignore[attr-defined]
+        item = session.get(Slice, cp.a.ids["slice"])
+        assert item is not None
+        gateway = sites.ingress_broker_clients(session, cp.settings, item)[-1]
+        app = item.app_name
+    assert gateway.username == f"s.{app}.http"
+    sender = Probe(cp, gateway.username, gateway.password, gateway.username)
+    assert sender.connect_reason == "Success"
+    assert sender.subscribe("lineside/acme/line-1/+/frames") == ["Not authorized"]
+    sender.publish(f"lineside-telemetry/acme/line-1/{app}", b'{"window": 1}')
+    assert not sender.disconnected.wait(1.0), "the endpoint's login may not meter its own slice's line"
+    sender.close()
+    # Mosquitto drops a client that publishes where it may not: a verdict, another tenant's telemetry.
+    for forged in ("lineside/acme/line-1/cam-1/results", f"lineside-telemetry/globex/line-1/{app}"):
+        forger = Probe(cp, gateway.username, gateway.password, gateway.username)
+        forger.client.publish(forged, b"forged", qos=1)
+        assert forger.disconnected.wait(5), f"the endpoint's login published on {forged}"
+        forger.client.loop_stop()

@@ -12,6 +12,8 @@ from sqlmodel import Session, col, select, update
 from starlette.concurrency import run_in_threadpool
 
 from contracts.agent_api import (
+    Caller,
+    CallerCheck,
     DesiredState,
     FitJob,
     FitJobs,
@@ -22,7 +24,7 @@ from contracts.agent_api import (
     SliceReport,
 )
 from control_plane import fits, metering, placement, registry, sites, uploads
-from control_plane.api.deps import CurrentNode, IdPath, NowDep, SessionDep, SettingsDep
+from control_plane.api.deps import CurrentNode, IdPath, NowDep, SessionDep, SettingsDep, principal_of_token
 from control_plane.dashboard import running_models
 from control_plane.errors import Conflict, InvalidInput, InvalidUpload, NotFound, Unauthenticated
 from control_plane.models import (
@@ -40,6 +42,7 @@ from control_plane.models import (
     ScaleKind,
     Site,
     Slice,
+    Tenant,
     utcnow,
 )
 from control_plane.security import new_token, token_hash
@@ -178,6 +181,18 @@ def report_profile(body: ProfileReport, session: SessionDep, node: CurrentNode) 
     row.measured_at = utcnow()
     session.add(row)
     session.commit()
+
+
+@router.post("/callers", response_model=Caller)
+def check_caller(body: CallerCheck, session: SessionDep, settings: SettingsDep, node: CurrentNode) -> Caller:
+    """Whose is an API token an HTTP caller gave the node's inference endpoint: its tenant and role (401 for an
+    unknown, revoked or expired one). A token of a tenant with no slice at the node's site is "unknown" to it."""
+    principal = principal_of_token(session, settings, body.token)
+    tenant = session.get(Tenant, principal.tenant_id) if principal.tenant_id is not None else None
+    here = select(Slice.id).where(Slice.site_id == node.site_id, Slice.tenant_id == principal.tenant_id)
+    if tenant is None or session.exec(here).first() is None:
+        raise Unauthenticated("this API token's tenant runs no slice at this site")
+    return Caller(tenant=tenant.slug, role=principal.role.value)
 
 
 @router.get("/desired", response_model=DesiredState)
