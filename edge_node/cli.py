@@ -124,7 +124,14 @@ def slice_run(
 @edge_app.command("join")
 def edge_join(
     control_plane_url: Annotated[str, typer.Option("--control-plane", help="Control plane URL.")],
-    token: Annotated[str, typer.Option(help="One-time join token from an operator.")],
+    token: Annotated[
+        str,
+        typer.Option(
+            help="One-time join token from an operator; or set LINESIDE_JOIN_TOKEN (kept out of the process list).",
+            envvar="LINESIDE_JOIN_TOKEN",
+            show_envvar=False,
+        ),
+    ],
     data_dir: DataDirOption = DEFAULT_AGENT_DIR,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local head.")] = None,
     run: Annotated[bool, typer.Option(help="Run the agent after joining.")] = True,

@@ -154,3 +154,17 @@ def test_scheduler_benchmark_prints_json() -> None:
     assert (report["nodes"], report["replicas"], report["placed"]) == (50, 500, 500)
     assert report["nodes_failed"] == 5 and report["unplaced_after_failure"] == 0
     assert report["placements_per_s"] > 0 and report["baseline_first_fit_placements_per_s"] > 0
+
+
+def test_a_join_token_can_come_from_the_environment_and_stay_out_of_the_process_list(tmp_path: Path) -> None:
+    """``edge-node join`` reads LINESIDE_JOIN_TOKEN (the Kubernetes and compose manifests pass it so): the token
+    is not in the command line that ``ps`` shows. Without either, the error names both ways."""
+    import os
+
+    env = {**os.environ, "LINESIDE_JOIN_TOKEN": "jt_from-the-environment"}
+    args = [LINESIDE, "edge-node", "join", "--control-plane", "http://127.0.0.1:9", "--data-dir", str(tmp_path / "a")]
+    joined = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert joined.returncode == 2 and "join failed" in joined.stderr  # it tried: the token was read
+    env.pop("LINESIDE_JOIN_TOKEN")
+    missing = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert missing.returncode == 2 and "--token" in missing.stderr

@@ -371,7 +371,11 @@ def check_lineside_invocation(words: list[str]) -> list[str]:
             else:
                 given.add(options[option].name)
     for param in command.params:
-        if getattr(param, "required", False) and param.param_type_name == "option" and param.name not in given:
+        # An option the program also reads from a LINESIDE_ variable (a join token, kept out of ps) may come from
+        # the container's environment; that the variable is a real one is checked with the others.
+        from_env = bool(getattr(param, "envvar", None))
+        required = getattr(param, "required", False) and param.param_type_name == "option" and not from_env
+        if required and param.name not in given:
             problems.append(f"`lineside {' '.join(path)}` needs {param.opts[0]}")
     return problems
 
@@ -385,7 +389,9 @@ def lineside_variables() -> frozenset[str]:
     names = {f"LINESIDE_{field.upper()}" for cls in (ControlPlaneSettings, EdgeSettings) for field in cls.model_fields}
     for package in ("control_plane", "edge_node", "contracts", "lineside", "robots"):
         for source in (ROOT / package).rglob("*.py"):
-            names |= set(re.findall(r"os\.environ(?:\.get\(|\[)\s*\"(LINESIDE_\w+)\"", source.read_text()))
+            text = source.read_text()
+            names |= set(re.findall(r"os\.environ(?:\.get\(|\[)\s*\"(LINESIDE_\w+)\"", text))
+            names |= set(re.findall(r"envvar=\"(LINESIDE_\w+)\"", text))  # typer options read from the environment
     return frozenset(names)
 
 
@@ -670,7 +676,7 @@ def test_the_ray_cluster_is_started_by_the_agents(overlay: Path) -> None:
             assert ("--ray-address" in words) is not head, f"{where}: {words}"
             assert "--data-dir" in words
         env = {e["name"]: e for e in ray_container["env"]}
-        tokens.append(env["JOIN_TOKEN"]["valueFrom"]["secretKeyRef"]["key"])
+        tokens.append(env["LINESIDE_JOIN_TOKEN"]["valueFrom"]["secretKeyRef"]["key"])
         if head:
             (gcs,) = [p["containerPort"] for p in ray_container["ports"] if p["name"] == "gcs-server"]
             assert env["RAY_GCS_SERVER_PORT"]["value"] == str(gcs) == "6379"  # KubeRay's default head port
