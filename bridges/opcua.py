@@ -92,13 +92,19 @@ class PlcTarget:
 
 
 class OneUser(UserManager):
-    """Accepts exactly one user name and password; refuses anonymous and certificate-only sessions."""
+    """Accepts exactly one user name and password (a reader, never an admin); refuses anonymous and
+    certificate-only sessions. Without a name (``name`` None) it accepts anonymous readers and no user at all:
+    asyncua's own default would make anyone who says "admin", with any password, an administrator who may
+    write the verdicts."""
 
-    def __init__(self, name: str, password: str) -> None:
-        self._name, self._password = name.encode(), password.encode()
+    def __init__(self, name: str | None, password: str | None) -> None:
+        self._name = name.encode() if name is not None else None
+        self._password = (password or "").encode()
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
                  certificate: Any = None) -> User | None:  # fmt: skip
+        if self._name is None:
+            return User(role=UserRole.User) if username is None else None
         if username is None or password is None:
             return None
         same_name = hmac.compare_digest(username.encode(), self._name)
@@ -185,8 +191,9 @@ class OpcUaBridge:
 
     async def _server(self) -> Server:
         sec = self.security
-        server = Server(user_manager=OneUser(sec.user, sec.password or "") if sec.user else None)
+        server = Server(user_manager=OneUser(sec.user, sec.password))
         await server.init()
+        server.allow_remote_admin(False)
         await server.set_application_uri(APPLICATION_URI)
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"Lineside verdicts {self.line_id}")
@@ -202,7 +209,7 @@ class OpcUaBridge:
                              "--private-key, or --allow-insecure for a test bench")  # fmt: skip
         else:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        server.set_security_IDs(["Username"] if sec.user else ["Anonymous", "Username"])
+        server.set_security_IDs(["Username"] if sec.user else ["Anonymous"])
         self.ns = await server.register_namespace(NAMESPACE)
         root = await server.nodes.objects.add_folder(self._id("Lineside"), "Lineside")
         self._line = await root.add_object(self._id(self.line_id), self.line_id)

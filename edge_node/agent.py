@@ -289,7 +289,10 @@ class Agent:
             else:
                 self.applied[name]["generation"] = item.generation  # same content: nothing to do in Serve
                 if name not in self.specs and self.gateway is not None:  # a restarted agent: as it was applied
-                    self.specs[name] = self._local_spec(item, int(before.get("slot", 0)))
+                    try:
+                        self.specs[name] = self._local_spec(item, int(before.get("slot", 0)))
+                    except Exception:  # HTTP waits for the next pass; the slice and the heartbeat go on
+                        log.exception("slice %s: its spec for HTTP inference could not be made", name)
             reports.append(self._report(name, item))
         for name in sorted(set(self.applied) - set(desired)):
             log.info("deleting slice %s: no longer desired", name)
@@ -299,7 +302,10 @@ class Agent:
             self.specs.pop(name, None)
         write_private(self._applied_path, json.dumps(self.applied))
         if self.gateway is not None:
-            self.gateway.update([self.specs[n] for n in desired if n in self.specs and n not in self.errors])
+            try:
+                self.gateway.update([self.specs[n] for n in desired if n in self.specs and n not in self.errors])
+            except Exception:  # HTTP inference must not cost the site its heartbeat
+                log.exception("the HTTP inference endpoint could not take this pass's slices")
         return reports
 
     def _local_spec(self, item: DesiredSlice, slot: int) -> SliceSpec:

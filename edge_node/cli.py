@@ -231,7 +231,9 @@ def _serve_http(client: Any, node_token: str, host: str, port: int | None) -> An
 
     verifier = ControlPlaneVerifier(client, lambda: {"Authorization": f"Bearer {node_token}"})
     gateway = Gateway(verifier, serving.model_caller, socket.gethostname())
-    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host=host, port=port or 0, log_level="warning"))
+    # At most 64 requests at once: each may hold 32 frames, so this bounds what the endpoint keeps in memory.
+    config = uvicorn.Config(create_app(gateway), host=host, port=port or 0, log_level="warning", limit_concurrency=64)
+    server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="http-inference", daemon=True).start()
     typer.echo(f"HTTP inference (KServe v2) on http://{host}:{port}/v2/models/<slice>/infer")
     return gateway

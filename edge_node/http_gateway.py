@@ -14,8 +14,8 @@ verdict JSON a robot gets on its results topic (``wire.Result``, or ``wire.Error
 
 Request body: KServe v2 JSON with one ``BYTES`` input ``image`` whose elements are the encoded images in
 base64, or the binary tensor extension (``Inference-Header-Content-Length``), which tritonclient sends.
-``parameters`` may name the ``line`` (default: the slice's first) and the ``robot`` (default ``http``) the
-images are billed and shown under. The response's one ``BYTES`` output ``verdict`` holds one JSON document
+``parameters`` may name the ``line`` (default: the slice's first); the images are answered, rate-limited and
+metered as the line's robot ``http``. The response's one ``BYTES`` output ``verdict`` holds one JSON document
 per image, in order.
 """
 
@@ -28,6 +28,7 @@ import logging
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,9 +54,10 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGES = 32
 """Images per request (the model's largest batch)."""
-MAX_BODY_BYTES = MAX_IMAGES * wire.MAX_FRAME_BYTES * 4 // 3 + 64 * 1024
-"""Largest request body: ``MAX_IMAGES`` frames at the wire's limit, in base64, and the JSON around them."""
 INPUT, OUTPUT = "image", "verdict"
+HTTP_ROBOT = "http"
+"""The robot name HTTP frames are answered, rate-limited and metered under (one per line: a caller's own names
+would each get a fresh rate-limit bucket and a row in the line's telemetry)."""
 BINARY_HEADER = "inference-header-content-length"
 TELEMETRY_PERIOD_S = 5.0
 
@@ -75,6 +77,11 @@ ROLES = frozenset({"factory_it", "plant_manager"})
 """Roles that may run inferences (a tenant's own people; operators run no inspections)."""
 
 
+MIN_TOKEN, MAX_TOKEN = 8, 512
+CALLER_CACHE_SIZE = 10_000
+"""Tokens whose answer the verifier remembers (the least recently used go first)."""
+
+
 class ControlPlaneVerifier:
     """Checks a token with the control plane (``POST /agent/v1/callers``, as this node), remembering each
     answer ``ttl_s`` (a revoked token stops working within that; an unknown one is asked again after
@@ -86,10 +93,13 @@ class ControlPlaneVerifier:
     def __init__(self, client: httpx.Client, headers: Callable[[], dict[str, str]], ttl_s: float = 30.0,
                  offline_grace_s: float = 600.0) -> None:  # fmt: skip
         self.client, self.headers, self.ttl_s, self.offline_grace_s = client, headers, ttl_s, offline_grace_s
-        self._known: dict[str, tuple[Caller | None, float]] = {}  # sha256(token) -> (caller, asked at)
+        # sha256(token) -> (caller, asked at), least recently used first; bounded, as callers choose the tokens
+        self._known: OrderedDict[str, tuple[Caller | None, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, token: str) -> Caller | None:
+        if not MIN_TOKEN <= len(token) <= MAX_TOKEN:
+            return None  # no API token is that short or long: not worth the control plane's time
         key = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
         with self._lock:
@@ -105,13 +115,19 @@ class ControlPlaneVerifier:
         if response.status_code == 200:
             body = response.json()
             found: Caller | None = Caller(str(body["tenant"]), str(body["role"]))
-        elif response.status_code == 401:
+        elif response.status_code == 404:  # no such token (or revoked, expired, of no tenant at this site)
             found = None
+        elif response.status_code == 401:  # this node's own token: removed from the site
+            log.error("the control plane refused this node's token while checking a caller: rejoin the node")
+            raise GatewayError(503, "this edge node is not registered with its site now; tell the operator")
         else:
             log.warning("the control plane answered %s to a token check", response.status_code)
             raise GatewayError(503, "the control plane cannot check API tokens now; retry shortly")
         with self._lock:
             self._known[key] = (found, now)
+            self._known.move_to_end(key)
+            while len(self._known) > CALLER_CACHE_SIZE:
+                self._known.popitem(last=False)
         return found
 
 
@@ -203,27 +219,41 @@ class Gateway:
         self._reporter.start()
 
     def update(self, specs: list[SliceSpec]) -> None:
-        """Serve exactly ``specs`` (the agent calls this after each reconcile); a changed spec is re-made."""
+        """Serve exactly ``specs`` (the agent calls this after each reconcile). A changed spec gets a new model
+        call (and a new broker login if its broker changed); its meter and rate limits carry over, so nothing
+        counted is lost. A slice that cannot be served now (its deployment gone) is left out and logged."""
         with self._lock:
             wanted = {s.name: s for s in specs}
-            for name in [n for n, s in self._slices.items() if wanted.get(n) != s.spec]:
-                self._flush(name)
-                del self._slices[name]
-                publisher = self._publishers.pop(name)
-                publisher.disconnect()
-                publisher.loop_stop()
+            current, publishers = dict(self._slices), dict(self._publishers)
+            for name in [n for n in current if n not in wanted]:
+                self._flush(current.pop(name), publishers[name])
+                self._close(publishers.pop(name))
             for name, spec in wanted.items():
-                if name not in self._slices:
-                    self._slices[name] = self._served(spec)
+                old = current.get(name)
+                if old is not None and old.spec == spec:
+                    continue
+                try:
+                    current[name] = self._served(spec, old)
+                except Exception:
+                    log.exception("slice %s cannot be served over HTTP now; trying again after the next pass", name)
+                    current.pop(name, None)
+                    continue
+                if old is None or old.spec.broker != spec.broker:
+                    if name in publishers:
+                        self._flush(old, publishers[name])  # with the login it was counted under
+                        self._close(publishers.pop(name))
+                    publishers[name] = self._publisher(spec)
+            self._slices, self._publishers = current, publishers  # replaced whole: readers take no lock
 
-    def _served(self, spec: SliceSpec) -> ServedSlice:
+    def _served(self, spec: SliceSpec, old: ServedSlice | None) -> ServedSlice:
         from edge_node.serving import manifest_of  # Ray: the gateway runs beside the slices, on the head
 
         manifest = load_manifest(manifest_of(spec))
-        model = f"{manifest.name}:{manifest.version}"
-        self._publishers[spec.name] = self._publisher(spec)
-        return ServedSlice(spec, self.model_call(spec), Replier(spec.name, self.node, model),
-                           TelemetryWindow(f"{gateway_client_id(spec)}"))  # fmt: skip
+        replier = Replier(spec.name, self.node, f"{manifest.name}:{manifest.version}")
+        infer = self.model_call(spec)
+        if old is not None:
+            return ServedSlice(spec, infer, replier, old.telemetry, old.rates)
+        return ServedSlice(spec, infer, replier, TelemetryWindow(gateway_client_id(spec)))
 
     def _publisher(self, spec: SliceSpec) -> mqtt.Client:
         client = mqtt_client(spec.broker, gateway_client_id(spec), manual_ack=False)
@@ -231,15 +261,18 @@ class Gateway:
         client.loop_start()
         return client
 
+    @staticmethod
+    def _close(publisher: mqtt.Client) -> None:
+        publisher.disconnect()
+        publisher.loop_stop()
+
     @property
     def serving(self) -> bool:
         """Whether any slice is served (the readiness probe)."""
-        with self._lock:
-            return bool(self._slices)
+        return bool(self._slices)
 
     def slice_for(self, name: str, caller: Caller) -> ServedSlice:
-        with self._lock:
-            served = self._slices.get(name)
+        served = self._slices.get(name)
         if served is None or served.spec.tenant != caller.tenant:  # another tenant's slice is not found either
             raise GatewayError(404, f"no model {name!r}: give the name of one of your slices (GET /slices)")
         return served
@@ -257,23 +290,34 @@ class Gateway:
 
     def _report_loop(self) -> None:
         while not self._stop.wait(self.telemetry_period_s):
-            with self._lock:
-                for name in list(self._slices):
-                    self._flush(name)
+            slices, publishers = self._slices, self._publishers
+            for name, served in slices.items():
+                if name in publishers:
+                    self._flush(served, publishers[name])
 
-    def _flush(self, name: str) -> None:
-        """Publish ``name``'s telemetry windows (QoS 1, as the ingress does: the control plane bills them)."""
-        served, publisher = self._slices[name], self._publishers[name]
+    @staticmethod
+    def _flush(served: ServedSlice | None, publisher: mqtt.Client) -> None:
+        """Publish a slice's telemetry windows (QoS 1, as the ingress does: the control plane bills them). While
+        its login is not connected the windows stay in the meter (drained later, nothing is lost)."""
+        if served is None or not publisher.is_connected():
+            return
         try:
             for line, window in served.telemetry.drain().items():
                 topic = wire.telemetry_topic(served.spec.tenant, line, served.spec.name)
                 publisher.publish(topic, window.model_dump_json().encode(), qos=1)
         except Exception:  # a lost window is a gap in a chart and a bill; log it loudly
-            log.exception("publishing the HTTP gateway's telemetry of slice %s failed", name)
+            log.exception("publishing the HTTP gateway's telemetry of slice %s failed", served.spec.name)
 
     def close(self) -> None:
         self._stop.set()
         self.update([])
+
+
+def body_limit(spec: SliceSpec) -> int:
+    """The largest request body for ``spec``: ``MAX_IMAGES`` of its lines' largest frames in base64, and JSON."""
+    policies = [spec.policy(line) for line in spec.lines]
+    largest = max(policy.max_frame_bytes if policy else wire.MAX_FRAME_BYTES for policy in policies)
+    return MAX_IMAGES * largest * 4 // 3 + 64 * 1024
 
 
 def gateway_client_id(spec: SliceSpec) -> str:
@@ -285,19 +329,16 @@ def gateway_client_id(spec: SliceSpec) -> str:
 def images_of(body: bytes, headers: dict[str, str]) -> tuple[InferRequest, list[bytes], bool]:
     """The request, its images and whether the binary extension was used; raises ``GatewayError``."""
     binary_header = headers.get(BINARY_HEADER)
+    split = len(body)
+    if binary_header is not None:
+        if not binary_header.isdigit() or not 0 < int(binary_header) <= len(body):
+            raise GatewayError(400, f"{BINARY_HEADER} must be a byte count within the body's {len(body)} bytes")
+        split = int(binary_header)
     try:
-        if binary_header is not None:
-            split = int(binary_header)
-            if not 0 < split <= len(body):
-                raise GatewayError(400, f"{BINARY_HEADER} {split} is not within the body's {len(body)} bytes")
-            request = InferRequest.model_validate_json(body[:split])
-        else:
-            request = InferRequest.model_validate_json(body)
+        request = InferRequest.model_validate_json(body[:split])
     except ValidationError as e:
         raise GatewayError(400, f"the body is not a KServe v2 inference request ({e.error_count()} error(s)): "
                                 f"send one BYTES input {INPUT!r}") from None  # fmt: skip
-    except ValueError:
-        raise GatewayError(400, f"{BINARY_HEADER} must be a byte count") from None
     tensor = request.inputs[0]
     if tensor.datatype != "BYTES" or len(tensor.shape) != 1:
         raise GatewayError(400, f"input {tensor.name!r} must be BYTES of shape [n] (n encoded images)")
@@ -305,7 +346,10 @@ def images_of(body: bytes, headers: dict[str, str]) -> tuple[InferRequest, list[
     if not 1 <= count <= MAX_IMAGES:
         raise GatewayError(413 if count > MAX_IMAGES else 400, f"send 1 to {MAX_IMAGES} images per request")
     if binary_header is not None and tensor.data is None:
-        images = _binary_elements(body[int(binary_header) :], int(tensor.parameters.get("binary_data_size", -1)))
+        size = tensor.parameters.get("binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise GatewayError(400, "a binary input needs its binary_data_size parameter (a byte count)")
+        images = _binary_elements(memoryview(body)[split:], size, count)
     else:
         images = [_base64(item) for item in tensor.data or []]
     if len(images) != count:
@@ -322,19 +366,23 @@ def _base64(item: Any) -> bytes:
         raise GatewayError(400, "an element of the image input is not valid base64") from None
 
 
-def _binary_elements(data: bytes, size: int) -> list[bytes]:
-    """BYTES elements of the binary tensor extension: each a 4-byte little-endian length, then its bytes."""
+def _binary_elements(data: memoryview, size: int, count: int) -> list[bytes]:
+    """The ``count`` BYTES elements of the binary tensor extension: each a 4-byte little-endian length, then its
+    bytes; more or fewer than ``count`` is refused (read no further than that)."""
     if size != len(data):
         raise GatewayError(400, f"binary_data_size {size} does not match the {len(data)} bytes after the header")
-    images, offset = [], 0
+    images: list[bytes] = []
+    offset = 0
     while offset < len(data):
+        if len(images) == count:
+            raise GatewayError(400, f"the binary input holds more than the {count} images its shape declares")
         if offset + 4 > len(data):
             raise GatewayError(400, "a binary BYTES element is cut short")
         (length,) = struct.unpack_from("<I", data, offset)
         offset += 4
         if offset + length > len(data):
             raise GatewayError(400, "a binary BYTES element is longer than the body")
-        images.append(data[offset : offset + length])
+        images.append(bytes(data[offset : offset + length]))
         offset += length
     return images
 
@@ -378,7 +426,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return JSONResponse({"ready": serving}, status_code=200 if serving else 503)
 
     @app.get("/v2/models/{name}")
-    def metadata(name: str, request: Request) -> dict[str, Any]:
+    def metadata(name: str, request: Request) -> dict[str, Any]:  # sync: FastAPI runs it off the event loop
         served = gateway.slice_for(name, gateway.caller(request.headers.get("authorization")))
         return {"name": name, "versions": [served.replier.model], "platform": "lineside-onnxruntime",
                 "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
@@ -392,26 +440,30 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> Response:
-        served = gateway.slice_for(name, gateway.caller(request.headers.get("authorization")))
+        # Who asks and for which slice first, off the event loop (the token check may ask the control plane),
+        # so that the body's bound is the slice's own and no body is read for a caller who may not send it.
+        authorization = request.headers.get("authorization")
+        served = await anyio.to_thread.run_sync(lambda: gateway.slice_for(name, gateway.caller(authorization)))
+        limit = body_limit(served.spec)
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise GatewayError(413, f"the body is {declared} bytes; at most {MAX_BODY_BYTES}")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise GatewayError(413, f"the body is {declared} bytes; at most {limit} ({MAX_IMAGES} of the lines' "
+                                    "largest frames, in base64)")  # fmt: skip
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise GatewayError(413, f"the body is over {MAX_BODY_BYTES} bytes; send fewer or smaller images")
-        parsed, images, _ = images_of(bytes(body), {k.lower(): v for k, v in request.headers.items()})
+            if len(body) > limit:
+                raise GatewayError(413, f"the body is over {limit} bytes; send fewer or smaller images")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await anyio.to_thread.run_sync(_infer, served, bytes(body), headers)
+
+    def _infer(served: ServedSlice, body: bytes, headers: dict[str, str]) -> Response:
+        parsed, images, _ = images_of(body, headers)
         line = str(parsed.parameters.get("line", served.spec.lines[0]))
-        robot = str(parsed.parameters.get("robot", "http"))
         if line not in served.spec.lines:
-            raise GatewayError(400, f"line {line!r} is not served by {name}: one of {served.spec.lines}")
-        try:
-            wire.check_name(robot, "robot")
-        except ValueError as e:
-            raise GatewayError(400, str(e)) from None
+            raise GatewayError(400, f"line {line!r} is not served by {served.spec.name}: one of {served.spec.lines}")
         request_id = parsed.id or f"http-{time.time_ns()}"
-        answers = await anyio.to_thread.run_sync(served.answer, images, line, robot, request_id)
-        return _respond(name, parsed, answers, _binary_requested(parsed))
+        answers = served.answer(images, line, HTTP_ROBOT, request_id)
+        return _respond(served.spec.name, parsed, answers, _binary_requested(parsed))
 
     return app

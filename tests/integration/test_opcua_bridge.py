@@ -334,3 +334,42 @@ def test_the_bridge_logs_in_with_the_lines_watch_credentials_from_the_control_pl
                 return str(await client.get_node(f"ns={ns};s={TENANT}.{LINE}.cam-1.DefectClass").read_value())
 
         assert asyncio.run(read()) == "scratch"
+
+
+def test_without_a_configured_user_no_one_becomes_an_admin_who_could_write_verdicts(
+    broker: MosquittoBroker, certificates: tuple[Path, Path, Path, Path]
+) -> None:
+    """Review finding: asyncua's default user manager makes anyone named "admin" (any password) an administrator,
+    who may write read-only nodes. The bridge's own manager admits anonymous readers only when no user is set."""
+    server_cert, server_key, client_cert, client_key = certificates
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/lineside/"
+    bridge = OpcUaBridge(BrokerLogin(broker.host, broker.port), TENANT, LINE, endpoint,
+                         security=Security(server_cert, server_key))  # fmt: skip
+    running = Running(bridge, endpoint, server_cert, client_cert, client_key, [])
+    for _ in start(bridge):
+        deadline = time.monotonic() + 10
+        sent: list[Answer] = []
+        bridge.on_answer = sent.append
+        while not sent:  # the bridge subscribes once connected: publish until it has the answer
+            assert time.monotonic() < deadline, "the bridge received no answer"
+            mosquitto_pub(broker, results_topic("cam-1"), result("cam-1", "pass", "f-1"))
+            time.sleep(0.3)
+
+        async def scenario() -> None:
+            admin = secure_client(running, user="admin", password="anything")
+            with pytest.raises(ua.UaStatusCodeError):
+                await connect(admin, running)
+            with contextlib.suppress(Exception):
+                await admin.disconnect()
+            reader = secure_client(running, user=None)
+            await connect(reader, running)
+            try:
+                ns = await reader.get_namespace_index("urn:lineside:verdicts")
+                verdict = reader.get_node(f"ns={ns};s={TENANT}.{LINE}.cam-1.Verdict")
+                assert await wait_value(verdict, "pass") == "pass"
+                with pytest.raises(ua.UaStatusCodeError):
+                    await verdict.write_value("fail")
+            finally:
+                await reader.disconnect()
+
+        asyncio.run(scenario())

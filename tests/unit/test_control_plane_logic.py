@@ -74,8 +74,12 @@ def test_robot_acls_name_only_its_own_topics() -> None:
 
 def test_ingress_acls_cover_its_lines_only() -> None:
     clients = broker_sync.ingress_clients("t1-inspect", "acme", ["line-1"], "pw", replicas=1)
-    # Two ranks per replica, two slots per rank (an ingress being replaced and its replacement).
-    assert [c.username for c in clients] == [f"s.t1-inspect.{i}{out}" for i in range(4) for out in ("", "-out")]
+    # Two ranks per replica, two slots per rank (an ingress being replaced and its replacement), and the head's
+    # HTTP inference endpoint, which only meters.
+    *ingress, gateway = clients
+    assert [c.username for c in ingress] == [f"s.t1-inspect.{i}{out}" for i in range(4) for out in ("", "-out")]
+    assert gateway.username == "s.t1-inspect.http"
+    assert gateway.acls == (("publishClientSend", "lineside-telemetry/acme/line-1/t1-inspect"),)
     assert all(c.client_id == c.username for c in clients)  # pinned: no robot's session can be taken over
     frames_in, results_out = clients[0], clients[1]
     assert frames_in.acls == (("subscribeLiteral", "$share/t1-inspect/lineside/acme/line-1/+/frames"),

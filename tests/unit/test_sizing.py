@@ -148,3 +148,14 @@ def test_a_slice_run_on_its_own_that_decodes_in_its_ingress_gets_the_ingress_rep
     assert chosen.decode_at == "ingress" and chosen.ingress_replicas == sizing.MAX_SIZED_INGRESS
     sized = sizing.apply(gpu, chosen, 8)
     assert sized.ingress_replicas == 4 and sized.resources.ingress_cpus == 0.25
+
+
+@pytest.mark.parametrize("cores", range(1, 17))
+def test_sized_replicas_and_ingress_always_fit_the_cores_ray_counts(cores: int) -> None:
+    """Review finding: rounding each replica's reservation to 3 decimals upwards asked for more than the node
+    has (4 cores, 4 replicas: 4 x 0.938 + 0.25 = 4.002), and Ray left the last replica pending."""
+    for replicas in range(1, cores + 1):
+        for ingress in (None, *(n for n in (1, 2, 4) if n <= cores)):  # the sizing gives at most the idle cores
+            sized = sizing.sized(spec(), 1, replicas, cores, ingress_replicas=ingress)
+            asked = sized.resources.cpus_per_replica * replicas + sized.resources.ingress_cpus * sized.ingress_replicas
+            assert asked <= cores + 1e-9, (cores, replicas, ingress, asked)

@@ -185,13 +185,17 @@ def report_profile(body: ProfileReport, session: SessionDep, node: CurrentNode) 
 
 @router.post("/callers", response_model=Caller)
 def check_caller(body: CallerCheck, session: SessionDep, settings: SettingsDep, node: CurrentNode) -> Caller:
-    """Whose is an API token an HTTP caller gave the node's inference endpoint: its tenant and role (401 for an
-    unknown, revoked or expired one). A token of a tenant with no slice at the node's site is "unknown" to it."""
-    principal = principal_of_token(session, settings, body.token)
+    """Whose is an API token an HTTP caller gave the node's inference endpoint: its tenant and role. 404 for an
+    unknown, revoked or expired token, or one of a tenant with no slice at the node's site (401 is kept for
+    the node's own token, so the node can tell the two apart)."""
+    try:
+        principal = principal_of_token(session, settings, body.token)
+    except Unauthenticated:
+        raise NotFound("no such API token (unknown, revoked or expired)") from None
     tenant = session.get(Tenant, principal.tenant_id) if principal.tenant_id is not None else None
     here = select(Slice.id).where(Slice.site_id == node.site_id, Slice.tenant_id == principal.tenant_id)
     if tenant is None or session.exec(here).first() is None:
-        raise Unauthenticated("this API token's tenant runs no slice at this site")
+        raise NotFound("this API token's tenant runs no slice at this site")
     return Caller(tenant=tenant.slug, role=principal.role.value)
 
 

@@ -139,7 +139,7 @@ def line_watcher(
     assert line.id is not None
     client = sites.line_watcher_client(session, settings, line)
     with sites.admin(settings, site) as broker:  # the site's sync made it already; a new line's is made here
-        broker.replace(client)
+        broker.ensure(client)  # never replace: that would disconnect the bridge already using it
     topics = {k.value: wire.line_filter(tenant.slug, line.slug, k)
               for k in (wire.TopicKind.RESULTS, wire.TopicKind.ERRORS, wire.TopicKind.STATUS)}  # fmt: skip
     login = f"-h {site.broker_host} -p {site.broker_port}"
