@@ -326,8 +326,8 @@ def gateway_client_id(spec: SliceSpec) -> str:
     return f"{base}.http"
 
 
-def images_of(body: bytes, headers: dict[str, str]) -> tuple[InferRequest, list[bytes], bool]:
-    """The request, its images and whether the binary extension was used; raises ``GatewayError``."""
+def images_of(body: bytes, headers: dict[str, str]) -> tuple[InferRequest, list[bytes]]:
+    """The request and its images (base64 in the JSON, or the binary extension); raises ``GatewayError``."""
     binary_header = headers.get(BINARY_HEADER)
     split = len(body)
     if binary_header is not None:
@@ -354,7 +354,7 @@ def images_of(body: bytes, headers: dict[str, str]) -> tuple[InferRequest, list[
         images = [_base64(item) for item in tensor.data or []]
     if len(images) != count:
         raise GatewayError(400, f"input {tensor.name!r} declares {count} images and holds {len(images)}")
-    return request, images, binary_header is not None
+    return request, images
 
 
 def _base64(item: Any) -> bytes:
@@ -458,7 +458,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return await anyio.to_thread.run_sync(_infer, served, bytes(body), headers)
 
     def _infer(served: ServedSlice, body: bytes, headers: dict[str, str]) -> Response:
-        parsed, images, _ = images_of(body, headers)
+        parsed, images = images_of(body, headers)
         line = str(parsed.parameters.get("line", served.spec.lines[0]))
         if line not in served.spec.lines:
             raise GatewayError(400, f"line {line!r} is not served by {served.spec.name}: one of {served.spec.lines}")

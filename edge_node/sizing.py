@@ -154,6 +154,12 @@ MAX_SIZED_INGRESS = 4
 """The most ingress replicas the sizing gives a slice run on its own (each holds a broker session)."""
 
 
+def idle_cores(replicas: int, threads: int, cores: int, on_gpu: bool = False) -> int:
+    """The node's cores that ``replicas`` model replicas of ``threads`` threads leave free (a GPU replica's threads
+    take none)."""
+    return cores - (0 if on_gpu else replicas * threads)
+
+
 def place_decoding(
     run: ProfileResult, replicas: int, threads: int, cores: int, on_gpu: bool = False
 ) -> tuple[str, float]:
@@ -162,7 +168,7 @@ def place_decoding(
     with_decode = replicas * run.frames_per_s_per_replica
     frame_s = 1 / run.frames_per_s_per_replica
     decode_s = run.decode_ms / 1000
-    idle = cores - (0 if on_gpu else replicas * threads)
+    idle = idle_cores(replicas, threads, cores, on_gpu)
     if decode_s <= 0 or idle < 1 or decode_s >= frame_s:
         return "model", with_decode
     in_ingress = min(replicas / (frame_s - decode_s), idle / decode_s)
@@ -200,9 +206,9 @@ def size(
         decode_at = spec.resources.decode_at
     ingress = None
     if choose_replicas and decode_at == "ingress" and spec.resources.decode_at == "auto":
-        idle = cores - (0 if on_gpu else replicas * threads)
         needed = math.ceil(estimated * measured[threads].decode_ms / 1000)
-        ingress = max(spec.ingress_replicas, min(needed, max(int(idle), 1), MAX_SIZED_INGRESS))
+        idle = idle_cores(replicas, threads, cores, on_gpu)
+        ingress = max(spec.ingress_replicas, min(needed, max(idle, 1), MAX_SIZED_INGRESS))
     return Sizing(threads, cores, per_node if not choose_replicas else replicas, measured,
                   replicas=replicas if choose_replicas else None, decode_at=decode_at,
                   ingress_replicas=ingress)  # fmt: skip
