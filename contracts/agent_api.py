@@ -76,6 +76,13 @@ class Utilization(_FromNode):
     gpus: list[Share] = Field(default_factory=list, max_length=64, description="Share of each GPU's time in use.")
 
 
+class LinkReport(_FromNode):
+    """The measured round trip to another site's broker: MQTT CONNECT to CONNACK, median of a few probes."""
+
+    site_id: RowId = Field(description="The other site.")
+    rtt_ms: float = Field(ge=0, le=60_000, description="Round trip in milliseconds.")
+
+
 class Heartbeat(_FromNode):
     """``POST /agent/v1/heartbeat``: liveness, inventory and (from the head's agent) the slices' actual state."""
 
@@ -92,6 +99,9 @@ class Heartbeat(_FromNode):
     )
     utilization: Utilization | None = Field(default=None, description="CPU and GPU use since the last heartbeat.")
     slices: list[SliceReport] = Field(default_factory=list, max_length=4096, description="One per desired slice.")
+    links: list[LinkReport] = Field(
+        default_factory=list, max_length=1000, description="Round trips to other sites' brokers (the head)."
+    )
 
 
 class ProfileReport(_FromNode):
@@ -140,6 +150,12 @@ class DesiredSlice(BaseModel):
     spec: SliceSpec = Field(
         description="The Serve application (manifest left out); the broker password only for the ingress's node."
     )
+    home_site: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Set when this site runs another site's overflow: the home site, whose broker the ingress "
+        "joins over the WAN (HTTP inference and rollouts stay at home).",
+    )
 
     @model_validator(mode="after")
     def _candidate_with_rollout(self) -> DesiredSlice:
@@ -152,12 +168,25 @@ class DesiredSlice(BaseModel):
         return self.model_dump(mode="json", exclude_unset=True, context={REVEAL_SECRETS: True})
 
 
+class PeerBroker(BaseModel):
+    """Another site's broker as this site reaches it (its WAN address)."""
+
+    site_id: RowId = Field(description="The other site's id.")
+    host: str = Field(max_length=255, description="Its broker's host as other sites reach it.")
+    port: int = Field(gt=0, lt=65536, description="Its broker's port.")
+
+
 class DesiredState(BaseModel):
     """``GET /agent/v1/desired``: every live slice of the node's site; level-triggered, so applying it twice
     changes nothing."""
 
     site: str = Field(default="", max_length=200, description="The site's name.")
-    slices: list[DesiredSlice] = Field(default_factory=list, description="The site's live slices.")
+    slices: list[DesiredSlice] = Field(
+        default_factory=list, description="The site's live slices, and other sites' overflow placed here."
+    )
+    peers: list[PeerBroker] = Field(
+        default_factory=list, max_length=1000, description="Other sites' brokers: the head measures the round trip."
+    )
 
     def content(self) -> dict[str, Any]:
         """The state as JSON with the broker passwords (``SliceSpec`` masks them by default)."""

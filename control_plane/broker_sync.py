@@ -146,11 +146,17 @@ def ingress_connection(prefix: str, base_password: str, index: int, *, out: bool
     return username, connection_password(base_password, username)
 
 
+def overflow_username(app_name: str, site_id: int) -> str:
+    """The login prefix, on the home broker, of the slice's ingress on another site that runs its overflow."""
+    return f"{slice_username(app_name)}.x{site_id}"
+
+
 def ingress_clients(
-    app_name: str, tenant: str, lines: list[str], base_password: str, replicas: int
+    app_name: str, tenant: str, lines: list[str], base_password: str, replicas: int, *, login_prefix: str | None = None
 ) -> list[BrokerClient]:
     """A slice's ingress: per replica rank, a frames-in login that may only take its share of the lines'
-    frames (``$share``, no plain subscription) and a results-out login that may only answer on those lines."""
+    frames (``$share``, no plain subscription) and a results-out login that may only answer on those lines.
+    ``login_prefix``: the logins of another site's ingress running the slice's overflow (no HTTP endpoint there)."""
     receive: list[tuple[str, str]] = []
     send: list[tuple[str, str]] = []
     for line in lines:
@@ -167,8 +173,12 @@ def ingress_clients(
     clients = []
     for index in range(replicas * INGRESS_RANKS_PER_REPLICA * INGRESS_SLOTS):
         for out, acls in ((False, receive), (True, send)):
-            username, password = ingress_connection(slice_username(app_name), base_password, index, out=out)
+            username, password = ingress_connection(
+                login_prefix or slice_username(app_name), base_password, index, out=out
+            )
             clients.append(BrokerClient(username, password, username, tuple(acls)))
+    if login_prefix is not None:
+        return clients
     # The head's HTTP inference endpoint (edge_node.http_gateway) meters its frames on the lines' telemetry.
     gateway = gateway_username(app_name)
     metering = tuple(("publishClientSend", wire.telemetry_topic(tenant, line, app_name)) for line in lines)

@@ -187,7 +187,9 @@ def record_fit(session: Session, item: Slice, fit_id: int, node_id: int | None, 
 
 
 def _served_here(item: Slice, node: Node) -> bool:
-    return item.site_id == node.site_id and item.status != SliceStatus.DELETED
+    """The slice's home site, or a site that runs its overflow now (``Slice.overflow``)."""
+    here = item.site_id == node.site_id or str(node.site_id) in item.overflow
+    return here and item.status != SliceStatus.DELETED
 
 
 def _gaps(session: Session, node: Node, served: dict[int, Slice], previous: datetime,

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlmodel import Session, col, select
 
-from control_plane import scheduler
+from control_plane import overflow, scheduler
 from control_plane.models import Node, ScaleEvent, ScaleKind, Site, Slice
 from control_plane.sites import LIVE_SLICES
 from control_plane.states import NodeStatus, transition
@@ -116,6 +116,7 @@ def place_site(session: Session, site: Site, now: datetime) -> scheduler.Placeme
         log.info("slice %s placed %s (%s)", item.slug, placed, "; ".join(reasons) or "new")
     result.drained = _finish_drains(nodes, result)
     session.commit()
+    overflow.place(session, now)  # what this site now leaves short (or has room for again) elsewhere
     return result
 
 

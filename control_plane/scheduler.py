@@ -29,6 +29,13 @@ residency is ``any_bank``. Each slice's ``Residency`` narrows that further
 replicas the rule keeps off nodes that had room are reported as a
 ``RESIDENCY`` event, never placed there.
 
+Overflow across sites (``overflow``): a ``burst`` or ``bank`` slice its home
+site leaves short may run the rest on another site, in a region the slice
+allows, when that site's measured round trip to the home broker plus the
+slice's p99 stays within its lines' latency budget. Remote replicas take only
+the room the remote site's own slices leave, nearest site first, and follow
+the same residency and class rules there. Reserved capacity never leaves its site.
+
 ``place`` is incremental and deterministic: within each class, replicas stay
 on the nodes they already run on when those are still eligible and the
 capacity is still theirs; the rest go, one at a time in (slice id) order, to
@@ -42,6 +49,7 @@ operators.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +85,8 @@ class EventKind(StrEnum):
     ALERT = "alert"  # reserved replicas that fit nowhere: operators must add capacity
     RESIDENCY = "residency"  # replicas unplaced while nodes the slice's residency forbids had room
     NOTICE = "notice"  # replicas kept on a leaving node until its notice ends (their replacement: MOVED + PLACED)
+    OVERFLOW = "overflow"  # replicas placed on another site because the slice's home site is full
+    LATENCY = "latency"  # another site had room, but its round trip plus the slice's p99 would break the budget
 
 
 @dataclass(frozen=True)
@@ -468,3 +478,110 @@ def _report_short(demand: SliceDemand, short: int, rooms: Iterable[_Room], resul
             f"{len(forbidden)} node(s) with room are not allowed to run them"
         )
         result.events.append(Event(EventKind.RESIDENCY, demand.slice_id, None, reason))
+
+
+@dataclass(frozen=True)
+class OverflowDemand:
+    """A slice its home site leaves short: ``demand.replicas`` is the shortfall."""
+
+    demand: SliceDemand
+    home_site: int
+    regions: frozenset[str]  # regions whose sites may run its replicas; empty: none (it stays home)
+    p99_ms: float  # the slice's recent p99 (or an estimate) at home
+    budget_ms: float  # the tightest latency budget of its lines
+
+
+@dataclass(frozen=True)
+class SiteCapacity:
+    """Another site as overflow sees it: its nodes and what its own slices already hold there."""
+
+    site_id: int
+    region: str
+    nodes: tuple[NodeSpec, ...]
+    native: tuple[tuple[SliceDemand, tuple[int, ...]], ...] = ()  # (demand, node id per replica) placed at home
+
+
+def may_overflow(demand: OverflowDemand, site: SiteCapacity, rtt_ms: float | None) -> str | None:
+    """Why ``demand``'s replicas may not go to ``site`` (None: they may), room aside."""
+    if demand.demand.priority is Priority.RESERVED:
+        return "reserved capacity stays on its site"
+    if site.site_id == demand.home_site:
+        return "its home site"
+    if site.region not in demand.regions:
+        return f"region {site.region} is not one the slice allows"
+    if rtt_ms is None:
+        return "no round-trip time to the home broker is known"
+    if rtt_ms + demand.p99_ms > demand.budget_ms:
+        return (f"round trip {rtt_ms:g} ms + p99 {demand.p99_ms:g} ms would exceed the "
+                f"{demand.budget_ms:g} ms budget")  # fmt: skip
+    return None
+
+
+def overflow(
+    demands: Iterable[OverflowDemand],
+    sites: Sequence[SiteCapacity],
+    rtt_ms: Mapping[tuple[int, int], float],
+    current: Mapping[int, Sequence[int]] | None = None,
+    *,
+    now: datetime,
+) -> Placement:
+    """Place each short slice's missing replicas on other sites (``rtt_ms[(site, home site)]``: the measured
+    round trip from ``site`` to the home site's broker), keeping ``current`` remote replicas where they still
+    hold. Only room the sites' own slices leave is used; slices go in class order, then by id."""
+    current = current or {}
+    rooms: dict[int, _Room] = {}
+    site_of: dict[int, SiteCapacity] = {}
+    for site in sites:
+        site_rooms = {n.node_id: _Room(n, now) for n in site.nodes
+                      if n.online and n.held_until is None and n.leaving_until(now) is None}  # fmt: skip
+        for native, node_ids in site.native:
+            for node_id in node_ids:
+                if node_id in site_rooms:
+                    site_rooms[node_id].take(native)
+        for node_id, room in site_rooms.items():
+            rooms[node_id], site_of[node_id] = room, site
+    result = Placement()
+    rank = {p: i for i, p in enumerate(PRIORITY_ORDER)}
+    for item in sorted(demands, key=lambda d: (rank[d.demand.priority], d.demand.slice_id)):
+        demand = item.demand
+        placed: list[int] = []
+        result.assignments[demand.slice_id] = placed
+        if demand.replicas <= 0 or not item.regions or demand.priority is Priority.RESERVED:
+            continue
+        open_sites: list[SiteCapacity] = []
+        for site in sorted(sites, key=lambda s: (rtt_ms.get((s.site_id, item.home_site), math.inf), s.site_id)):
+            why = may_overflow(item, site, rtt_ms.get((site.site_id, item.home_site)))
+            if why is None:
+                open_sites.append(site)
+            elif (
+                site.region in item.regions
+                and site.site_id != item.home_site
+                and any(
+                    r.fits(demand) and _usable(r, demand) for r in rooms.values() if site_of[r.node.node_id] is site
+                )
+            ):
+                result.events.append(Event(EventKind.LATENCY, demand.slice_id, None, f"site {site.site_id}: {why}"))
+        allowed = {s.site_id for s in open_sites}
+        for node_id in current.get(demand.slice_id, ()):  # stay where they run while that still holds
+            kept = rooms.get(node_id)
+            if len(placed) < demand.replicas and kept is not None and site_of[node_id].site_id in allowed \
+                    and _usable(kept, demand) and kept.take(demand):  # fmt: skip
+                placed.append(node_id)
+        for site in open_sites:
+            candidates = [r for r in rooms.values() if site_of[r.node.node_id] is site and _usable(r, demand)]
+            before = len(placed)
+            while len(placed) < demand.replicas:
+                best = max(candidates, key=lambda r: (r.fits(demand), r.score(), -r.node.node_id), default=None)
+                if best is None or not best.take(demand):
+                    break
+                placed.append(best.node.node_id)
+            if len(placed) > before:
+                rtt = rtt_ms[(site.site_id, item.home_site)]
+                result.events.append(Event(
+                    EventKind.OVERFLOW, demand.slice_id, None,
+                    f"{len(placed) - before} replica(s) to site {site.site_id} (region {site.region}): round trip "
+                    f"{rtt:g} ms + p99 {item.p99_ms:g} ms within the {item.budget_ms:g} ms budget",
+                ))  # fmt: skip
+        if len(placed) < demand.replicas:
+            result.unplaced[demand.slice_id] = demand.replicas - len(placed)
+    return result

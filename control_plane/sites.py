@@ -11,12 +11,14 @@ import hashlib
 import json
 import logging
 from datetime import timedelta
+from typing import Any
 
 from sqlmodel import Session, col, select
 
-from contracts.agent_api import DesiredSlice, DesiredState
+from contracts.agent_api import DesiredSlice, DesiredState, PeerBroker
 from contracts.slice_spec import NODE_RESOURCE_PREFIX, BatchSpec, knob_sections
 from control_plane import broker_sync, rollouts
+from control_plane.broker_sync import overflow_username
 from control_plane.errors import BrokerUnavailable
 from control_plane.models import Line, ModelVersion, Node, Robot, Site, Slice, Tenant, TenantBilling, utcnow
 from control_plane.scheduler import Priority
@@ -89,14 +91,35 @@ def slice_lines(session: Session, item: Slice) -> list[Line]:
     return list(lines)
 
 
+def remote_ingress_password(settings: ControlPlaneSettings, item: Slice, site_id: int) -> str:
+    """The base secret of the logins an overflow site's ingress has on the slice's home broker: one per site,
+    so a remote site's head can derive no login of the home ingress, nor of another site's."""
+    return _secret(settings, f"ingress:{item.id}:{item.credential_epoch}:site:{site_id}")
+
+
+def overflow_sites(session: Session, item: Slice) -> list[Site]:
+    """The other sites in the slice's overflow regions: each gets ingress logins on the home broker."""
+    if not item.overflow_regions:
+        return []
+    query = select(Site).where(col(Site.region).in_(item.overflow_regions), Site.id != item.site_id)
+    return list(session.exec(query.order_by(col(Site.id))).all())
+
+
 def ingress_broker_clients(
     session: Session, settings: ControlPlaneSettings, item: Slice
 ) -> list[broker_sync.BrokerClient]:
+    """The slice's ingress logins on its home broker: its own, and one set per site it may overflow to."""
     tenant = session.get(Tenant, item.tenant_id)
     assert tenant is not None
     lines = [line.slug for line in slice_lines(session, item)]
     base = ingress_password(settings, item)
-    return broker_sync.ingress_clients(item.app_name, tenant.slug, lines, base, INGRESS_REPLICAS)
+    clients = broker_sync.ingress_clients(item.app_name, tenant.slug, lines, base, INGRESS_REPLICAS)
+    for site in overflow_sites(session, item):
+        assert site.id is not None
+        remote, prefix = remote_ingress_password(settings, item, site.id), overflow_username(item.app_name, site.id)
+        clients += broker_sync.ingress_clients(item.app_name, tenant.slug, lines, remote, INGRESS_REPLICAS,
+                                               login_prefix=prefix)  # fmt: skip
+    return clients
 
 
 def ingress_node_id(session: Session, site: Site) -> int | None:
@@ -188,25 +211,45 @@ def sync_broker(session: Session, settings: ControlPlaneSettings, site: Site) ->
 def slice_spec(
     session: Session, settings: ControlPlaneSettings, item: Slice, site: Site, *, secrets: bool
 ) -> DesiredSlice:
-    """The desired slice as the agent applies it: a ``contracts.slice_spec.SliceSpec`` plus the model.
+    """The desired slice as the agent of ``site`` applies it: a ``contracts.slice_spec.SliceSpec`` plus the model.
 
     Without ``secrets`` (any node but the ingress's) the broker password is left out. Only the fields
     set here travel (``DesiredSlice.content``); the agent's ``SliceSpec`` defaults fill in the rest.
+    On a site that runs the slice's overflow (not its home), the ingress joins the home broker's shared
+    subscription at its WAN address with that site's own login, the replicas are the ones placed there
+    (all kept running while the overflow lasts), and rollouts stay at home.
     """
     tenant = session.get(Tenant, item.tenant_id)
     model = session.get(ModelVersion, item.model_version_id)
+    home = site if site.id == item.site_id else session.get(Site, item.site_id)
     assert tenant is not None
     assert model is not None
+    assert home is not None
+    assert site.id is not None
     lines = slice_lines(session, item)
-    pins = pinned_placement(session, item)
+    away = home.id != site.id
+    placed = overflow_remote_nodes(item, site.id) if away else item.placement
+    pins = pinned_placement(session, site.id, placed)
     replicas_max = min(item.max_replicas, sum(pins.values())) if pins else item.max_replicas
     billing = session.get(TenantBilling, item.tenant_id)
     if billing is not None and billing.held and item.priority in (Priority.BURST, Priority.BANK):
         replicas_max = min(replicas_max, item.min_replicas)  # funds used up: held at its floor (billing.review)
     knobs = knob_sections(item.model_dump())  # the slice's knobs, in the spec's sections
     bounds = {"min_replicas": min(item.min_replicas, replicas_max), "max_replicas": replicas_max}
+    if away:
+        replicas_max = sum(placed.values())
+        bounds = {"min_replicas": replicas_max, "max_replicas": replicas_max}
+    elif item.overflow and not pins:  # Ray places freely here: no more than the scheduler found room for
+        bounds["max_replicas"] = max(1, min(replicas_max, sum(placed.values())))
+        bounds["min_replicas"] = min(bounds["min_replicas"], bounds["max_replicas"])
+    host, port = home.wan_address if away else (home.broker_host, home.broker_port)
+    if away:
+        username = overflow_username(item.app_name, site.id)
+        password = remote_ingress_password(settings, item, site.id)
+    else:
+        username, password = broker_sync.slice_username(item.app_name), ingress_password(settings, item)
     ingress_batch = min(BatchSpec.model_fields["ingress_batch"].default, item.max_batch_size)
-    content = {
+    content: dict[str, Any] = {
         "slice_id": item.id,
         "generation": item.generation,
         "model": {"sha256": model.sha256, "manifest": model.manifest},
@@ -226,39 +269,64 @@ def slice_spec(
                 for line in lines
             },
             "broker": {
-                "host": site.broker_host,
-                "port": site.broker_port,
-                "username": broker_sync.slice_username(item.app_name),
-                "password": ingress_password(settings, item) if secrets else None,
+                "host": host,
+                "port": port,
+                "username": username,
+                "password": password if secrets else None,
                 "connection_logins": True,
             },
         },
     }
-    if rollout := rollouts.desired(session, item):  # a rollout's candidate, beside the slice's model
-        content["candidate"], content["spec"]["rollout"] = rollout["candidate"], rollout["rollout"]  # type: ignore[index]
+    if away:
+        content["home_site"] = home.name
+    elif rollout := rollouts.desired(session, item):  # a rollout's candidate, beside the slice's model
+        content["candidate"], content["spec"]["rollout"] = rollout["candidate"], rollout["rollout"]
     return DesiredSlice.model_validate(content)
 
 
-def pinned_placement(session: Session, item: Slice) -> dict[str, int]:
-    """The slice's placement as Ray resources, when every chosen node's raylet advertises its resource.
+def overflow_remote_nodes(item: Slice, site_id: int) -> dict[str, int]:
+    """The slice's replicas placed on another site (``Slice.overflow``): node id -> replicas."""
+    return dict(item.overflow.get(str(site_id), {}))
+
+
+def overflowing_to(session: Session, site: Site) -> list[Slice]:
+    """Live slices of other sites with replicas placed on ``site``."""
+    query = select(Slice).where(col(Slice.status).in_(LIVE_SLICES), Slice.site_id != site.id)
+    return [s for s in session.exec(query.order_by(col(Slice.id))).all() if overflow_remote_nodes(s, site.id or 0)]
+
+
+def pinned_placement(session: Session, site_id: int, placed: dict[str, int]) -> dict[str, int]:
+    """A placement on ``site_id``'s nodes as Ray resources, when every chosen node's raylet advertises its
+    resource.
 
     Sites whose Ray nodes do not carry ``lineside_node_<id>`` (a demo on one machine) get no pinning:
     Ray places the replicas, within the slice's bounds.
     """
-    if not item.placement:
+    if not placed:
         return {}
-    nodes = session.exec(select(Node).where(Node.site_id == item.site_id)).all()
+    nodes = session.exec(select(Node).where(Node.site_id == site_id)).all()
     advertised = {r for n in nodes for r in n.ray_resources}
-    pins = {f"{NODE_RESOURCE_PREFIX}{node_id}": count for node_id, count in item.placement.items()}
+    pins = {f"{NODE_RESOURCE_PREFIX}{node_id}": count for node_id, count in placed.items()}
     return pins if set(pins) <= advertised else {}
 
 
+def peers(session: Session, site: Site) -> list[PeerBroker]:
+    """Every other site's broker as this one reaches it, for the head's round-trip probes."""
+    others = session.exec(select(Site).where(Site.id != site.id).order_by(col(Site.id))).all()
+    return [PeerBroker(site_id=s.id, host=s.wan_address[0], port=s.wan_address[1]) for s in others if s.id]
+
+
 def desired_state(session: Session, settings: ControlPlaneSettings, site: Site, node: Node) -> tuple[DesiredState, str]:
-    """The site's desired slices as ``node`` may see them, and an ETag over what it is sent."""
+    """The site's desired slices (its own, then other sites' overflow placed here) as ``node`` may see them,
+    and an ETag over what it is sent."""
     secrets = node.id is not None and node.id == ingress_node_id(session, site)
-    slices = live_slices(session, site)
+    # A slice whose replicas all run elsewhere has no ingress here: it would take its share of frames with no model.
+    own = [s for s in live_slices(session, site) if s.placement or not s.overflow]
+    slices = own + overflowing_to(session, site)
     state = DesiredState(
-        site=site.name, slices=[slice_spec(session, settings, s, site, secrets=secrets) for s in slices]
+        site=site.name,
+        slices=[slice_spec(session, settings, s, site, secrets=secrets) for s in slices],
+        peers=peers(session, site),
     )
     etag = hashlib.sha256(json.dumps(state.content(), sort_keys=True).encode()).hexdigest()[:32]
     return state, etag

@@ -42,13 +42,14 @@ from contracts.agent_api import (
     DesiredSlice,
     DesiredState,
     Heartbeat,
+    LinkReport,
     ModelRef,
     NodeJoin,
     ProfileReport,
     SliceReport,
 )
 from contracts.slice_spec import INGRESS_SLOTS, SliceSpec
-from edge_node import cluster, serving, sizing
+from edge_node import cluster, links, serving, sizing
 from edge_node.errors import EdgeNodeError
 from edge_node.fit_jobs import FitRunner
 from edge_node.private_files import private_dir, tighten, write_private
@@ -162,6 +163,9 @@ class Agent:
     fits: FitRunner | None = None  # the site's model fits, run as Ray tasks (head only); None: made from client
     gateway: Gateway | None = None  # HTTP inference (head only, ``--http-port``): told the slices after each pass
     specs: dict[str, SliceSpec] = field(default_factory=dict)  # app -> the spec as last applied here
+    link_period_s: float = 60.0  # how often the head probes the round trip to other sites' brokers
+    probe: Callable[[str, int], float | None] = links.round_trip_ms
+    _links_due: float = 0.0  # monotonic time of the next probe pass
 
     def __post_init__(self) -> None:
         tighten(self.data_dir)  # the node token, broker passwords and tenants' models: 0600 files, 0700 folders
@@ -301,9 +305,12 @@ class Agent:
             del self.applied[name]
             self.specs.pop(name, None)
         write_private(self._applied_path, json.dumps(self.applied))
-        if self.gateway is not None:
+        if self.gateway is not None:  # another site's overflow is served over HTTP at its home only
+            served = [
+                n for n, item in desired.items() if n in self.specs and n not in self.errors and not item.home_site
+            ]
             try:
-                self.gateway.update([self.specs[n] for n in desired if n in self.specs and n not in self.errors])
+                self.gateway.update([self.specs[n] for n in served])
             except Exception:  # HTTP inference must not cost the site its heartbeat
                 log.exception("the HTTP inference endpoint could not take this pass's slices")
         return reports
@@ -327,8 +334,23 @@ class Agent:
             "healthy": status.get("status") == "RUNNING", "message": status.get("status", ""), "replicas": replicas,
         })  # fmt: skip
 
-    def heartbeat(self, reports: list[SliceReport]) -> None:
-        self._beat(applications=sorted(self.applications()), slices=reports, ray_resources=self.ray_resources())
+    def heartbeat(self, reports: list[SliceReport], measured: list[LinkReport] | None = None) -> None:
+        self._beat(applications=sorted(self.applications()), slices=reports, ray_resources=self.ray_resources(),
+                   links=measured or [])  # fmt: skip
+
+    def measure_links(self, state: DesiredState) -> list[LinkReport]:
+        """Round trips to the other sites' brokers, every ``link_period_s`` (else nothing new to report)."""
+        if not state.peers or time.monotonic() < self._links_due:
+            return []
+        self._links_due = time.monotonic() + self.link_period_s
+        measured = []
+        for peer in state.peers:
+            rtt = self.probe(peer.host, peer.port)
+            if rtt is not None:
+                measured.append(LinkReport(site_id=peer.site_id, rtt_ms=rtt))
+        if measured:
+            log.info("round trips to other sites: %s", ", ".join(f"site {m.site_id} {m.rtt_ms:g} ms" for m in measured))
+        return measured
 
     def _beat(self, **head: Any) -> None:
         """Inventory and utilization, plus what only the head's agent knows (``head``: its slices)."""
@@ -349,7 +371,7 @@ class Agent:
             return []
         state = self.pull()
         reports = self.reconcile(state)
-        self.heartbeat(reports)
+        self.heartbeat(reports, self.measure_links(state))
         self.profile_models(state)
         if self.fits is not None:
             self.fits.poll()  # starts a background thread per new fit: this pass does not wait for it

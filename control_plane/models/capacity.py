@@ -76,6 +76,7 @@ class ScaleKind(StrEnum):
     ALERT = "alert"  # a reserved slice no longer fits: operators must add capacity
     BILLING = "billing"  # a burst/bank slice held at its floor (funds used up) or released
     ROLLOUT = "rollout"  # a model rollout stepped forward, finished, was aborted or rolled back (bounds unchanged)
+    OVERFLOW = "overflow"  # replicas placed on another site (home full), taken back, or refused (latency budget)
 
 
 class ScaleEvent(SQLModel, table=True):

@@ -16,8 +16,27 @@ from sqlmodel import Field, SQLModel
 from control_plane.models._common import Input, hhmm, topic_safe_name, utcnow, weekdays
 from control_plane.states import NodeStatus
 
+DEFAULT_REGION = "default"
 
-class SiteCreate(Input):
+
+class SiteWan(Input):
+    """Where a site is, and how other sites' overflow replicas reach its broker."""
+
+    region: str = Field(
+        default=DEFAULT_REGION,
+        description="Topic-safe region name, e.g. 'west'. Slices may overflow only into the regions they list.",
+    )
+    wan_broker_host: str | None = Field(
+        default=None,
+        max_length=255,
+        description="Host other sites reach this site's broker at (their overflow ingresses and round-trip "
+        "probes); default broker_host.",
+    )
+    wan_broker_port: int | None = Field(default=None, gt=0, lt=65536, description="Port of wan_broker_host.")
+    _check_region = field_validator("region")(topic_safe_name)
+
+
+class SiteCreate(SiteWan):
     name: str = Field(description="Topic-safe site name, e.g. 'plant-north'.")
     broker_host: str = Field(default="127.0.0.1", max_length=255, description="The site's MQTT broker host.")
     broker_port: int = Field(default=1883, gt=0, lt=65536, description="The site's MQTT broker port.")
@@ -30,6 +49,14 @@ class Site(SQLModel, table=True):
     broker_host: str = Field(max_length=255)
     broker_port: int
     created_at: datetime = Field(default_factory=utcnow)
+    region: str = Field(default=DEFAULT_REGION, max_length=63, sa_column_kwargs={"server_default": DEFAULT_REGION})
+    wan_broker_host: str | None = Field(default=None, max_length=255)
+    wan_broker_port: int | None = None
+
+    @property
+    def wan_address(self) -> tuple[str, int]:
+        """(host, port) other sites reach this site's broker at."""
+        return self.wan_broker_host or self.broker_host, self.wan_broker_port or self.broker_port
 
 
 class SitePublic(SQLModel):
@@ -37,6 +64,38 @@ class SitePublic(SQLModel):
     name: str
     broker_host: str
     broker_port: int
+    region: str
+    wan_broker_host: str | None
+    wan_broker_port: int | None
+
+
+LINK_STALE_S = 600
+"""A measured round trip older than this is unknown again: no overflow rides on it."""
+
+
+class SiteLink(SQLModel, table=True):
+    """The round trip from one site (``site_id``, where its agent measured it) to another's broker."""
+
+    site_id: int = Field(foreign_key="site.id", primary_key=True)
+    peer_site_id: int = Field(foreign_key="site.id", primary_key=True)
+    measured_rtt_ms: float | None = None
+    measured_at: datetime | None = None
+    pinned_rtt_ms: float | None = None  # an operator's figure; wins over the measured one
+
+
+class SiteLinkPublic(SQLModel):
+    site_id: int
+    peer_site_id: int
+    measured_rtt_ms: float | None = Field(description="Median MQTT CONNECT/CONNACK round trip the agent measured.")
+    measured_at: datetime | None
+    pinned_rtt_ms: float | None = Field(description="The operator's figure, which wins over the measured one.")
+    rtt_ms: float | None = Field(description="What overflow uses: pinned, else measured within the last 10 minutes.")
+
+
+class SiteLinkPin(Input):
+    rtt_ms: float | None = Field(
+        ge=0, le=60_000, description="Round trip to pin in ms; null: use the agents' measurements again."
+    )
 
 
 class BrokerAdmin(SQLModel):

@@ -75,6 +75,16 @@ class SliceKnobs(SQLModel):
     )
 
 
+OVERFLOW_REGIONS = (
+    "Regions whose sites may run this burst or bank slice's replicas when its home site is full, while the "
+    "round trip to the home broker plus its p99 stays within its lines' latency budget; empty: it stays home."
+)
+
+
+def _regions(value: list[str]) -> list[str]:
+    return sorted({topic_safe_name(v) for v in value})
+
+
 class SliceCreate(SliceKnobs, Input):
     slug: str = Field(description="Topic-safe slice name, unique per tenant.")
     line_ids: list[RowId] = Field(
@@ -89,8 +99,21 @@ class SliceCreate(SliceKnobs, Input):
         description="The price version you were quoted (POST /leases/quote); if another is in force now the "
         "slice is refused with 409 price_changed. Omitted: the price in force.",
     )
+    overflow_regions: list[str] = Field(default_factory=list, max_length=20, description=OVERFLOW_REGIONS)
     _check_slug = field_validator("slug")(topic_safe_name)
+    _check_regions = field_validator("overflow_regions")(_regions)
     _bounds = model_validator(mode="after")(_replica_bounds)
+
+    @model_validator(mode="after")
+    def _reserved_stays_home(self) -> SliceCreate:
+        if self.overflow_regions and self.priority is Priority.RESERVED:
+            raise ValueError("a reserved slice stays on its site: overflow_regions needs priority burst or bank")
+        return self
+
+
+class SliceOverflow(Input):
+    regions: list[str] = Field(max_length=20, description=OVERFLOW_REGIONS)
+    _check_regions = field_validator("regions")(_regions)
 
 
 class SliceScale(Input):
@@ -108,6 +131,10 @@ class Slice(SliceKnobs, table=True):
     line_ids: list[int] = Field(sa_column=Column(JSON, nullable=False))
     model_version_id: int = Field(foreign_key="modelversion.id")
     placement: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # node id -> n
+    overflow_regions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    overflow: dict[str, dict[str, int]] = Field(  # site id -> {node id -> replicas}: placed away from home
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
     credential_epoch: int = 1  # part of the ingress's derived broker password; bumped to rotate it
     status: SliceStatus = Field(default=SliceStatus.PENDING)
     status_message: str = Field(default="", max_length=2000)
@@ -131,6 +158,10 @@ class SlicePublic(SliceKnobs):
     line_ids: list[int]
     model_version_id: int
     placement: dict[str, int]
+    overflow_regions: list[str]
+    overflow: dict[str, dict[str, int]] = Field(
+        description="Replicas running on other sites because the home site is full: site id -> {node id -> n}."
+    )
     credential_epoch: int = Field(description="Bumped each time the ingress's broker credentials rotate.")
     status: SliceStatus
     status_message: str

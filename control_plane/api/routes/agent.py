@@ -23,7 +23,7 @@ from contracts.agent_api import (
     ProfileReport,
     SliceReport,
 )
-from control_plane import fits, metering, placement, registry, sites, uploads
+from control_plane import fits, metering, overflow, placement, registry, sites, uploads
 from control_plane.api.deps import CurrentNode, IdPath, NowDep, SessionDep, SettingsDep, principal_of_token
 from control_plane.dashboard import running_models
 from control_plane.errors import Conflict, InvalidInput, InvalidUpload, NotFound, Unauthenticated
@@ -107,6 +107,7 @@ def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowD
                                                                            at, timeout))  # fmt: skip
     if body.applications is not None:
         _finish_deletions(session, node.site_id, set(body.applications))
+    overflow.record_links(session, node, [(link.site_id, link.rtt_ms) for link in body.links])
     session.commit()
     if came_online:
         site = session.get(Site, node.site_id)
@@ -118,7 +119,10 @@ def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowD
 
 def _record(session: SessionDep, node: Node, report: SliceReport) -> None:
     item = session.get(Slice, report.slice_id)
-    if item is None or item.site_id != node.site_id or item.status in (SliceStatus.DELETING, SliceStatus.DELETED):
+    if item is None or item.status in (SliceStatus.DELETING, SliceStatus.DELETED):
+        return
+    # Its home reports its state; a site running its overflow does only while none of it runs at home.
+    if item.site_id != node.site_id and (item.placement or str(node.site_id) not in item.overflow):
         return
     if report.generation != item.generation:
         return  # an older generation's report: the agent has not caught up yet
@@ -228,6 +232,9 @@ def model_file(sha256: str, session: SessionDep, settings: SettingsDep, node: Cu
         select(Slice).where(Slice.site_id == node.site_id, col(Slice.model_version_id).in_([v.id for v in versions]))
     ).first()
     ids = [v.id for v in versions]
+    site = session.get(Site, node.site_id)
+    if used_here is None and site is not None:  # another site's slice whose overflow this site runs
+        used_here = next((s for s in sites.overflowing_to(session, site) if s.model_version_id in ids), None)
     candidate_here = session.exec(  # a running rollout's candidate on one of the site's slices
         select(Rollout)
         .join(Slice, col(Slice.id) == Rollout.slice_id)

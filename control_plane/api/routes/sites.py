@@ -6,15 +6,15 @@ The nodes that joined a site are under ``/nodes``; capacity that no longer fits 
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlmodel import select
+from sqlmodel import col, select
 
-from control_plane import broker_sync, catalogue
+from control_plane import broker_sync, catalogue, overflow, placement
 from control_plane.api.deps import IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed, get_or_404, insert
-from control_plane.errors import NotFound
+from control_plane.errors import InvalidInput, NotFound
 from control_plane.models import (
     MAX_ID,
     BrokerAdmin,
@@ -22,7 +22,11 @@ from control_plane.models import (
     JoinTokenIssued,
     Site,
     SiteCreate,
+    SiteLink,
+    SiteLinkPin,
+    SiteLinkPublic,
     SitePublic,
+    SiteWan,
     Tenant,
     utcnow,
 )
@@ -65,6 +69,64 @@ def get_site(
     caller: Annotated[Principal, allowed(Permission.READ_SITES, "reading sites")],
 ) -> Site:
     return get_or_404(session, Site, site_id)
+
+
+@router.patch("/{site_id}", response_model=SitePublic)
+def update_site(
+    site_id: IdPath,
+    body: SiteWan,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_SITES, "changing sites")],
+    now: NowDep,
+) -> Site:
+    """The site's region and the address other sites reach its broker at (cross-site overflow)."""
+    site = get_or_404(session, Site, site_id)
+    for name, value in body.model_dump(exclude_unset=True).items():
+        setattr(site, name, value)
+    session.commit()
+    placement.place_all(session, now)  # a region changed: which slices may overflow where
+    session.refresh(site)
+    return site
+
+
+def _link_public(link: SiteLink, now: datetime) -> SiteLinkPublic:
+    return SiteLinkPublic(**link.model_dump(), rtt_ms=overflow.effective_rtt(link, now))
+
+
+@router.get("/{site_id}/links", response_model=list[SiteLinkPublic])
+def list_links(
+    site_id: IdPath,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_SITES, "reading round trips between sites")],
+    now: NowDep,
+) -> list[SiteLinkPublic]:
+    """Round trips from this site to other sites' brokers: measured by its head agent, or pinned."""
+    get_or_404(session, Site, site_id)
+    links = session.exec(select(SiteLink).where(SiteLink.site_id == site_id).order_by(col(SiteLink.peer_site_id)))
+    return [_link_public(link, now) for link in links]
+
+
+@router.put("/{site_id}/links/{peer_id}", response_model=SiteLinkPublic)
+def pin_link(
+    site_id: IdPath,
+    peer_id: IdPath,
+    body: SiteLinkPin,
+    session: SessionDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_SITES, "pinning round trips between sites")],
+    now: NowDep,
+) -> SiteLinkPublic:
+    """Pin the round trip from this site to another's broker (null: the agents' measurements again)."""
+    get_or_404(session, Site, site_id)
+    get_or_404(session, Site, peer_id)
+    if site_id == peer_id:
+        raise InvalidInput("a site has no link to itself; name another site")
+    link = session.get(SiteLink, (site_id, peer_id)) or SiteLink(site_id=site_id, peer_site_id=peer_id)
+    link.pinned_rtt_ms = body.rtt_ms
+    session.add(link)
+    session.commit()
+    overflow.place(session, now)
+    session.refresh(link)
+    return _link_public(link, now)
 
 
 @router.get("/{site_id}/broker-admin", response_model=BrokerAdmin)

@@ -34,10 +34,12 @@ from control_plane.models import (
     Site,
     Slice,
     SliceCreate,
+    SliceOverflow,
     SlicePublic,
     SliceScale,
     utcnow,
 )
+from control_plane.scheduler import Priority
 from control_plane.security import Permission, Principal
 from control_plane.settings import ControlPlaneSettings
 from control_plane.states import SliceStatus, transition
@@ -131,14 +133,40 @@ def scale_slice(
     return item
 
 
+@router.put("/{slice_id}/overflow", response_model=SlicePublic)
+def set_overflow(
+    slice_id: IdPath,
+    body: SliceOverflow,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Principal, allowed(Permission.MANAGE_SLICES, "letting a slice overflow to other sites")],
+    now: NowDep,
+) -> Slice:
+    """The regions whose sites may run this burst or bank slice's replicas while its home site is full
+    (empty: it stays home). A reserved slice never leaves its site: 409."""
+    item = scoped_get(session, Slice, slice_id, caller)
+    if body.regions and item.priority is Priority.RESERVED:
+        raise Conflict(f"slice {item.slug} is reserved capacity, which stays on its site; "
+                       "make it burst or bank to let it overflow")  # fmt: skip
+    item.overflow_regions = body.regions
+    item.updated_at = utcnow()
+    _push_ingress(session, settings, item)  # the logins each overflow site's ingress uses on the home broker
+    session.commit()
+    _place(session, item, now)
+    session.refresh(item)
+    return item
+
+
 @router.delete("/{slice_id}", response_model=SlicePublic)
 def delete_slice(
     slice_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     caller: Annotated[Principal, allowed(Permission.MANAGE_SLICES, "releasing capacity")],
+    now: NowDep,
 ) -> Slice:
-    """Release the capacity: the agent removes the application, then the slice is ``deleted``."""
+    """Release the capacity: the agent removes the application, then the slice is ``deleted``; its room goes
+    to the site's other slices at once (one running elsewhere for want of room comes home)."""
     item = scoped_get(session, Slice, slice_id, caller)
     item.status = transition(item.status, SliceStatus.DELETING, what=f"slice {item.slug}")
     item.updated_at = utcnow()
@@ -150,6 +178,7 @@ def delete_slice(
         for client in sites.ingress_broker_clients(session, settings, item):
             broker.remove(client.username)
     session.commit()
+    _place(session, item, now)
     session.refresh(item)
     return item
 
