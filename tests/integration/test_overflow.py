@@ -39,16 +39,17 @@ def two_sites(cp: ControlPlane, tmp_path: Path, proxy: WanProxy) -> tuple[int, d
     return east["id"], {"port": str(east["broker_port"]), "password": admin["password"]}
 
 
-def head(cp: ControlPlane, site_id: int, folder: Path, serve: RecordedServe, cpus: int | None = None,
+def head(cp: ControlPlane, site_id: int, folder: Path, serve: RecordedServe | None, cpus: int | None = None,
          monkeypatch: pytest.MonkeyPatch | None = None) -> Agent:  # fmt: skip
-    """A site's head agent with Ray left out (``serve`` records what it would apply)."""
+    """A site's head agent: with Ray left out (``serve`` records what it would apply), or on this process's Ray."""
     if cpus is not None and monkeypatch is not None:  # a smaller machine than this one
         real = agent_module.inventory
         monkeypatch.setattr(agent_module, "inventory", lambda: {**real(), "cpus": cpus})
     token = ok(cp.client.post(f"/sites/{site_id}/join-tokens", headers=cp.op), 201)["token"]
     node = join(cp.client, token, folder)
-    agent = Agent(cp.client, node["node_token"], folder, profiler=quick_profile, link_period_s=0.0,
-                  delete=serve.present.discard, forget=lambda _name: None, **serve.agent_options())  # fmt: skip
+    options = {} if serve is None else {"delete": serve.present.discard, "forget": lambda _name: None,
+                                        **serve.agent_options()}  # fmt: skip
+    agent = Agent(cp.client, node["node_token"], folder, profiler=quick_profile, link_period_s=0.0, **options)
     if monkeypatch is not None:
         monkeypatch.undo()
     return agent
