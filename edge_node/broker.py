@@ -25,7 +25,7 @@ dynamic-security plugin with one admin client (``lineside-admin``) that may
 only use the plugin's control topic; the control plane creates robot and
 slice clients through it (``control_plane.broker_sync``). With ``tls`` a second
 listener speaks MQTT over TLS, for robots on a factory network that is not trusted;
-the plain listener stays on 127.0.0.1.
+the plain listener stays on 127.0.0.1 unless ``host`` names an address on the private network between sites.
 """
 
 from __future__ import annotations
@@ -109,13 +109,14 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 
 
 class MosquittoBroker:
-    """A Mosquitto process on 127.0.0.1 with its own config and data folder."""
+    """A Mosquitto process with its own config and data folder; its plain listener on ``host`` (127.0.0.1)."""
 
     def __init__(
         self,
         workdir: Path,
         port: int | None = None,
         *,
+        host: str = "127.0.0.1",
         extra_config: str = "",
         admin_password: str | None = None,
         max_queued_bytes: int = QUEUED_BYTES_PER_CLIENT,
@@ -125,7 +126,7 @@ class MosquittoBroker:
         self.max_queued_bytes = max_queued_bytes
         self.tls = tls
         self.port = port or free_port()
-        self.host = "127.0.0.1"
+        self.host = host
         self.extra_config = extra_config
         self.admin_password = admin_password
         self._process: subprocess.Popen[bytes] | None = None

@@ -245,7 +245,15 @@ def broker_run(
         Path | None,
         typer.Option(help="File holding the admin password; else LINESIDE_BROKER_ADMIN_PASSWORD is read."),
     ] = None,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Plain MQTT port, on 127.0.0.1 only.")] = 1883,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Plain MQTT port.")] = 1883,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address the plain listener binds: 127.0.0.1 for the site's own slices, or an address on the "
+            "private network between sites, where other sites' overflow ingresses reach it (the site's "
+            "wan_broker_host). Never a public one: it is plain MQTT."
+        ),
+    ] = "127.0.0.1",
     data_dir: Annotated[Path, typer.Option(help="Config, persistence and dynamic-security state.")] = Path(
         "lineside-broker"
     ),
@@ -286,9 +294,8 @@ def broker_run(
                           client_cafile=tls_client_ca.resolve() if tls_client_ca else None)  # fmt: skip
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    broker = MosquittoBroker(
-        data_dir.resolve(), port, admin_password=password, tls=tls, max_queued_bytes=max_queued_mib * 1024 * 1024
-    )
+    broker = MosquittoBroker(data_dir.resolve(), port, host=host, admin_password=password, tls=tls,
+                             max_queued_bytes=max_queued_mib * 1024 * 1024)  # fmt: skip
     with broker:
         tls_note = f", TLS on {tls.host}:{tls.port}" if tls else ""
         typer.echo(f"broker on {broker.host}:{broker.port}{tls_note}; state in {data_dir} (Ctrl-C stops it)")

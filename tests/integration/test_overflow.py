@@ -8,6 +8,10 @@ reaches the home broker only through the WAN and may take only its share of the 
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,8 @@ from contracts import wire
 from contracts.broker_logins import connection_password
 from edge_node import agent as agent_module
 from edge_node.agent import Agent, join
-from edge_node.broker import MosquittoBroker, free_port
+from edge_node.broker import MosquittoBroker, free_port, wait_for_port
+from edge_node.links import round_trip_ms
 from tests.integration.cp_fixtures import ControlPlane, RecordedServe, ok
 from tests.integration.test_cp_agent_ray import quick_profile
 from tests.integration.wan_proxy import WanProxy
@@ -155,3 +160,23 @@ def _east_login_takes_only_its_share(cp: ControlPlane, proxy: WanProxy, username
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_the_broker_listens_where_other_sites_reach_it(tmp_path: Path) -> None:
+    """``lineside broker run --host``: the plain listener on the private network between sites (here a second
+    loopback address), so that another site's overflow ingress can reach it; nothing on 127.0.0.1 then."""
+    port = free_port()
+    env = {**os.environ, "LINESIDE_BROKER_ADMIN_PASSWORD": "admin-secret-1234"}
+    command = [sys.executable, "-m", "lineside", "broker", "run", "--host", "127.0.0.2", "--port", str(port),
+               "--data-dir", str(tmp_path / "broker")]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port("127.0.0.2", port, 30)
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+        assert round_trip_ms("127.0.0.2", port) is not None  # an MQTT broker answers there: the probe's CONNACK
+        assert round_trip_ms("127.0.0.1", port) is None  # nothing: the round trip is unknown, not zero
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=30)
+    assert f"broker on 127.0.0.2:{port}" in out, out
