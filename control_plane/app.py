@@ -211,7 +211,8 @@ def create_app(settings: ControlPlaneSettings) -> FastAPI:
     log.log(logging.WARNING if settings.secret_key_source.startswith("generated") else logging.INFO,
             "secret key: %s", settings.secret_key_source)  # fmt: skip
     db.private_dir(settings.data_dir)  # the database, model store and uploads: 0700 whatever the umask
-    engine = db.make_engine(settings.url)
+    engine = db.make_engine(settings.url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                            pool_timeout_s=settings.db_pool_timeout_s)  # fmt: skip
     db.migrate(engine)
     token = bootstrap(engine, settings)
     if token:

@@ -26,6 +26,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,17 @@ async def _handle_data_error(_request: Request, error: Exception) -> JSONRespons
     return JSONResponse(status_code=422, content={"detail": detail, "code": "invalid_value"})
 
 
+async def _handle_pool_timeout(_request: Request, error: Exception) -> JSONResponse:
+    # Every database connection stayed busy for the pool's timeout: the request changed nothing; say when to retry.
+    log.warning("no database connection free within the pool timeout (LINESIDE_DB_POOL_SIZE may be too small)")
+    detail = "the control plane's database is busy; nothing was changed, retry in a few seconds"
+    return JSONResponse(status_code=503, content={"detail": detail, "code": "database_busy"},
+                        headers={"Retry-After": "5"})  # fmt: skip
+
+
 def install(app: FastAPI) -> None:
     """Answer every ``ControlPlaneError`` as JSON ``{"detail", "code"}`` with its status."""
     app.add_exception_handler(ControlPlaneError, _handle)
+    app.add_exception_handler(PoolTimeout, _handle_pool_timeout)
     app.add_exception_handler(IntegrityError, _handle_integrity)
     app.add_exception_handler(DataError, _handle_data_error)

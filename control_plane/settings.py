@@ -47,6 +47,11 @@ class ControlPlaneSettings(BaseSettings):
         default=None,
         description="API token of the first operator, created when no operator exists (else one is generated).",
     )
+    db_pool_size: int = Field(default=10, ge=1, le=1000, description="PostgreSQL connections kept open.")
+    db_max_overflow: int = Field(default=20, ge=0, le=1000, description="PostgreSQL connections opened beyond the pool "
+                                 "under load, closed when returned.")  # fmt: skip
+    db_pool_timeout_s: float = Field(default=30.0, gt=0, le=600, description="How long a request waits for a "
+                                     "PostgreSQL connection before it is answered 503.")  # fmt: skip
     production: bool = Field(default=False, description="Refuse development defaults (secret key).")
     heartbeat_timeout_s: float = Field(default=30.0, gt=0, description="A node silent this long is marked offline.")
     join_token_ttl_s: float = Field(default=3600.0, gt=0, description="How long a node join token stays valid.")

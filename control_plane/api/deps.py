@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Path, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import QueuePool
 from sqlmodel import Session, SQLModel, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -24,9 +26,32 @@ def _settings(request: Request) -> ControlPlaneSettings:
     return request.app.state.settings
 
 
-def _session(request: Request) -> Iterator[Session]:
-    with Session(request.app.state.engine) as session:
-        yield session
+DB_GATE_MAX = 32
+"""At most this many requests hold a database session at once, whatever the pool (the worker threads are 40)."""
+
+
+def _db_gate(request: Request) -> asyncio.Semaphore:
+    """The running loop's gate: as many requests at once as the engine's pool has connections."""
+    gates: dict[int, asyncio.Semaphore] = request.app.state.__dict__.setdefault("db_gates", {})
+    loop = id(asyncio.get_running_loop())
+    if loop not in gates:
+        pool = request.app.state.engine.pool
+        capacity = pool.size() + pool._max_overflow if isinstance(pool, QueuePool) else DB_GATE_MAX
+        gates[loop] = asyncio.Semaphore(max(1, min(capacity, DB_GATE_MAX)))
+    return gates[loop]
+
+
+async def _session(request: Request) -> AsyncIterator[Session]:
+    """One session per request, for no more requests at once than the pool has connections.
+
+    A sync route runs in a worker thread, and so does the validation of its answer, which may still read
+    through the route's session. With more requests than connections, the waiting routes took every worker, the
+    routes holding connections could not finish their answers, and all of them stalled for the pool's timeout
+    (chaos scenario 11, ``test_chaos_api``). Requests beyond the pool now wait here, on the event loop, holding
+    no worker; the session is closed on the loop too."""
+    async with _db_gate(request):
+        with Session(request.app.state.engine) as session:
+            yield session
 
 
 def _now(request: Request) -> datetime:
@@ -184,16 +209,18 @@ class Page:
     request: Request
     response: Response
 
-    def of(self, session: Session, query: SelectOfScalar[T], model: type[T], *, newest_first: bool = False) -> list[T]:
-        """The page of ``query``'s rows (its own ORDER BY is replaced by id order), setting the next-page headers."""
-        column = col(model.id)  # type: ignore[attr-defined]
+    def of(self, session: Session, query: SelectOfScalar[T], model: type[T], *, newest_first: bool = False,
+           key: str = "id") -> list[T]:  # fmt: skip
+        """The page of ``query``'s rows (its own ORDER BY is replaced by ``key`` order, the id unless the rows are
+        keyed otherwise), setting the next-page headers."""
+        column = col(getattr(model, key))
         if self.after is not None:
             query = query.where(column < self.after if newest_first else column > self.after)
         query = query.order_by(None).order_by(column.desc() if newest_first else column)
         rows = list(session.exec(query.limit(self.limit + 1)))
         if len(rows) > self.limit:
             rows = rows[: self.limit]
-            cursor = getattr(rows[-1], "id")  # noqa: B009  (every paged model has an id)
+            cursor = getattr(rows[-1], key)
             following = self.request.url.include_query_params(limit=self.limit, after=cursor)
             self.response.headers["X-Next-Cursor"] = str(cursor)
             self.response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlmodel import col, select
+from sqlmodel import select
 
 from control_plane import broker_sync, catalogue, overflow, placement
 from control_plane.api.deps import IdPath, NowDep, PageDep, SessionDep, SettingsDep, allowed, get_or_404, insert
@@ -99,10 +99,12 @@ def list_links(
     session: SessionDep,
     caller: Annotated[Principal, allowed(Permission.MANAGE_SITES, "reading round trips between sites")],
     now: NowDep,
+    page: PageDep,
 ) -> list[SiteLinkPublic]:
-    """Round trips from this site to other sites' brokers: measured by its head agent, or pinned."""
+    """Round trips from this site to other sites' brokers (measured by its head agent, or pinned), by the other
+    site's id, a page at a time (X-Next-Cursor)."""
     get_or_404(session, Site, site_id)
-    links = session.exec(select(SiteLink).where(SiteLink.site_id == site_id).order_by(col(SiteLink.peer_site_id)))
+    links = page.of(session, select(SiteLink).where(SiteLink.site_id == site_id), SiteLink, key="peer_site_id")
     return [_link_public(link, now) for link in links]
 
 
