@@ -166,6 +166,8 @@ def ingress_clients(
         receive += [("subscribeLiteral", wire.shared_frames_filter(app_name, tenant, line)),
                     ("publishClientReceive", frames)]  # fmt: skip
         send += [
+            # Only to clear a frame a robot published retained (an empty retained message): see SECURITY.md.
+            ("publishClientSend", frames),
             ("publishClientSend", f"{prefix}/+/{wire.TopicKind.RESULTS.value}"),
             ("publishClientSend", f"{prefix}/+/{wire.TopicKind.ERRORS.value}"),
             ("publishClientSend", wire.telemetry_topic(tenant, line, app_name)),

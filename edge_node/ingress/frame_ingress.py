@@ -235,6 +235,17 @@ class FrameIngress:
         if info.is_published():
             for answered in (frame, *followers):
                 self._session.ack(answered)
+            if frame.retained:
+                self._clear_retained(frame)
+
+    def _clear_retained(self, frame: Frame) -> None:
+        """A robot published a frame retained: the broker would keep it and hand it to every new plain subscriber
+        of the topic. Answered now, it is cleared (an empty retained message), once per such frame."""
+        topic = frame.robot.sibling(wire.TopicKind.FRAMES)
+        self._publisher.publish(topic, b"", qos=1, retain=True)
+        self.counts.add("retained_frames_cleared")
+        log.warning("robot %s published a retained frame (%s); answered it and cleared the broker's copy: robots "
+                    "must publish frames with retain off", frame.robot.robot, frame.frame_id)  # fmt: skip
 
     def _answers(self, batch: list[Frame], answering: Candidate | None = None) -> list[Reply]:
         """Topic and payload of the answer to every frame in ``batch``: from memory, a refusal, or the model

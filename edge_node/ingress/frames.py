@@ -30,6 +30,7 @@ class Frame:
     correlation: bytes | None
     user_properties: dict[str, str]
     received: float = field(default_factory=time.monotonic)
+    retained: bool = False  # the robot published it retained: once answered, the ingress clears the broker's copy
 
     @property
     def key(self) -> tuple[str, str]:
@@ -56,4 +57,5 @@ def frame_of(msg: mqtt.MQTTMessage, robot: wire.RobotTopic, generation: int, nam
     frame_id = frame_id_of(correlation)
     if frame_id is None:
         frame_id = name()
-    return Frame(msg.mid, msg.qos, generation, robot, bytes(msg.payload), frame_id, correlation, user_properties)
+    return Frame(msg.mid, msg.qos, generation, robot, bytes(msg.payload), frame_id, correlation, user_properties,
+                 retained=bool(msg.retain))  # fmt: skip

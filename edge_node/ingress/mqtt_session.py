@@ -238,7 +238,8 @@ class FrameSession:
             log.error("broker %s:%d refused the ingress: %s", self.spec.broker.host, self.spec.broker.port, reason)
             return
         self.ledger.connected()
-        client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.spec.frame_filters])
+        # Retain as published: a frame a robot published retained arrives marked so, and is cleared once answered.
+        client.subscribe([(f, SubscribeOptions(qos=1, retainAsPublished=True)) for f in self.spec.frame_filters])
         self.connected.set()
         log.info("ingress %s subscribed to %s", self.client_id, ", ".join(self.spec.frame_filters))
 
@@ -259,6 +260,9 @@ class FrameSession:
             robot = wire.parse_topic(msg.topic)
         except ValueError:
             log.warning("ignoring message on unexpected topic %r", msg.topic)
+            self._client.ack(msg.mid, msg.qos)
+            return
+        if msg.retain and not msg.payload:  # the empty retained message that cleared a retained frame: no frame
             self._client.ack(msg.mid, msg.qos)
             return
         frame = frame_of(msg, robot, self.ledger.received(), self._name_unnamed)
