@@ -15,6 +15,7 @@ was forgotten is judged again (the verdict is the same, it only costs time).
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 from edge_node.ingress.frames import Frame
@@ -33,6 +34,7 @@ class AnswerMemory:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._answers: OrderedDict[tuple[str, str], Answer] = OrderedDict()
+        self._answered_at: dict[tuple[str, str], float] = {}
         self._in_progress: dict[tuple[str, str], list[Frame]] = {}
 
     def begin(self, frame: Frame) -> bool:
@@ -62,14 +64,25 @@ class AnswerMemory:
         with self._lock:
             return self._answers.get(frame.key)
 
+    def answered_within(self, frame: Frame, seconds: float) -> bool:
+        """Was ``frame``'s id answered less than ``seconds`` ago? (That answer is still on its way.)"""
+        if frame.correlation is None:
+            return False
+        with self._lock:
+            at = self._answered_at.get(frame.key)
+        return at is not None and time.monotonic() - at < seconds
+
     def remember(self, frame: Frame, topic: str, payload: bytes) -> None:
         """Keep the final answer to ``frame``, forgetting the oldest beyond ``capacity``."""
         if frame.correlation is None:
             return
         with self._lock:
             self._answers[frame.key] = (topic, payload)
+            self._answers.move_to_end(frame.key)
+            self._answered_at[frame.key] = time.monotonic()
             while len(self._answers) > self.capacity:
-                self._answers.popitem(last=False)
+                forgotten, _ = self._answers.popitem(last=False)
+                self._answered_at.pop(forgotten, None)
 
     def __len__(self) -> int:
         with self._lock:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import paho.mqtt.client as mqtt
 from paho.mqtt.client import MQTTMessageInfo
 
 from contracts import wire
@@ -36,6 +37,30 @@ from edge_node.ingress.rollout import Candidate, is_model_error
 from edge_node.telemetry import TelemetryWindow
 
 log = logging.getLogger(__name__)
+
+ANSWER_CONFIRM_S = 30.0
+"""How long an answer may wait for the broker's PUBACK before its frame is left for the broker to redeliver."""
+
+
+def confirmed(info: MQTTMessageInfo, timeout_s: float) -> bool:
+    """Has the broker acknowledged this publish (waiting up to ``timeout_s``)?
+
+    paho's ``wait_for_publish`` raises at once for a message published while its connection is down, though
+    paho queued it and sends it when the connection is back. An answer published in that moment (the frames
+    connection back before the answers' one, after a broker restart) then left its frame unacknowledged on the
+    frames connection for good; enough of them filled the ingress's in-flight window and it stopped reading
+    frames (chaos scenario 1: 622 of 925 frames lost). So: wait for the acknowledgement whatever paho said."""
+    if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_AGAIN):
+        return False
+    deadline = time.monotonic() + timeout_s
+    with info._condition:  # paho sets _published under it on the PUBACK
+        while not info._published and (left := deadline - time.monotonic()) > 0:
+            info._condition.wait(min(left, 0.5))
+        return bool(info._published)
+
+
+RECENT_ANSWER_S = 3.0
+"""A frame id answered this recently is not answered again: that answer is still on its way to the robot."""
 
 ObserveFn = Callable[[str, float], None]
 """Told of every answer: its outcome (``verdict_pass``, ``error_bad_image``, ...) and ms inside the slice."""
@@ -184,7 +209,19 @@ class FrameIngress:
     # --- frames in (network thread) --------------------------------------------
 
     def _deliver(self, frame: Frame) -> None:
-        """Queue ``frame`` for a batch, unless a frame with its id is being judged: then it joins that one."""
+        """Queue ``frame`` for a batch, unless a frame with its id is being judged: then it joins that one.
+
+        A frame whose answer went out moments ago (``RECENT_ANSWER_S``), or that the broker delivers again (MQTT
+        DUP: it had sent it before, e.g. restored after a crash) after its answer went out, is acknowledged without
+        a second answer: the robot has that answer or is about to, and if it was lost after all, the robot's next
+        resend (a new publish, later) is answered from memory. After a broker restart both the restored frames and
+        the robots' resends arrive together, and each would otherwise be answered (chaos scenario 1)."""
+        if self._memory.answered_within(frame, RECENT_ANSWER_S) or (
+            frame.redelivered and self._memory.answer(frame) is not None
+        ):
+            self._session.ack(frame)
+            self.counts.add("retries_already_answered")
+            return
         if self._memory.begin(frame):
             self._queue.put(frame)
         else:
@@ -225,14 +262,12 @@ class FrameIngress:
                 self._memory.release(frame)
 
     def _settle(self, frame: Frame, info: MQTTMessageInfo) -> None:
-        try:
-            info.wait_for_publish(timeout=30)
-        except (RuntimeError, ValueError) as e:
-            log.warning("result for frame %s not confirmed (%s); broker will redeliver it", frame.frame_id, e)
+        if not confirmed(info, ANSWER_CONFIRM_S):
+            log.warning("result for frame %s not confirmed (%s); broker will redeliver it", frame.frame_id, info.rc)
             self._memory.release(frame)
             return
         followers = self._memory.release(frame)
-        if info.is_published():
+        if confirmed(info, 0):
             for answered in (frame, *followers):
                 self._session.ack(answered)
             if frame.retained:

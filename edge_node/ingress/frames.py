@@ -31,6 +31,7 @@ class Frame:
     user_properties: dict[str, str]
     received: float = field(default_factory=time.monotonic)
     retained: bool = False  # the robot published it retained: once answered, the ingress clears the broker's copy
+    redelivered: bool = False  # MQTT DUP: the broker sent it before (a robot's resend is a new publish)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -58,4 +59,4 @@ def frame_of(msg: mqtt.MQTTMessage, robot: wire.RobotTopic, generation: int, nam
     if frame_id is None:
         frame_id = name()
     return Frame(msg.mid, msg.qos, generation, robot, bytes(msg.payload), frame_id, correlation, user_properties,
-                 retained=bool(msg.retain))  # fmt: skip
+                 retained=bool(msg.retain), redelivered=bool(msg.dup))  # fmt: skip
