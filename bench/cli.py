@@ -117,6 +117,18 @@ def bench_scheduler(
     _emit(measure(nodes, replicas, baseline_seconds), as_json)
 
 
+@bench_app.command("fuzz-decoder")
+def bench_fuzz_decoder(
+    cases: Annotated[int, typer.Option(min=1, help="Mutated frames to decode.")] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="Seed of the first batch (each batch of 100,000 adds one).")] = 1,
+    as_json: JsonOption = False,
+) -> None:
+    """Chaos scenario 10: decode mutated JPEG and PNG frames; only typed frame errors, no crash, no slow case."""
+    from bench.fuzz_decoder import measure
+
+    _emit(measure(cases, seed), as_json)
+
+
 @bench_app.command("http")
 def bench_http(
     clients: Annotated[int, typer.Option(min=1, max=200, help="Robots over MQTT, then as many HTTP clients.")] = 8,
