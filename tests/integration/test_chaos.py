@@ -20,10 +20,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from contracts import wire
-from contracts.slice_spec import BrokerSpec, ReplicaSpec, ResourceSpec, SliceSpec
+from contracts.slice_spec import BrokerSpec, FramePolicy, ReplicaSpec, ResourceSpec, SliceSpec
 from edge_node import cluster
 from edge_node.broker import MosquittoBroker
 from models import synth
+from robots.sdk import RobotClient
 from robots.simulate import Simulation
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -188,3 +189,56 @@ def _model_pids(spec: SliceSpec) -> set[int]:
         with contextlib.suppress(Exception):  # a call routed to the dead replica before Serve noticed
             pids.add(int(cluster.slice_processes(spec)["model"]["pid"]))
     return pids
+
+
+def _flood(broker: MosquittoBroker, fps: float, seconds: float, replies: list[object]) -> None:
+    """One robot sending ``fps`` frames a second for ``seconds``, without waiting: its answers in ``replies``."""
+    robot = RobotClient(broker.host, broker.port, tenant="acme", line="line-1", robot="flooder").connect()
+    futures = []
+    try:
+        end = time.monotonic() + seconds
+        k = 0
+        while time.monotonic() < end:
+            futures.append(robot.send(POOL[k % len(POOL)][1], timeout_s=10, retries=0))
+            k += 1
+            time.sleep(1 / fps)
+        for future in futures:
+            with contextlib.suppress(Exception):  # an unanswered flood frame is the flooder's loss
+                replies.append(future.result())
+    finally:
+        robot.close()
+
+
+def test_9_a_robot_flooding_at_ten_times_its_limit_is_throttled_and_told_and_the_others_keep_their_latency(
+    broker: MosquittoBroker,
+) -> None:
+    """The line allows 5 frames/s per robot; one robot sends 50. It is answered ``rate_limited`` for the excess
+    (told, not silently dropped); the ten other robots lose nothing and keep their latency, against the same
+    fleet measured before and after the flood (the machine's own drift)."""
+    spec = SliceSpec(name="c-flood", tenant="acme", lines=["line-1"], broker=BrokerSpec(port=broker.port),
+                     replicas=ReplicaSpec(min_replicas=1, max_replicas=1),
+                     frame_policy={"line-1": FramePolicy(max_fps=5)})  # fmt: skip
+    cluster.apply_slice(spec)
+    try:
+        baseline = _fleet(broker, robots=10, fps=2).run(15.0)
+        replies: list[object] = []
+        flooder = threading.Thread(target=_flood, args=(broker, 50.0, 17.0, replies), daemon=True)
+        flooder.start()
+        time.sleep(1)
+        flooded = _fleet(broker, robots=10, fps=2).run(15.0)
+        flooder.join()
+        after = _fleet(broker, robots=10, fps=2).run(15.0)  # the machine's own drift, bracketing the flood
+    finally:
+        cluster.delete_slice(spec.name)
+    refused = sum(1 for r in replies if isinstance(r, wire.ErrorReply) and r.code is wire.ErrorCode.RATE_LIMITED)
+    judged = sum(1 for r in replies if isinstance(r, wire.Result))
+    baseline_p99 = max(baseline.percentile(99), after.percentile(99))
+    figures = {"scenario": 9, "baseline_p50_ms": baseline.percentile(50), "baseline_p99_ms": baseline_p99,
+               "flooded_p50_ms": flooded.percentile(50), "flooded_p99_ms": flooded.percentile(99),
+               "flood_sent": len(replies), "flood_refused": refused, "flood_judged": judged}  # fmt: skip
+    print(json.dumps(figures))
+    assert baseline.lost == 0 and flooded.lost == 0 and after.lost == 0, figures
+    assert flooded.results == flooded.sent, figures
+    assert refused >= 0.8 * len(replies), figures  # 45 of every 50 frames a second are beyond the limit
+    assert judged <= 6 * 17, figures  # the token bucket's burst aside, 5 a second
+    assert flooded.percentile(99) <= 1.2 * baseline_p99, figures
