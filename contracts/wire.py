@@ -273,6 +273,17 @@ def telemetry_topic(tenant: str, line: str, slice_name: str) -> str:
     return f"{TELEMETRY_ROOT}/{tenant}/{line}/{slice_name}"
 
 
+INGRESS_ROOT: Final = "lineside-ingress"
+
+
+def ingress_gone_topic(tenant: str, slice_name: str) -> str:
+    """Where the broker publishes, as an ingress connection's will, the client id of a slice's ingress connection
+    that died and did not come back: another ingress replica of the slice then adopts its session."""
+    for value, what in ((tenant, "tenant"), (slice_name, "slice")):
+        check_name(value, what)
+    return f"{INGRESS_ROOT}/{tenant}/{slice_name}/gone"
+
+
 def latency_bucket(ms: float) -> int:
     """Index of the histogram bucket holding ``ms``."""
     for index, bound in enumerate(LATENCY_BUCKETS_MS):

@@ -157,7 +157,13 @@ def ingress_clients(
     """A slice's ingress: per replica rank, a frames-in login that may only take its share of the lines'
     frames (``$share``, no plain subscription) and a results-out login that may only answer on those lines.
     ``login_prefix``: the logins of another site's ingress running the slice's overflow (no HTTP endpoint there)."""
-    receive: list[tuple[str, str]] = []
+    gone = wire.ingress_gone_topic(tenant, app_name)
+    # Each frames connection's will names it on ``gone``; the slice's other frames connections adopt its session.
+    receive: list[tuple[str, str]] = [
+        ("publishClientSend", gone),
+        ("subscribeLiteral", gone),
+        ("publishClientReceive", gone),
+    ]
     send: list[tuple[str, str]] = []
     for line in lines:
         frames = wire.line_frames_filter(tenant, line)

@@ -98,8 +98,11 @@ class FrameIngress:
         self._queue: queue.Queue[Frame] = queue.Queue()
         self._session = FrameSession(
             spec, client_id, deliver=self._deliver, counts=self.counts, stop=self._stop,
-            unnamed_prefix=f"{node}-{id(self):x}",
+            unnamed_prefix=f"{node}-{id(self):x}", peer_gone=self._adopt,
         )  # fmt: skip
+        self._adopted: dict[str, tuple[FrameSession, threading.Event]] = {}
+        """Sessions of dead frames connections of the slice this replica is answering and ending."""
+        self._adopted_lock = threading.Lock()
         self.connected = self._session.connected
         self.subscribed = self._session.subscribed
         self._publisher = mqtt_client(spec.broker, f"{client_id}-out", manual_ack=False)
@@ -158,6 +161,11 @@ class FrameIngress:
         if (candidate := self.candidate) is not None:
             candidate.stop()
         self._session.join()
+        with self._adopted_lock:
+            adopted = list(self._adopted.values())
+        for session, stop in adopted:
+            stop.set()
+            session.join()
         if self.telemetry is not None:
             self._reporter.join(timeout=5)
             self._publish_telemetry()
@@ -180,6 +188,58 @@ class FrameIngress:
         log.warning("ingress %s still had %d frames after %.0fs; keeping its session", self.client_id,
                     self._session.ledger.backlog, drain_s)  # fmt: skip
         return False
+
+    # --- sessions of dead peers (chaos scenario 7) ----------------------------------
+
+    def _adopt(self, client_id: str) -> None:
+        """The broker announced (its will) that another frames connection of this slice died and did not come
+        back: take its session over in a thread of its own. Only ids this replica can log in as (the same login
+        prefix: another site's overflow ingress has its own secret) and not already being adopted."""
+        prefix, sep, index = client_id.rpartition(".") if "." in self.client_id else client_id.rpartition("-")
+        own_prefix = self.client_id.rpartition(sep)[0] if sep else ""
+        if not sep or prefix != own_prefix or not index.isdigit() or client_id == self.client_id:
+            log.warning("ignoring an announcement of %r: not a frames connection this replica can adopt",
+                        client_id[:80])  # fmt: skip
+            return
+        with self._adopted_lock:
+            if client_id in self._adopted or self._stop.is_set():
+                return
+            stop = threading.Event()
+            session = FrameSession(
+                self.spec, client_id, deliver=self._deliver, counts=self.counts, stop=stop,
+                unnamed_prefix=f"{self.node}-{id(self):x}-{index}", adopting=True,
+            )  # fmt: skip
+            self._adopted[client_id] = (session, stop)
+        threading.Thread(target=self._answer_adopted, args=(session, stop), name=f"{client_id}-adopted",
+                         daemon=True).start()  # fmt: skip
+
+    def _answer_adopted(self, session: FrameSession, stop: threading.Event, limit_s: float = 120.0) -> None:
+        """Connect as the dead connection, leave its subscriptions, answer every frame its session held, end it.
+        If it cannot finish (the replica came back and took its session, or frames keep coming), the session
+        is left as it is: nothing it holds is acknowledged unanswered."""
+        self.counts.add("sessions_adopted")
+        session.start()
+        deadline = time.monotonic() + limit_s
+        received, quiet_since, ended = session.received, time.monotonic(), False
+        while time.monotonic() < deadline and not stop.is_set() and session.running:
+            time.sleep(0.1)
+            if session.received != received:
+                received, quiet_since = session.received, time.monotonic()
+            elif session.emptied and time.monotonic() - quiet_since > 0.5:
+                ended = True
+                break
+        stop.set()
+        session.join()
+        if ended:
+            session.disconnect(end_session=True)
+            log.warning("ingress %s adopted the session of %s: answered its %d frames and ended it",
+                        self.client_id, session.client_id, received)  # fmt: skip
+        else:
+            log.warning("ingress %s left the session of %s after answering %d of its frames", self.client_id,
+                        session.client_id, received)  # fmt: skip
+        self.counts.add("frames_adopted", received)
+        with self._adopted_lock:
+            self._adopted.pop(session.client_id, None)
 
     def _report_loop(self) -> None:
         assert self.spec.telemetry_period_s is not None
@@ -219,7 +279,8 @@ class FrameIngress:
         if self._memory.answered_within(frame, RECENT_ANSWER_S) or (
             frame.redelivered and self._memory.answer(frame) is not None
         ):
-            self._session.ack(frame)
+            if (session := self._session_of(frame)) is not None:
+                session.ack(frame)
             self.counts.add("retries_already_answered")
             return
         if self._memory.begin(frame):
@@ -269,9 +330,19 @@ class FrameIngress:
         followers = self._memory.release(frame)
         if confirmed(info, 0):
             for answered in (frame, *followers):
-                self._session.ack(answered)
+                if (session := self._session_of(answered)) is not None:
+                    session.ack(answered)
             if frame.retained:
                 self._clear_retained(frame)
+
+    def _session_of(self, frame: Frame) -> FrameSession | None:
+        """The session ``frame`` came on: this replica's own, or one it adopted; None for a session it let go
+        (its message id means nothing elsewhere: the frame stays with that session, and is answered again)."""
+        if not frame.origin or frame.origin == self.client_id:
+            return self._session
+        with self._adopted_lock:
+            adopted = self._adopted.get(frame.origin)
+        return adopted[0] if adopted is not None else None
 
     def _clear_retained(self, frame: Frame) -> None:
         """A robot published a frame retained: the broker would keep it and hand it to every new plain subscriber

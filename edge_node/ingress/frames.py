@@ -32,6 +32,7 @@ class Frame:
     received: float = field(default_factory=time.monotonic)
     retained: bool = False  # the robot published it retained: once answered, the ingress clears the broker's copy
     redelivered: bool = False  # MQTT DUP: the broker sent it before (a robot's resend is a new publish)
+    origin: str = ""  # the client id of the session it came on (this replica's, or one it adopted)
 
     @property
     def key(self) -> tuple[str, str]:

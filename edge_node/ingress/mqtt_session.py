@@ -10,6 +10,13 @@
   on an earlier connection must not be acknowledged on this one, since its
   message id means nothing there; the broker redelivers it instead.
 
+A frames connection that dies and does not come back leaves its session with the broker, and Mosquitto goes on
+routing that session its share of the line's frames, which nobody reads (chaos scenario 7). So each frames
+connection has a will, delayed by ``ADOPT_AFTER_S``, naming its client id on the slice's ``gone`` topic: a
+replica restarted under the same id in time cancels it; otherwise every other frames connection of the slice
+hears it, and one adopts the session (``adopting=True``): it connects under that id, leaves the subscriptions,
+answers what the session held, and ends it.
+
 The answers go out on a second connection (``mqtt_client(..., manual_ack=False)``):
 while this one's reads are paused, the PUBACKs confirming answers would go
 unread and acknowledging would stall.
@@ -30,6 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from contracts import wire
@@ -42,6 +50,15 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600
 """How long the broker keeps a replica's session (and its frames) while the replica is away."""
+
+ADOPT_AFTER_S = 5
+"""A frames connection gone this long without coming back is announced (its will) for another replica to adopt."""
+
+WILL_EXPIRY_S = 60
+"""An announcement older than this is stale (the session was adopted or resumed long since): the broker drops it."""
+
+WITH_WILL = 4
+"""MQTT 5 DISCONNECT reason "disconnect with will message": the broker publishes the will as if the connection died."""
 
 
 def mqtt_client(broker: BrokerSpec, client_id: str, *, manual_ack: bool) -> mqtt.Client:
@@ -108,9 +125,16 @@ class FrameSession:
         counts: Counts,
         stop: threading.Event,
         unnamed_prefix: str,
+        adopting: bool = False,
+        peer_gone: Callable[[str], None] | None = None,
     ) -> None:
+        """``adopting``: take over a dead connection's session (leave, answer what it holds, end it; never
+        reconnect). ``peer_gone``: told the client id of another frames connection of the slice that died."""
         self.spec = spec
         self.client_id = client_id
+        self.adopting = adopting
+        self.received = 0
+        """Frames received on this session, on any connection."""
         self.counts = counts
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -119,6 +143,8 @@ class FrameSession:
         """The broker confirmed the unsubscribe: no new frames are routed to this replica."""
         self.ledger = AckLedger()
         self._deliver = deliver
+        self._peer_gone = peer_gone
+        self._gone_topic = wire.ingress_gone_topic(spec.tenant, spec.name)
         self._stop = stop
         self._leave = threading.Event()
         self._unsubscribing = False
@@ -132,10 +158,19 @@ class FrameSession:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = lambda *_args: self.left.set()
+        will = Properties(PacketTypes.WILLMESSAGE)
+        will.WillDelayInterval = ADOPT_AFTER_S
+        will.MessageExpiryInterval = WILL_EXPIRY_S
+        self._client.will_set(self._gone_topic, client_id.encode(), qos=1, properties=will)
         self._thread = threading.Thread(target=self._loop, name=f"{client_id}-network", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """The network thread runs (an adopter's ends with its connection)."""
+        return self._thread.is_alive()
 
     def join(self) -> None:
         """After ``stop`` is set: wait for the network thread, then acknowledge what it left queued."""
@@ -158,13 +193,15 @@ class FrameSession:
         self._wake()
 
     def disconnect(self, *, end_session: bool) -> None:
-        """Disconnect; ``end_session`` also tells the broker to drop the session and whatever it holds."""
+        """Disconnect; ``end_session`` also tells the broker to drop the session and whatever it holds. A session
+        kept (frames still in it) is announced by the will, so that another replica adopts it if this one does
+        not come back under the same id."""
         if end_session:
             props = Properties(PacketTypes.DISCONNECT)
             props.SessionExpiryInterval = 0
             self._client.disconnect(properties=props)
         else:
-            self._client.disconnect()
+            self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=WITH_WILL))
 
     def send_acks(self) -> None:
         """Acknowledge answered frames (network thread, or any thread once it has ended)."""
@@ -189,6 +226,8 @@ class FrameSession:
         client, backoff, first = self._client, 0.5, True
         while not self._stop.is_set():
             sock = client.socket()
+            if sock is None and self.adopting and not first:
+                return  # an adopter never fights for the session: whoever took it answers its frames
             if sock is None:
                 try:
                     self._connect(first)
@@ -238,9 +277,17 @@ class FrameSession:
             log.error("broker %s:%d refused the ingress: %s", self.spec.broker.host, self.spec.broker.port, reason)
             return
         self.ledger.connected()
-        # Retain as published: a frame a robot published retained arrives marked so, and is cleared once answered.
-        client.subscribe([(f, SubscribeOptions(qos=1, retainAsPublished=True)) for f in self.spec.frame_filters])
         self.connected.set()
+        if self.adopting:  # the session keeps its subscriptions: leave them, and take what it holds
+            log.warning("ingress adopts the session of %s (session present: %s)", self.client_id,
+                        getattr(_flags, "session_present", "?"))  # fmt: skip
+            self.leave()
+            return
+        # Retain as published: a frame a robot published retained arrives marked so, and is cleared once answered.
+        subscriptions = [(f, SubscribeOptions(qos=1, retainAsPublished=True)) for f in self.spec.frame_filters]
+        # Not shared: a dead connection would get its share of the announcements, as it gets its share of frames.
+        subscriptions.append((self._gone_topic, SubscribeOptions(qos=1, noLocal=True)))
+        client.subscribe(subscriptions)
         log.info("ingress %s subscribed to %s", self.client_id, ", ".join(self.spec.frame_filters))
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[Any], _props: Any) -> None:
@@ -252,10 +299,17 @@ class FrameSession:
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
-        if not self._stop.is_set():
+        if self.adopting:
+            log.info("adopted session %s: connection ended (%s)", self.client_id, reason)
+        elif not self._stop.is_set():
             log.warning("ingress lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._gone_topic:
+            self._client.ack(msg.mid, msg.qos)
+            if self._peer_gone is not None and not self.adopting:
+                self._peer_gone(msg.payload[:256].decode("utf-8", "replace"))
+            return
         try:
             robot = wire.parse_topic(msg.topic)
         except ValueError:
@@ -266,6 +320,8 @@ class FrameSession:
             self._client.ack(msg.mid, msg.qos)
             return
         frame = frame_of(msg, robot, self.ledger.received(), self._name_unnamed)
+        frame.origin = self.client_id
+        self.received += 1
         self.counts.add("frames_received")
         self._deliver(frame)
 

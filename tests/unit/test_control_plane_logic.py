@@ -82,7 +82,9 @@ def test_ingress_acls_cover_its_lines_only() -> None:
     assert gateway.acls == (("publishClientSend", "lineside-telemetry/acme/line-1/t1-inspect"),)
     assert all(c.client_id == c.username for c in clients)  # pinned: no robot's session can be taken over
     frames_in, results_out = clients[0], clients[1]
-    assert frames_in.acls == (("subscribeLiteral", "$share/t1-inspect/lineside/acme/line-1/+/frames"),
+    gone = "lineside-ingress/acme/t1-inspect/gone"  # its will, and the slice's other frames connections' wills
+    assert frames_in.acls == (("publishClientSend", gone), ("subscribeLiteral", gone), ("publishClientReceive", gone),
+                              ("subscribeLiteral", "$share/t1-inspect/lineside/acme/line-1/+/frames"),
                               ("publishClientReceive", "lineside/acme/line-1/+/frames"))  # fmt: skip
     own = ("lineside/acme/line-1/", "lineside-telemetry/acme/line-1/t1-")
     assert all(kind == "publishClientSend" and topic.startswith(own) for kind, topic in results_out.acls)
