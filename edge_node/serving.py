@@ -56,10 +56,19 @@ WARM_TIMEOUT_S = 20.0
 """How long an ingress replica waits, per model deployment, for its warm-up call (``Ingress._warm``)."""
 SUBSCRIBE_WAIT_S = 15.0
 """How long an ingress replica's constructor waits for the broker to confirm its frame subscriptions."""
-INFER_TIMEOUT_S = 30.0
-"""Longest wait for one model call: a call to a deployment Serve removed would otherwise wait for good,
-holding the ingress's batcher (and its shutdown) with it. A batch that times out is retried, then answered
-``internal`` (``batching.judge``): the robot resends it."""
+MODEL_HEALTH_CHECK_PERIOD_S = 2.0
+MODEL_HEALTH_CHECK_TIMEOUT_S = 5.0
+"""Serve asks each model replica whether it is alive every period; three unanswered (or failed) checks in a
+row and it is stopped and replaced. A replica that stalls (a wedged call, a stopped process) is so evicted
+within period + 3 x timeout (17 s) where Serve's defaults (10 s, 30 s) would let it hold its calls 100 s."""
+MODEL_SHUTDOWN_S = 5.0
+"""How long Serve lets a model replica it stops finish its calls (its batches take milliseconds) before it
+kills the process: a stalled replica it evicted would otherwise live on Serve's default 20 s."""
+INFER_TIMEOUT_S = 10.0
+"""Longest wait for one model call: a call to a deployment Serve removed, or to a replica that stalled,
+would otherwise wait for good, holding one of the ingress's model-call slots (and its shutdown) with it.
+A batch that times out is retried (Serve routes it to a replica that answers), then answered ``internal``
+(``batching.judge``). 10 s: a robot's first resend (5 s) joins the call and its second wait covers it."""
 
 
 def _warm_frame() -> bytes:
@@ -566,6 +575,9 @@ def _model_deployment(spec: SliceSpec, spec_json: str, version: str, name: str, 
             "look_back_period_s": 5.0,
         },
         max_ongoing_requests=max(spec.batch.max_batch_size, 16),
+        health_check_period_s=MODEL_HEALTH_CHECK_PERIOD_S,
+        health_check_timeout_s=MODEL_HEALTH_CHECK_TIMEOUT_S,
+        graceful_shutdown_timeout_s=MODEL_SHUTDOWN_S,
         ray_actor_options=actor_options,
         version=version,  # deployment_version of spec_json and its model
         _internal=True,  # Serve's own option: without it every apply restarts every replica

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contracts import wire
 from contracts.slice_spec import BrokerSpec, FramePolicy, ReplicaSpec, ResourceSpec, SliceSpec
-from edge_node import cluster
+from edge_node import cluster, serving
 from edge_node.broker import MosquittoBroker
 from models import synth
 from robots.sdk import RobotClient
@@ -242,3 +242,66 @@ def test_9_a_robot_flooding_at_ten_times_its_limit_is_throttled_and_told_and_the
     assert refused >= 0.8 * len(replies), figures  # 45 of every 50 frames a second are beyond the limit
     assert judged <= 6 * 17, figures  # the token bucket's burst aside, 5 a second
     assert flooded.percentile(99) <= 1.2 * baseline_p99, figures
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _resume(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # evicted: Serve killed it
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_4_a_stalled_model_replica_is_evicted_and_loses_no_frame(broker: MosquittoBroker) -> None:
+    """One of two model replicas stops (SIGSTOP, as a wedged GPU call or a swapped-out process would) for 60 s
+    under load: Serve's health check evicts it within its period plus 3x its timeout and starts a replacement;
+    the calls it held time out in the ingress and are retried on the other replica, so no frame is lost."""
+    spec = _two_replicas(broker, "c-model-stall")
+    pid = int(cluster.slice_processes(spec)["model"]["pid"])
+    bound_s = serving.MODEL_HEALTH_CHECK_PERIOD_S + 3 * serving.MODEL_HEALTH_CHECK_TIMEOUT_S
+    try:
+        stalled: list[float] = []
+        seen: dict[str, float] = {}  # evicted (out of RUNNING), replaced (two RUNNING again), gone (process)
+
+        def watch_eviction() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and len(seen) < 3:
+                time.sleep(0.25)
+                if not stalled:
+                    continue
+                now, running = time.monotonic() - stalled[0], _running_models(spec)
+                if running < 2:
+                    seen.setdefault("evicted", now)
+                elif "evicted" in seen:
+                    seen.setdefault("replaced", now)
+                if not _alive(pid):
+                    seen.setdefault("gone", now)
+
+        fault = _fault_at(5, lambda: os.kill(pid, signal.SIGSTOP), stalled)
+        resume = threading.Timer(65, _resume, args=(pid,))
+        resume.start()
+        watcher = threading.Thread(target=watch_eviction, daemon=True)
+        watcher.start()
+        report = _fleet(broker).run(bound_s + 15)
+        fault.join()
+        watcher.join()
+        summary = report.summary()
+        print(json.dumps({"scenario": 4, **summary, "max_ms": max(report.latencies_ms), "bound_s": bound_s,
+                          **{f"{k}_s": round(v, 1) for k, v in seen.items()},
+                          "ingress": cluster.slice_stats(spec)}))  # fmt: skip
+        assert report.lost == 0, summary
+        assert report.results == report.sent, summary
+        assert seen.get("evicted", 1e9) <= bound_s, f"the stalled replica {pid} was not evicted within {bound_s} s"
+        # Its replacement loads the model first (scenario 2's allowance); Serve kills the stalled process
+        # once its graceful shutdown (MODEL_SHUTDOWN_S) has passed.
+        assert seen.get("replaced", 1e9) <= bound_s + 30, f"no replacement within {bound_s + 30} s: {seen}"
+        assert seen.get("gone", 1e9) <= bound_s + serving.MODEL_SHUTDOWN_S + 10, f"{pid} still alive: {seen}"
+    finally:
+        resume.cancel()
+        _resume(pid)
+        cluster.delete_slice(spec.name)
