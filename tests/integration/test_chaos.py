@@ -305,3 +305,72 @@ def test_4_a_stalled_model_replica_is_evicted_and_loses_no_frame(broker: Mosquit
         resume.cancel()
         _resume(pid)
         cluster.delete_slice(spec.name)
+
+
+def _serve_controller_pids() -> list[int]:
+    """PIDs of the processes Ray titled ``ray::ServeController`` (this machine runs one Ray, the tests')."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as cmdline:  # ended meanwhile
+                if cmdline.read().startswith(b"ray::ServeController"):
+                    pids.append(int(entry))
+    return pids
+
+
+def test_3_the_serve_controller_killed_keeps_the_data_plane_serving_and_scaling_works_again(
+    broker: MosquittoBroker,
+) -> None:
+    """kill -9 of Serve's controller under load: the ingress and model replicas keep answering at the fleet's
+    rate (Ray restarts the controller, which recovers its state from the GCS), and a scale change the agent
+    applies while it is down (2 model replicas, the other ingress login) takes effect within 60 s."""
+    spec = SliceSpec(name="c-controller-kill", tenant="acme", lines=["line-1"], broker=BrokerSpec(port=broker.port),
+                     replicas=ReplicaSpec(min_replicas=1, max_replicas=1),
+                     resources=ResourceSpec(cpus_per_replica=0.5, ort_threads=1))  # fmt: skip
+    cluster.apply_slice(spec)
+    try:
+        (pid,) = _serve_controller_pids()
+        killed: list[float] = []
+        seen: dict[str, float] = {}  # controller back (a new process answering), scaled (two models RUNNING)
+
+        def watch() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and len(seen) < 2:
+                with contextlib.suppress(Exception):  # Serve's status while its controller restarts
+                    if set(_serve_controller_pids()) - {pid} and cluster.slice_status(spec):
+                        seen.setdefault("controller_back", time.monotonic() - killed[0])
+                    if _running_models(spec) == 2:
+                        seen.setdefault("scaled", time.monotonic() - killed[0])
+                time.sleep(0.25)
+
+        def scale() -> None:
+            fault.join()
+            watcher.start()
+            time.sleep(0.5)  # the controller is down: the agent's next pass applies a scale change
+            scaled = spec.model_copy(update={"replicas": ReplicaSpec(min_replicas=2, max_replicas=2),
+                                             "ingress_slot": 1})  # fmt: skip
+            cluster.apply_slice(scaled, wait_s=60)
+
+        fault = _fault_at(8, lambda: os.kill(pid, signal.SIGKILL), killed)
+        watcher = threading.Thread(target=watch, daemon=True)
+        scaler = threading.Thread(target=scale, daemon=True)
+        scaler.start()
+        report = _fleet(broker).run(35.0)
+        scaler.join()
+        watcher.join()
+        kill = killed[0]
+        window_s = max(10.0, seen.get("controller_back", 0.0))
+
+        def rate(start: float, seconds: float) -> float:
+            return sum(start <= t < start + seconds for t in report.answered_at) / seconds
+
+        figures = {"scenario": 3, **report.summary(), "max_ms": max(report.latencies_ms),
+                   "baseline_fps": rate(kill - 6, 6), "fault_fps": round(rate(kill, window_s), 1),
+                   "window_s": window_s, **{f"{k}_s": round(v, 1) for k, v in seen.items()}}  # fmt: skip
+        print(json.dumps(figures))
+        assert report.lost == 0 and report.results == report.sent, figures
+        assert figures["fault_fps"] >= 0.9 * figures["baseline_fps"], figures
+        assert "controller_back" in seen, f"Serve's controller did not come back within 60 s: {figures}"
+        assert seen.get("scaled", 1e9) <= 60, f"the scale change did not take effect within 60 s: {figures}"
+    finally:
+        cluster.delete_slice(spec.name)
