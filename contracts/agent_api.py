@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from contracts.slice_spec import REVEAL_SECRETS, SliceSpec
 
@@ -101,6 +101,13 @@ class Heartbeat(_FromNode):
     slices: list[SliceReport] = Field(default_factory=list, max_length=4096, description="One per desired slice.")
     links: list[LinkReport] = Field(
         default_factory=list, max_length=1000, description="Round trips to other sites' brokers (the head)."
+    )
+    observed_at: AwareDatetime | None = Field(
+        default=None,
+        description="Set on a heartbeat the head's agent could not deliver when it made it (the control plane "
+        "was unreachable), sent later, oldest first, before any live one: when it observed its slices. Only "
+        "their capacity is metered, over [the node's previous heartbeat, observed_at), clamped to the control "
+        "plane's clock; nothing else about the node or its slices is updated.",
     )
 
 

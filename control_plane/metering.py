@@ -16,6 +16,9 @@ How a heartbeat becomes replica-seconds:
   stores it once. Rating never bills a gap; a bill shows it, so that a missing hour reads as the
   agent's silence, not as a slice that cost nothing. A gap record starts at the previous heartbeat
   and may span minutes, hours or days, unlike the minute pieces of capacity.
+- A heartbeat the head's agent kept while the control plane was away (``Heartbeat.observed_at``, sent
+  later, oldest first) covers ``[previous heartbeat, observed_at)`` the same way, ``observed_at`` clamped
+  between the two: the outage is billed as it ran, and no gap is stored for it.
 - The covered interval is cut at minute boundaries (whole UTC seconds), so no record crosses a minute
   or an hour and rating by hour never splits one. Each piece is one record: running replicas x its
   seconds, keyed ``usage_key(agent, slice app name, node-<id>, piece start)``.

@@ -17,6 +17,13 @@ Lineside applications that are no longer desired. Applying the same desired
 state twice changes nothing; an agent killed mid-apply re-applies on its next
 pass. With the control plane unreachable the agent keeps serving from the
 cache, and an agent restarted then restores its slices from it.
+
+The head's heartbeats are also the meter of capacity. One the control plane
+could not take (unreachable, or a 5xx: its database down) is kept, with the
+time it was made, in <data_dir>/unsent_heartbeats.json (at most
+``UNSENT_MAX``, the oldest dropped first); once the control plane answers, they
+are sent oldest first, before the live one, as ``observed_at`` heartbeats, so
+the replicas that ran while it was away are billed, not shown as a gap.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +68,11 @@ if TYPE_CHECKING:
     from edge_node.http_gateway import Gateway
 
 log = logging.getLogger(__name__)
+
+UNSENT_MAX = 1440
+"""Heartbeats kept for a control plane that is away: two hours at the 5 s period. Older ones are dropped (the
+control plane then stores that time as an unbilled gap), so a long outage costs the agent bounded disk and
+its first pass after it a bounded number of requests."""
 
 
 class AgentError(EdgeNodeError):
@@ -166,6 +179,7 @@ class Agent:
     link_period_s: float = 60.0  # how often the head probes the round trip to other sites' brokers
     probe: Callable[[str, int], float | None] = links.round_trip_ms
     _links_due: float = 0.0  # monotonic time of the next probe pass
+    _unsent: list[dict[str, Any]] = field(default_factory=list)  # heartbeats kept while the control plane is away
 
     def __post_init__(self) -> None:
         tighten(self.data_dir)  # the node token, broker passwords and tenants' models: 0600 files, 0700 folders
@@ -176,6 +190,8 @@ class Agent:
             self._profiled = set(json.loads(self._profiles_path.read_text()))
         if self._sizings_path.exists():
             self._sizings = json.loads(self._sizings_path.read_text())
+        if self._unsent_path.exists():
+            self._unsent = json.loads(self._unsent_path.read_text())
         # The machine does not change under a running agent: ask nvidia-smi once, not every heartbeat.
         self._inventory = Heartbeat.model_validate({k: v for k, v in inventory().items() if k != "hostname"})
         self._meter = UtilizationMeter(has_gpus=bool(self._inventory.gpus))
@@ -189,6 +205,10 @@ class Agent:
     @property
     def _applied_path(self) -> Path:
         return self.data_dir / "applied.json"
+
+    @property
+    def _unsent_path(self) -> Path:
+        return self.data_dir / "unsent_heartbeats.json"
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.node_token}"}
@@ -356,14 +376,56 @@ class Agent:
         """Inventory and utilization, plus what only the head's agent knows (``head``: its slices)."""
         beat = {**self._inventory.model_dump(exclude_unset=True), "utilization": self._meter.read(), **head}
         body = Heartbeat.model_validate(beat)
+        if not self._send_unsent():
+            self._keep_unsent(body)
+            return
         try:
-            response = self.client.post(
-                "/agent/v1/heartbeat", json=body.model_dump(mode="json"), headers=self._headers()
-            )
-            if response.status_code != 200:
-                log.warning("heartbeat refused (%s): %s", response.status_code, response.text[:200])
+            response = self._post_beat(body)
         except httpx.TransportError as e:
-            log.warning("heartbeat failed (%s); slices keep serving", e)
+            log.warning("heartbeat failed (%s); slices keep serving, their capacity is kept for later", e)
+            self._keep_unsent(body)
+            return
+        if response.status_code >= 500:
+            log.warning("heartbeat failed (%s); slices keep serving, their capacity is kept for later",
+                        response.status_code)  # fmt: skip
+            self._keep_unsent(body)
+        elif response.status_code != 200:
+            log.warning("heartbeat refused (%s): %s", response.status_code, response.text[:200])
+
+    def _post_beat(self, body: Heartbeat) -> httpx.Response:
+        return self.client.post("/agent/v1/heartbeat", json=body.model_dump(mode="json"), headers=self._headers())
+
+    def _keep_unsent(self, body: Heartbeat) -> None:
+        """Keep the capacity a heartbeat the control plane did not take reports (the head's slices)."""
+        if not body.slices:
+            return
+        kept = {
+            "observed_at": datetime.now(UTC).isoformat(),
+            "slices": [r.model_dump(mode="json") for r in body.slices],
+        }
+        self._unsent = [*self._unsent, kept][-UNSENT_MAX:]
+        write_private(self._unsent_path, json.dumps(self._unsent))
+
+    def _send_unsent(self) -> bool:
+        """Send the kept heartbeats, oldest first; False (the rest kept) while the control plane is away."""
+        sent = 0
+        try:
+            for kept in self._unsent:
+                response = self._post_beat(Heartbeat.model_validate(kept))
+                if response.status_code >= 500:
+                    return False
+                if response.status_code != 200:  # refused for good (a revoked token): retrying cannot help
+                    log.warning("kept heartbeat refused (%s): %s", response.status_code, response.text[:200])
+                sent += 1
+        except httpx.TransportError:
+            return False
+        finally:
+            if sent:
+                self._unsent = self._unsent[sent:]
+                write_private(self._unsent_path, json.dumps(self._unsent))
+                log.info("sent %d heartbeats kept while the control plane was away (%d left)", sent,
+                         len(self._unsent))  # fmt: skip
+        return True
 
     def step(self) -> list[SliceReport]:
         if not self.head:

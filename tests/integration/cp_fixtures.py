@@ -174,3 +174,17 @@ def control_plane(database_url: str, tmp_path: Path, cp_overrides: dict[str, obj
             b = _tenancy(c, op, "globex", site["id"])
             yield ControlPlane(c, settings, broker, site["id"], op, a, b)
     app.state.engine.dispose()
+
+
+def monitor_away(cp: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixture's control plane monitor leaves the site broker and stays away (until ``monkeypatch.undo``
+    and ``refresh``): its persistent session keeps the site's telemetry meanwhile."""
+    from tests.waiting import wait_until
+
+    monitors: Any = cp.client.app.state.monitors  # type: ignore[attr-defined]
+    wait_until(lambda: cp.site_id in monitors.subscribed, 20, "the monitor to subscribe")
+    monkeypatch.setattr(monitors, "refresh", lambda: None)
+    client = monitors.clients.pop(cp.site_id)
+    monitors.subscribed.discard(cp.site_id)
+    client.disconnect()
+    client.loop_stop()

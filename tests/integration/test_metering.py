@@ -233,3 +233,34 @@ def test_error_answers_are_stored_per_code_and_a_usage_product_bills_only_the_ro
         charges = session.exec(select(Charge).where(Charge.lease_id == lease_id)).all()
     # 50 verdicts and the robot's one bad image; neither the internal error nor uncoded errors
     assert sum(c.quantity for c in charges) == 40 + 10 + 1
+
+
+def test_heartbeats_kept_while_the_control_plane_was_away_bill_what_ran_once(
+    control_plane: ControlPlane, clock: list[datetime]
+) -> None:
+    """Chaos scenario 6: the head's agent kept its heartbeats for 5 minutes the control plane was away and sends
+    them, oldest first, before its live one. What ran is billed, no gap; sent again, nothing more is stored; a
+    time the node's clock puts after now is billed up to now only."""
+    cp, slice_id = control_plane, control_plane.a.ids["slice"]
+    _with_timeout(cp, 60)
+    _, agent = join(cp, "head")
+    ok(cp.client.post("/agent/v1/heartbeat", json={"slices": [_report(slice_id, 2)]}, headers=agent))
+    away_from = clock[0]
+    kept = [{"observed_at": (away_from + timedelta(seconds=s)).isoformat(), "slices": [_report(slice_id, 2)]}
+            for s in range(5, 301, 5)]  # fmt: skip
+    clock[0] = away_from + timedelta(seconds=303)  # the control plane is back
+    for body in kept:
+        ok(cp.client.post("/agent/v1/heartbeat", json=body, headers=agent))
+    ok(cp.client.post("/agent/v1/heartbeat", json={"slices": [_report(slice_id, 2)]}, headers=agent))
+    assert sum(r.replica_seconds for r in _capacity(cp, slice_id)) == 2 * 303
+    with Session(_engine(cp)) as session:
+        assert session.exec(select(UsageRecord).where(UsageRecord.source == metering.GAP)).all() == []
+
+    for body in kept:  # the agent's replay repeated (an answer it did not get): nothing new
+        ok(cp.client.post("/agent/v1/heartbeat", json=body, headers=agent))
+    future = {"observed_at": (clock[0] + timedelta(hours=1)).isoformat(), "slices": [_report(slice_id, 2)]}
+    clock[0] += timedelta(seconds=7)
+    ok(cp.client.post("/agent/v1/heartbeat", json=future, headers=agent))  # billed up to now: 7 s
+    assert sum(r.replica_seconds for r in _capacity(cp, slice_id)) == 2 * 310
+    naive = {"observed_at": "2026-12-01T08:00:00", "slices": []}
+    assert cp.client.post("/agent/v1/heartbeat", json=naive, headers=agent).status_code == 422

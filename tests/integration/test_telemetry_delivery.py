@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from contracts import wire
 from control_plane.models import UsageRecord
-from tests.integration.cp_fixtures import ControlPlane
+from tests.integration.cp_fixtures import ControlPlane, monitor_away
 from tests.integration.test_cp_dashboard import _publish, _report
 from tests.waiting import wait_until
 
@@ -31,14 +31,8 @@ def test_telemetry_sent_while_the_control_plane_is_away_is_stored_once_when_it_r
 ) -> None:
     cp = control_plane
     monitors: Any = cp.client.app.state.monitors  # type: ignore[attr-defined]
-    wait_until(lambda: cp.site_id in monitors.subscribed, 20, "the monitor to subscribe")
-
     # The control plane goes away (its monitor disconnects and does not come back on its own)...
-    monkeypatch.setattr(monitors, "refresh", lambda: None)
-    client = monitors.clients.pop(cp.site_id)
-    monitors.subscribed.discard(cp.site_id)
-    client.disconnect()
-    client.loop_stop()
+    monitor_away(cp, monkeypatch)
 
     # ...while the ingress reports two windows of verdicts, one of them delivered twice.
     topic = wire.telemetry_topic("acme", "line-1", "t1-inspect")

@@ -43,6 +43,7 @@ from control_plane.models import (
     Site,
     Slice,
     Tenant,
+    as_utc,
     utcnow,
 )
 from control_plane.security import new_token, token_hash
@@ -87,7 +88,12 @@ def join(body: NodeJoin, session: SessionDep) -> NodeJoined:
 
 @router.post("/heartbeat", response_model=NodePublic)
 def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowDep, settings: SettingsDep) -> Node:
-    """Liveness, inventory and the actual state of the site's slices (from the head's agent)."""
+    """Liveness, inventory and the actual state of the site's slices (from the head's agent).
+
+    A heartbeat with ``observed_at`` is one the agent buffered while this control plane was unreachable
+    (chaos scenario 6): it meters its slices' capacity up to that time and moves nothing else."""
+    if body.observed_at is not None:
+        return _buffered_heartbeat(body, session, node, settings.heartbeat_timeout_s)
     previous, node.last_heartbeat_at = node.last_heartbeat_at, utcnow()
     came_online = node.status in (NodeStatus.JOINING, NodeStatus.OFFLINE)
     if came_online:
@@ -113,6 +119,25 @@ def heartbeat(body: Heartbeat, session: SessionDep, node: CurrentNode, now: NowD
         site = session.get(Site, node.site_id)
         assert site is not None
         placement.place_site(session, site, now)
+    session.refresh(node)
+    return node
+
+
+def _buffered_heartbeat(body: Heartbeat, session: Session, node: Node, timeout_s: float) -> Node:
+    """Meter a late heartbeat's capacity over ``[previous heartbeat, observed_at)``.
+
+    The node's clock is not trusted: ``observed_at`` is clamped between the previous heartbeat and now, so
+    replays bill no second twice (a repeated one covers nothing new; its records' keys are the ones stored)
+    and never bill time that has not passed here. The node's liveness and its slices' state are left to
+    the live heartbeat that follows."""
+    previous, now = node.last_heartbeat_at, utcnow()
+    if previous is None or body.observed_at is None:
+        return node  # nothing known to have run before it
+    at = min(max(as_utc(body.observed_at), as_utc(previous)), as_utc(now))
+    metering.guarded(session, "capacity",
+                     lambda: metering.record_capacity(session, node, body.slices, previous, at, timeout_s))  # fmt: skip
+    node.last_heartbeat_at = at
+    session.commit()
     session.refresh(node)
     return node
 
