@@ -204,6 +204,7 @@ def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address
             cluster.start_worker(ray_address, resources)
         else:
             cluster.start(None, resources=resources)
+            cluster.exit_when_head_dies()  # systemd starts the agent again, with a new head
             address = cluster.gcs_address()
             typer.echo(f"Ray head at {address}: other servers join with --ray-address {address}")
         gateway = _serve_http(client, node["node_token"], *http) if http[1] and not ray_address else None

@@ -25,10 +25,18 @@ from edge_node.serving import deploy
 
 log = logging.getLogger(__name__)
 
+HEAD_CHECK_S = 1.0
+"""How often ``exit_when_head_dies`` looks at the local Ray head's processes."""
+EXIT_HEAD_LOST = 75
+"""Exit status of a command whose local Ray head died (EX_TEMPFAIL): systemd's ``Restart=always`` starts it
+again, with a new head."""
+
 AGENT_APPLY_WAIT_S = 30.0
 """How long an agent pass waits for an applied slice to run before it reports it as deploying."""
 
 
+_stopping = threading.Event()
+"""Set by ``stop``: the head going down is then asked for, not a failure ``exit_when_head_dies`` acts on."""
 _run_mark: str | None = None
 """Set once this process started Ray processes (a local Ray, or ``ray start`` daemons): ``stop`` ends them."""
 
@@ -47,6 +55,7 @@ def start(
     (in a ``finally``): SIGTERM, like Ctrl-C, raises KeyboardInterrupt afterwards unless the program
     installed a handler of its own.
     """
+    _stopping.clear()
     if not ray.is_initialized():
         with _signal_handlers_kept(), _marked_children():
             ray.init(
@@ -62,6 +71,41 @@ def start(
             )
     serve.start(proxy_location="Disabled")
     log.info("ray ready: %s", ray.cluster_resources())
+
+
+def exit_when_head_dies() -> threading.Thread | None:
+    """End this process, with every Ray process it started, as soon as the local Ray head it started dies.
+
+    When the head's GCS server or raylet dies, Ray's calls hang and Ray ends the process after 60 s from
+    inside, so no ``finally`` runs and the raylet's agents, which outlive it, are left behind (chaos
+    scenario 5). Instead a thread checks the head every ``HEAD_CHECK_S``; once it is gone it ends the run's
+    processes (as seen the second before, while the tree was whole: the agents lose their parent) and exits
+    with ``EXIT_HEAD_LOST`` for the service manager to restart the command. None when this process started
+    no head (it joined a cluster, or Ray is not started).
+    """
+    mark = _run_mark
+    if mark is None or not ray.is_initialized():
+        return None
+    tree = processes.of_run(mark)
+    head = {p for p in tree if any(name in p.name for name in ("gcs_server", "raylet"))}
+    if not head:
+        return None
+
+    def watch() -> None:
+        nonlocal tree
+        while not _stopping.wait(HEAD_CHECK_S):
+            if (gone := head - processes.alive(head)) and not _stopping.is_set():
+                names = ", ".join(sorted(p.name.rsplit("/", 1)[-1] for p in gone))
+                log.error("the Ray head died (%s gone): ending this run's Ray processes and exiting %d so that "
+                          "the service manager starts it again", names, EXIT_HEAD_LOST)  # fmt: skip
+                processes.end(tree | processes.of_run(mark), grace_s=2.0)
+                logging.shutdown()
+                os._exit(EXIT_HEAD_LOST)
+            tree |= processes.of_run(mark)  # replicas come and go: keep every process seen
+
+    thread = threading.Thread(target=watch, name="ray-head-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_worker(address: str, resources: dict[str, float]) -> None:
@@ -197,6 +241,7 @@ def stop() -> None:
 
     A second SIGTERM or Ctrl-C meanwhile is ignored (logged): it must not cut the cleanup short.
     """
+    _stopping.set()
     with _signals_deferred():
         # Taken before Ray goes down: its agents are known only as the raylet's children (see processes).
         started = processes.of_run(_run_mark) if _run_mark else set()

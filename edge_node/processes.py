@@ -81,17 +81,18 @@ def of_run(mark: str) -> set[Proc]:
     return {e.proc for e in entries if e.proc.pid in found}
 
 
-def _alive(procs: set[Proc]) -> set[Proc]:
-    alive = set()
+def alive(procs: set[Proc]) -> set[Proc]:
+    """Those of ``procs`` still running (the same process: a reused PID is not)."""
+    running = set()
     for p in procs:
         entry = _entry(p.pid, b"")
         if entry is not None and entry.proc.started == p.started:
-            alive.add(p)
-    return alive
+            running.add(p)
+    return running
 
 
 def _signal_all(procs: set[Proc], signum: signal.Signals) -> None:
-    for p in _alive(procs):
+    for p in alive(procs):
         with contextlib.suppress(ProcessLookupError, PermissionError):  # gone meanwhile
             os.kill(p.pid, signum)
 
@@ -99,7 +100,7 @@ def _signal_all(procs: set[Proc], signum: signal.Signals) -> None:
 def _wait_gone(procs: set[Proc], timeout_s: float) -> set[Proc]:
     """Poll until none of ``procs`` is alive or ``timeout_s`` passed; those still alive."""
     deadline = time.monotonic() + timeout_s
-    while (left := _alive(procs)) and time.monotonic() < deadline:
+    while (left := alive(procs)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 
@@ -109,7 +110,7 @@ def end(procs: set[Proc], grace_s: float = 5.0) -> set[Proc]:
 
     Waits (briefly) for the killed ones too, so a caller that returns has left nothing behind.
     """
-    if not _alive(procs):
+    if not alive(procs):
         return set()
     _signal_all(procs, signal.SIGTERM)
     stubborn = _wait_gone(procs, grace_s)

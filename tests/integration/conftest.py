@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +40,11 @@ def ray_cluster() -> Iterator[int]:
 
 
 from tests.integration.cp_fixtures import control_plane, cp_overrides, database_url, postgres_url  # noqa: E402, F401
+
+
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """Ray's sockets live under its temp dir, whose path must stay short (a Unix socket path has 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ls-ray-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

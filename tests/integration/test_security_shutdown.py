@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -156,14 +154,6 @@ def started(args: list[str], ray_tmp: Path) -> Iterator[Run]:
             process.wait()
         kill_all(run.alive())
         reader.join(timeout=10)
-
-
-@pytest.fixture
-def ray_tmp() -> Iterator[Path]:
-    """Ray's sockets live under its temp dir, whose path must stay short (a Unix socket path has 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="ls-ray-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_for_ray_agents(run: Run, *, head: bool = True) -> None:
