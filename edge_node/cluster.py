@@ -73,6 +73,11 @@ def start(
     log.info("ray ready: %s", ray.cluster_resources())
 
 
+def run_processes() -> set[processes.Proc]:
+    """The Ray processes this process started (none if it joined a cluster or started nothing)."""
+    return processes.of_run(_run_mark) if _run_mark else set()
+
+
 def exit_when_head_dies() -> threading.Thread | None:
     """End this process, with every Ray process it started, as soon as the local Ray head it started dies.
 

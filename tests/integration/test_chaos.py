@@ -308,14 +308,8 @@ def test_4_a_stalled_model_replica_is_evicted_and_loses_no_frame(broker: Mosquit
 
 
 def _serve_controller_pids() -> list[int]:
-    """PIDs of the processes Ray titled ``ray::ServeController`` (this machine runs one Ray, the tests')."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as cmdline:  # ended meanwhile
-                if cmdline.read().startswith(b"ray::ServeController"):
-                    pids.append(int(entry))
-    return pids
+    """PIDs of this test process's Ray's ``ray::ServeController`` (pytest-xdist runs a Ray per worker)."""
+    return [p.pid for p in cluster.run_processes() if p.name.startswith("ray::ServeController")]
 
 
 def test_3_the_serve_controller_killed_keeps_the_data_plane_serving_and_scaling_works_again(
