@@ -129,6 +129,22 @@ def bench_fuzz_decoder(
     _emit(measure(cases, seed), as_json)
 
 
+@bench_app.command("soak")
+def bench_soak(
+    duration: Annotated[float, typer.Option(min=10, help="Seconds to stream (the issue's figure: 7200).")] = 7200.0,
+    robots: Annotated[int, typer.Option(min=1, max=1000, help="Simulated robots.")] = 50,
+    fps: Annotated[float, typer.Option(min=0.1, max=100, help="Frames per second per robot.")] = 2.0,
+    fault_every: Annotated[float, typer.Option(min=5, help="Seconds between faults, injected in rotation.")] = 300.0,
+    sample_every: Annotated[float, typer.Option(min=1, help="Seconds between memory and descriptor samples.")] = 10.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Chaos soak: a fleet through broker, ingress and model replicas with a fault every few minutes; prints
+    frames lost, duplicates, replica churn, the longest gap and per-component memory and descriptor drift."""
+    from bench.soak import measure
+
+    _emit(_measured(lambda: measure(duration, robots, fps, fault_every, sample_every)), as_json)
+
+
 @bench_app.command("http")
 def bench_http(
     clients: Annotated[int, typer.Option(min=1, max=200, help="Robots over MQTT, then as many HTTP clients.")] = 8,

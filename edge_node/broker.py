@@ -204,6 +204,11 @@ class MosquittoBroker:
         state.write_text(json.dumps(document, indent=2))
         state.chmod(0o600)
 
+    @property
+    def pid(self) -> int | None:
+        """The running broker's process id (None when stopped)."""
+        return self._process.pid if self._process else None
+
     def start(self, timeout_s: float = 10.0) -> MosquittoBroker:
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
