@@ -19,8 +19,8 @@ def test_replica_changes_after_a_fault_are_the_faults_not_churn() -> None:
 
 
 def test_drift_is_the_last_windows_mean_against_the_firsts() -> None:
-    rss = [(t, 100) for t in range(0, 60, 10)] + [(t, 150) for t in range(60, 120, 10)]
-    fds = [(t, 20) for t in range(0, 120, 10)]
+    rss = [(float(t), 100) for t in range(0, 60, 10)] + [(float(t), 150) for t in range(60, 120, 10)]
+    fds = [(float(t), 20) for t in range(0, 120, 10)]
     drift = summarize_drift({"ingress": {"rss_kib": rss, "fds": fds}}, start=0, end=120, window_s=30)
     assert drift == {"ingress": {"rss_drift_pct": 50.0, "fd_drift_pct": 0.0, "rss_mib_last": round(150 / 1024, 1)}}
     assert summarize_drift({"gcs": {"rss_kib": [], "fds": []}}, 0, 120, 30)["gcs"]["rss_drift_pct"] is None
