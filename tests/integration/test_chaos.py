@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,6 +31,7 @@ from robots.simulate import Simulation
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 POOL = [(s.label, s.data) for s in (synth.generate(6160, i) for i in range(24))]
+ROUNDS_9, PHASE_9_S = 5, 5.0
 
 
 @pytest.fixture
@@ -213,35 +215,43 @@ def test_9_a_robot_flooding_at_ten_times_its_limit_is_throttled_and_told_and_the
     broker: MosquittoBroker,
 ) -> None:
     """The line allows 5 frames/s per robot; one robot sends 50. It is answered ``rate_limited`` for the excess
-    (told, not silently dropped); the ten other robots lose nothing and keep their latency, against the same
-    fleet measured before and after the flood (the machine's own drift)."""
+    (told, not silently dropped); the ten other robots lose nothing and keep their latency. Measured in rounds,
+    each the same fleet without the flood and then with it, so that the machine's own load (CI runs another
+    test beside this one) falls on both: the median round's flooded p99 is within 20 % of its baseline's."""
     spec = SliceSpec(name="c-flood", tenant="acme", lines=["line-1"], broker=BrokerSpec(port=broker.port),
                      replicas=ReplicaSpec(min_replicas=1, max_replicas=1),
                      frame_policy={"line-1": FramePolicy(max_fps=5)})  # fmt: skip
     cluster.apply_slice(spec)
+    rounds: list[tuple[Simulation, Simulation]] = []
+    replies: list[object] = []
     try:
-        baseline = _fleet(broker, robots=10, fps=2).run(15.0)
-        replies: list[object] = []
-        flooder = threading.Thread(target=_flood, args=(broker, 50.0, 17.0, replies), daemon=True)
-        flooder.start()
-        time.sleep(1)
-        flooded = _fleet(broker, robots=10, fps=2).run(15.0)
-        flooder.join()
-        after = _fleet(broker, robots=10, fps=2).run(15.0)  # the machine's own drift, bracketing the flood
+        for _ in range(ROUNDS_9):
+            baseline = _fleet(broker, robots=10, fps=2)
+            baseline.run(PHASE_9_S)
+            flooder = threading.Thread(target=_flood, args=(broker, 50.0, PHASE_9_S + 2.5, replies), daemon=True)
+            flooder.start()
+            time.sleep(1.5)  # its connection and the token bucket's burst: a flood's start, not the flood
+            flooded = _fleet(broker, robots=10, fps=2)
+            flooded.run(PHASE_9_S)
+            flooder.join()
+            rounds.append((baseline, flooded))
     finally:
         cluster.delete_slice(spec.name)
     refused = sum(1 for r in replies if isinstance(r, wire.ErrorReply) and r.code is wire.ErrorCode.RATE_LIMITED)
     judged = sum(1 for r in replies if isinstance(r, wire.Result))
-    baseline_p99 = max(baseline.percentile(99), after.percentile(99))
-    figures = {"scenario": 9, "baseline_p50_ms": baseline.percentile(50), "baseline_p99_ms": baseline_p99,
-               "flooded_p50_ms": flooded.percentile(50), "flooded_p99_ms": flooded.percentile(99),
+    ratios = sorted(f.report.percentile(99) / b.report.percentile(99) for b, f in rounds)
+    base = [ms for b, _ in rounds for ms in b.report.latencies_ms]
+    flood = [ms for _, f in rounds for ms in f.report.latencies_ms]
+    figures = {"scenario": 9, "baseline_p50_ms": float(np.percentile(base, 50)),
+               "baseline_p99_ms": float(np.percentile(base, 99)), "flooded_p50_ms": float(np.percentile(flood, 50)),
+               "flooded_p99_ms": float(np.percentile(flood, 99)), "p99_ratios": [round(r, 2) for r in ratios],
                "flood_sent": len(replies), "flood_refused": refused, "flood_judged": judged}  # fmt: skip
     print(json.dumps(figures))
-    assert baseline.lost == 0 and flooded.lost == 0 and after.lost == 0, figures
-    assert flooded.results == flooded.sent, figures
+    for b, f in rounds:
+        assert b.report.lost == 0 and f.report.lost == 0 and f.report.results == f.report.sent, figures
     assert refused >= 0.8 * len(replies), figures  # 45 of every 50 frames a second are beyond the limit
-    assert judged <= 6 * 17, figures  # the token bucket's burst aside, 5 a second
-    assert flooded.percentile(99) <= 1.2 * baseline_p99, figures
+    assert judged <= 6 * (PHASE_9_S + 3) * ROUNDS_9, figures  # the token bucket's burst aside, 5 a second
+    assert ratios[len(ratios) // 2] <= 1.2, figures
 
 
 def _alive(pid: int) -> bool:

@@ -406,9 +406,10 @@ def test_page_load_benchmark_prints_json() -> None:
     import sys
 
     lineside = str(Path(sys.executable).with_name("lineside"))
-    out = subprocess.run([lineside, "bench", "dashboard", "--json", "--robots", "8", "--loads", "2"],
-                         capture_output=True, text=True, check=True, timeout=300).stdout  # fmt: skip
-    result = json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([lineside, "bench", "dashboard", "--json", "--robots", "8", "--loads", "2"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, f"exit {done.returncode}:\n{done.stderr[-4000:]}"  # what it said, to diagnose
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["line_minutes"] == 4 * 7 * 24 * 60 and result["robots"] == 8
     assert result["page_load_week_of_history"]["median_ms"] > 0
     assert result["baseline_page_load_no_history"]["median_ms"] > 0
