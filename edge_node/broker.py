@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -89,11 +90,24 @@ class TlsListener:
         return "\n".join(lines) + "\n"
 
 
+FREE_PORTS = range(20000, 32768)
+"""Where ``free_port`` looks: below Linux's ephemeral range (32768-60999), from which the kernel hands every
+outgoing connection a local port, and above Ray's worker ports (10002-19999). A port the kernel picked
+(``bind(0)``) is ephemeral, so any connection on the machine could take it before its listener binds it: a
+CI run lost an OPC UA bridge that way (``address already in use``)."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range (``FREE_PORTS``)."""
+    for _ in range(200):
+        port = random.choice(FREE_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken: try another
+                continue
+            return port
+    raise OSError(f"no free port in {FREE_PORTS.start}-{FREE_PORTS.stop - 1} after 200 tries")
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> None:
