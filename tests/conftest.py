@@ -13,7 +13,8 @@ from PIL import Image
 from models import synth
 
 HEAVY = frozenset({
-    "test_byo_models", "test_cli", "test_cp_agent_ray", "test_cp_capacity", "test_cp_fits_ray", "test_cp_scheduling",
+    "test_byo_models", "test_chaos_cp", "test_chaos_head", "test_cli", "test_cp_agent_ray", "test_cp_capacity",
+    "test_cp_fits_ray", "test_cp_scheduling",
     "test_dashboard_browser", "test_ingress", "test_month_close", "test_multinode", "test_readme", "test_robot_extra",
     "test_rollout_ray", "test_security_shutdown", "test_slice",
 })  # fmt: skip
