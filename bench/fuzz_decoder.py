@@ -50,8 +50,8 @@ def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:
     for _ in range(rng.randint(1, 4)):
         kind = rng.randrange(7)
         at = rng.randrange(max(1, len(out)))
-        if kind == 0:  # flip bits
-            for _ in range(rng.randint(1, 8)):
+        if kind == 0:  # flip bits (of what an earlier truncation left, if anything)
+            for _ in range(rng.randint(1, 8) if out else 0):
                 i = rng.randrange(len(out))
                 out[i] ^= 1 << rng.randrange(8)
         elif kind == 1:  # overwrite a run

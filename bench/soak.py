@@ -37,11 +37,11 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from bench import faults
 from contracts.slice_spec import BrokerSpec, FramePolicy, ReplicaSpec, ResourceSpec, SliceSpec
 from contracts.wire import ErrorCode, ErrorReply
 from edge_node import cluster
 from edge_node.broker import MosquittoBroker
-from robots.sdk import RobotClient
 from robots.simulate import Simulation, SimulationReport, render_pool
 
 TENANT, LINE, SLICE = "soak", "line-1", "soak"
@@ -64,11 +64,6 @@ def _usage(pid: int) -> tuple[int, int] | None:
         return rss, len(os.listdir(f"/proc/{pid}/fd"))
     except (OSError, StopIteration, ValueError):
         return None
-
-
-def _resume(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # Serve evicted and killed it meanwhile
-        os.kill(pid, signal.SIGCONT)
 
 
 def _component(name: str) -> str | None:
@@ -149,34 +144,25 @@ class Soak:
         os.kill(self._replica_pid("ingress"), signal.SIGKILL)
 
     def _kill_controller(self) -> None:
-        for p in cluster.run_processes():
-            if p.name.startswith("ray::ServeController"):
-                os.kill(p.pid, signal.SIGKILL)
+        for pid in faults.serve_controller_pids():
+            os.kill(pid, signal.SIGKILL)
 
     def _stall_model(self) -> None:
         pid = self._replica_pid("model")
         os.kill(pid, signal.SIGSTOP)
-        timer = threading.Timer(STALL_S, _resume, args=(pid,))
+        timer = threading.Timer(STALL_S, faults.resume, args=(pid,))
         timer.daemon = True
         timer.start()
 
     def _flood(self) -> None:
         def run() -> None:
-            robot = RobotClient(self.broker.host, self.broker.port, tenant=TENANT, line=LINE, robot="flooder")
-            robot.connect()
-            futures, pool = [], self.pool[:8]
-            end, k = time.monotonic() + FLOOD_S, 0
-            while time.monotonic() < end and not self.stop.is_set():
-                futures.append(robot.send(pool[k % len(pool)][1], timeout_s=10, retries=0))
-                k += 1
-                time.sleep(1 / (10 * ROBOT_MAX_FPS))
-            for future in futures:
-                with contextlib.suppress(Exception):  # an unanswered flood frame is the flooder's own loss
-                    reply = future.result()
-                    limited = isinstance(reply, ErrorReply) and reply.code is ErrorCode.RATE_LIMITED
-                    self.flood["rate_limited"] += int(limited)
-            self.flood["sent"] += k
-            robot.close()
+            sent, replies = faults.flood(self.broker.host, self.broker.port, tenant=TENANT, line=LINE,
+                                         frames=[data for _, data in self.pool[:8]], fps=10 * ROBOT_MAX_FPS,
+                                         seconds=FLOOD_S, stop=self.stop)  # fmt: skip
+            self.flood["sent"] += sent
+            self.flood["rate_limited"] += sum(
+                1 for r in replies if isinstance(r, ErrorReply) and r.code is ErrorCode.RATE_LIMITED
+            )
 
         threading.Thread(target=run, name="soak-flood", daemon=True).start()
 

@@ -118,7 +118,8 @@ def slice_run(
     except KeyboardInterrupt:
         typer.echo("stopping")
     finally:
-        cluster.stop()
+        cluster.stop(process_exiting=True)
+    cluster.exit_now(0)
 
 
 @edge_app.command("join")
@@ -217,7 +218,8 @@ def _run_agent(client: object, node: dict[str, Any], data_dir: Path, ray_address
     except KeyboardInterrupt:
         pass
     finally:
-        cluster.stop()  # Serve, Ray and every process this agent started, head or worker
+        cluster.stop(process_exiting=True)  # Serve, Ray and every process this agent started, head or worker
+    cluster.exit_now(0)
 
 
 def _serve_http(client: Any, node_token: str, host: str, port: int | None) -> Any:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import ray
 from ray import serve
@@ -241,10 +241,17 @@ def delete_slice(name: str) -> None:
     serve.delete(name)
 
 
-def stop() -> None:
+def stop(*, process_exiting: bool = False) -> None:
     """Shut down Serve and Ray, then end whatever Ray processes this process started that are still there.
 
     A second SIGTERM or Ctrl-C meanwhile is ignored (logged): it must not cut the cleanup short.
+
+    ``process_exiting``: a command about to end, which then ends with ``exit_now``. Its own Ray worker is
+    not shut down: after ``ray.shutdown`` a late callback on one of Ray's threads (a retried task of the
+    Serve controller it just killed, say) can find that worker gone, and Ray then ends the process at once
+    with status 1 ("The core worker has already been shutdown"), whatever the command meant to return; a
+    demo whose every frame was answered exited 1 that way. Serve is shut down and the run's Ray processes
+    are ended all the same.
     """
     _stopping.set()
     with _signals_deferred():
@@ -255,12 +262,23 @@ def stop() -> None:
                 try:
                     serve.shutdown()
                 finally:
-                    ray.shutdown()
+                    if not process_exiting:
+                        ray.shutdown()
         finally:
             if _run_mark is not None:
                 killed = processes.end(started | processes.of_run(_run_mark))
                 if killed:
                     log.info("ended %d Ray processes that outlived ray.shutdown", len(killed))
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` now, after ``stop(process_exiting=True)``: output and logs flushed, but
+    not through Python's exit handlers, where Ray's own would shut its worker down (see ``stop``)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager

@@ -161,9 +161,11 @@ class FitRunner:
         board = _ProgressBoard.remote()  # type: ignore[attr-defined]
         ref = _remote_fit.remote(job.model_dump(), good, defects, board)
         try:
-            while not ray.wait([ref], timeout=self.poll_s)[0]:
+            deadline = started + job.time_limit_s
+            # never wait past the time limit: a result that comes after it, before the next poll, is over it too
+            while not ray.wait([ref], timeout=max(0.0, min(self.poll_s, deadline - time.monotonic())))[0]:
                 held = time.monotonic() - started
-                if held > job.time_limit_s:
+                if held >= job.time_limit_s:
                     ray.cancel(ref, force=True)
                     self._end(job, "timed_out", f"stopped after its time limit of {job.time_limit_s} s; fit fewer "
                               "photos or give a larger time_limit_s", held)  # fmt: skip

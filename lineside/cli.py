@@ -74,6 +74,7 @@ def demo(
     path is printed first; -v shows them on the console instead. Exits non-zero if any frame was sent
     and never answered.
     """
+    from edge_node import cluster
     from lineside.console import logs_to_file, make_console
     from lineside.demo import LATENCY_BUDGET_MS, run_demo
 
@@ -90,7 +91,7 @@ def demo(
             duration_s=duration, robots=robots, fps=fps, console=console, workdir=workdir, port=port,
             fitted_rollout=rollout,
         )  # fmt: skip
-    raise typer.Exit(code)
+    cluster.exit_now(code)
 
 
 if __name__ == "__main__":  # python -m lineside.cli ...; after every command is registered

@@ -173,8 +173,9 @@ PLANNER_PERIOD_S = 3.0
 
 def run_demo(*, duration_s: float | None, robots: int, fps: float, console: PlainConsole, workdir: Path,
              port: int = 0, fitted_rollout: bool = True) -> int:  # fmt: skip
-    """Run the demo in ``workdir``; returns the exit code (1 if any frame was lost). With ``fitted_rollout`` a
-    model fitted on the line's good parts is uploaded and rolled out on the slice while the robots stream."""
+    """Run the demo in ``workdir``; returns the exit code (1 if any frame was lost), for ``cluster.exit_now``
+    (Ray is stopped for a process about to end). With ``fitted_rollout`` a model fitted on the line's good
+    parts is uploaded and rolled out on the slice while the robots stream."""
     from control_plane.app import create_app
     from control_plane.server import BackgroundServer
     from control_plane.settings import ControlPlaneSettings
@@ -255,7 +256,7 @@ def run_demo(*, duration_s: float | None, robots: int, fps: float, console: Plai
         agent_stop.set()
         if agent_thread is not None:
             agent_thread.join(timeout=120)  # a pass may be applying a slice; Ray must outlive it
-        cluster.stop()
+        cluster.stop(process_exiting=True)  # the command ends with cluster.exit_now
         if broker is not None:
             broker.stop()
         client.close()

@@ -20,12 +20,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench import faults
 from contracts import wire
 from contracts.slice_spec import BrokerSpec, FramePolicy, ReplicaSpec, ResourceSpec, SliceSpec
 from edge_node import cluster, serving
 from edge_node.broker import MosquittoBroker
 from models import synth
-from robots.sdk import RobotClient
 from robots.simulate import Simulation
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -193,24 +193,6 @@ def _model_pids(spec: SliceSpec) -> set[int]:
     return pids
 
 
-def _flood(broker: MosquittoBroker, fps: float, seconds: float, replies: list[object]) -> None:
-    """One robot sending ``fps`` frames a second for ``seconds``, without waiting: its answers in ``replies``."""
-    robot = RobotClient(broker.host, broker.port, tenant="acme", line="line-1", robot="flooder").connect()
-    futures = []
-    try:
-        end = time.monotonic() + seconds
-        k = 0
-        while time.monotonic() < end:
-            futures.append(robot.send(POOL[k % len(POOL)][1], timeout_s=10, retries=0))
-            k += 1
-            time.sleep(1 / fps)
-        for future in futures:
-            with contextlib.suppress(Exception):  # an unanswered flood frame is the flooder's loss
-                replies.append(future.result())
-    finally:
-        robot.close()
-
-
 def test_9_a_robot_flooding_at_ten_times_its_limit_is_throttled_and_told_and_the_others_keep_their_latency(
     broker: MosquittoBroker,
 ) -> None:
@@ -228,7 +210,9 @@ def test_9_a_robot_flooding_at_ten_times_its_limit_is_throttled_and_told_and_the
         for _ in range(ROUNDS_9):
             baseline = _fleet(broker, robots=10, fps=2)
             baseline.run(PHASE_9_S)
-            flooder = threading.Thread(target=_flood, args=(broker, 50.0, PHASE_9_S + 2.5, replies), daemon=True)
+            flooder = threading.Thread(target=lambda: replies.extend(faults.flood(
+                broker.host, broker.port, tenant="acme", line="line-1", frames=[data for _, data in POOL],
+                fps=50.0, seconds=PHASE_9_S + 2.5)[1]), daemon=True)  # fmt: skip
             flooder.start()
             time.sleep(1.5)  # its connection and the token bucket's burst: a flood's start, not the flood
             flooded = _fleet(broker, robots=10, fps=2)
@@ -265,11 +249,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _resume(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # evicted: Serve killed it
-        os.kill(pid, signal.SIGCONT)
-
-
 def test_4_a_stalled_model_replica_is_evicted_and_loses_no_frame(broker: MosquittoBroker) -> None:
     """One of two model replicas stops (SIGSTOP, as a wedged GPU call or a swapped-out process would) for 60 s
     under load: Serve's health check evicts it within its period plus 3x its timeout and starts a replacement;
@@ -296,7 +275,7 @@ def test_4_a_stalled_model_replica_is_evicted_and_loses_no_frame(broker: Mosquit
                     seen.setdefault("gone", now)
 
         fault = _fault_at(5, lambda: os.kill(pid, signal.SIGSTOP), stalled)
-        resume = threading.Timer(65, _resume, args=(pid,))
+        resume = threading.Timer(65, faults.resume, args=(pid,))
         resume.start()
         watcher = threading.Thread(target=watch_eviction, daemon=True)
         watcher.start()
@@ -316,13 +295,8 @@ def test_4_a_stalled_model_replica_is_evicted_and_loses_no_frame(broker: Mosquit
         assert seen.get("gone", 1e9) <= bound_s + serving.MODEL_SHUTDOWN_S + 10, f"{pid} still alive: {seen}"
     finally:
         resume.cancel()
-        _resume(pid)
+        faults.resume(pid)
         cluster.delete_slice(spec.name)
-
-
-def _serve_controller_pids() -> list[int]:
-    """PIDs of this test process's Ray's ``ray::ServeController`` (pytest-xdist runs a Ray per worker)."""
-    return [p.pid for p in cluster.run_processes() if p.name.startswith("ray::ServeController")]
 
 
 def test_3_the_serve_controller_killed_keeps_the_data_plane_serving_and_scaling_works_again(
@@ -336,7 +310,7 @@ def test_3_the_serve_controller_killed_keeps_the_data_plane_serving_and_scaling_
                      resources=ResourceSpec(cpus_per_replica=0.5, ort_threads=1))  # fmt: skip
     cluster.apply_slice(spec)
     try:
-        (pid,) = _serve_controller_pids()
+        (pid,) = faults.serve_controller_pids()
         killed: list[float] = []
         seen: dict[str, float] = {}  # controller back (a new process answering), scaled (two models RUNNING)
 
@@ -344,7 +318,7 @@ def test_3_the_serve_controller_killed_keeps_the_data_plane_serving_and_scaling_
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and len(seen) < 2:
                 with contextlib.suppress(Exception):  # Serve's status while its controller restarts
-                    if set(_serve_controller_pids()) - {pid} and cluster.slice_status(spec):
+                    if set(faults.serve_controller_pids()) - {pid} and cluster.slice_status(spec):
                         seen.setdefault("controller_back", time.monotonic() - killed[0])
                     if _running_models(spec) == 2:
                         seen.setdefault("scaled", time.monotonic() - killed[0])

@@ -105,15 +105,19 @@ def test_a_fit_past_its_time_limit_is_stopped_and_a_cancelled_one_ends(
     control_plane: ControlPlane, agent: Agent
 ) -> None:
     cp = control_plane
-    photos = good_photos(150)
-    slow = ok(post_fit(cp, cp.a.it, photos, name="slow", time_limit_s=5), 202)
+    # 500 photos take 10-15 s to fit here. The agent polls the task once a minute: the limit must still stop it
+    # at 5 s (it once waited a whole poll past the limit, and a CI run saw a fit just over 5 s succeed)
+    slow = ok(post_fit(cp, cp.a.it, good_photos(500), name="slow", time_limit_s=5), 202)
     assert agent.fits is not None
+    agent.fits.poll_s = 60
     agent.fits.poll()
     done = watch(cp, slow["id"], timeout_s=120)[-1]
     assert done["status"] == "timed_out" and "time limit of 5 s" in done["message"], done
+    assert 5 <= done["cpu_s"] < 15, done
     assert done["model_version_id"] is None and cpus_free()
 
-    cancelled = ok(post_fit(cp, cp.a.it, photos, name="cancelled"), 202)
+    agent.fits.poll_s = 1.0  # the cancel is seen at the next poll
+    cancelled = ok(post_fit(cp, cp.a.it, good_photos(150), name="cancelled"), 202)
     agent.fits.poll()
     watch(cp, cancelled["id"], timeout_s=60, until={"running"})
     ok(cp.client.post(f"/models/fits/{cancelled['id']}/cancel", headers=cp.a.pm))

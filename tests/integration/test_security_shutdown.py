@@ -135,12 +135,12 @@ class Run:
 
 
 @contextmanager
-def started(args: list[str], ray_tmp: Path) -> Iterator[Run]:
+def started(args: list[str], ray_tmp: Path, program: str = LINESIDE) -> Iterator[Run]:
     """``lineside *args`` with an isolated Ray temp dir; everything it started is killed afterwards."""
     mark = uuid.uuid4().hex
     env = {**os.environ, RUN_MARK: mark, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [LINESIDE, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [program, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
     run = Run(process, mark)
@@ -250,3 +250,43 @@ def test_cleanup_ends_this_runs_processes_and_no_one_elses(tmp_path: Path) -> No
         for process in (ours, theirs):
             process.kill()
             process.wait()
+
+
+LATE_CALLBACK = """
+import signal
+import ray
+from edge_node import cluster
+signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
+cluster.start(num_cpus=1)
+worker = ray._private.worker.global_worker.core_worker
+print("ray up", flush=True)
+signal.sigwait({{signal.SIGUSR1}})  # the test has seen Ray's agents
+cluster.stop(process_exiting={exiting})
+worker.get_current_job_id()  # what a late callback on one of Ray's own threads does
+print("cleaned up", flush=True)
+cluster.exit_now(3)
+"""
+
+
+@pytest.mark.parametrize("exiting", [False, True], ids=["ray-shutdown", "process-exiting"])
+def test_a_late_ray_callback_after_the_stop_cannot_change_the_commands_exit_status(
+    ray_tmp: Path, exiting: bool
+) -> None:
+    """A demo whose every frame was answered once exited 1, its cleanup cut short: after ``ray.shutdown`` a
+    callback on one of Ray's threads found the driver's worker gone, and Ray ended the process at once with
+    status 1. A command about to end stops with ``process_exiting`` and ends with ``exit_now``: its own
+    status, all of its Ray processes ended. (``ray-shutdown`` shows the hazard, Ray's own behaviour.)"""
+    script = LATE_CALLBACK.format(exiting=exiting)
+    with started(["-c", script], ray_tmp, program=sys.executable) as run:
+        run.wait_for("ray up")
+        wait_for_ray_agents(run)
+        run.process.send_signal(signal.SIGUSR1)
+        code = run.process.wait(timeout=EXIT_TIMEOUT_S)
+        if not exiting:
+            time.sleep(1)  # the reader thread has the last lines
+            assert code == 1 and "cleaned up" not in run.lines, run.lines[-20:]
+            return
+        run.wait_for("cleaned up", timeout_s=10)
+        assert code == 3, run.lines[-20:]
+        left = run.leftovers()
+        assert not left, f"{len(left)} processes of this run survived: {sorted(left.values())}"
