@@ -123,4 +123,4 @@ def measure(delay_ms: float, step_seconds: float, steady_seconds: float) -> dict
                 "targets": {"reaction_s": 15, "scale_changes_per_10min_steady": 1, "lost_frames": 0},
             }
         finally:
-            cluster.stop()
+            cluster.stop(process_exiting=True)  # the command ends with cluster.exit_now

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -45,11 +45,17 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 
-def _measured(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``measure()`` with what Ray prints to stdout as it stops ("(raylet) Task ServeController... failed")
-    sent to stderr: stdout is the JSON alone."""
+def _ray_bench(measure: Callable[[], dict[str, Any]], as_json: bool) -> NoReturn:
+    """Emit ``measure()`` of a benchmark that starts Ray and stops it as a process about to end
+    (``cluster.stop(process_exiting=True)``), then end: Ray's own shutdown could end the process with
+    status 1 after the figures were measured (see ``cluster.stop``). What Ray prints to stdout as it stops
+    ("(raylet) Task ServeController... failed") goes to stderr: stdout is the JSON alone."""
+    from edge_node import cluster
+
     with contextlib.redirect_stdout(sys.stderr):
-        return measure()
+        result = measure()
+    _emit(result, as_json)
+    cluster.exit_now(0)
 
 
 @bench_app.command("pipeline")
@@ -81,8 +87,8 @@ def bench_pipeline(
     from bench.pipeline import run
 
     manifest = _manifest(model)
-    _emit(_measured(lambda: run(duration, robots, batch, ort_threads, ingress_concurrency, manifest, model_replicas,
-                                ingress_replicas, decode_at)), as_json)  # fmt: skip
+    _ray_bench(lambda: run(duration, robots, batch, ort_threads, ingress_concurrency, manifest, model_replicas,
+                           ingress_replicas, decode_at), as_json)  # fmt: skip
 
 
 @bench_app.command("runtime")
@@ -142,7 +148,7 @@ def bench_soak(
     frames lost, duplicates, replica churn, the longest gap and per-component memory and descriptor drift."""
     from bench.soak import measure
 
-    _emit(_measured(lambda: measure(duration, robots, fps, fault_every, sample_every)), as_json)
+    _ray_bench(lambda: measure(duration, robots, fps, fault_every, sample_every), as_json)
 
 
 @bench_app.command("http")
@@ -155,7 +161,7 @@ def bench_http(
     """HTTP (KServe v2) against MQTT at the same load through the same slice: latency as clients see it."""
     from bench.http_vs_mqtt import measure
 
-    _emit(_measured(lambda: measure(clients, fps, seconds)), as_json)
+    _ray_bench(lambda: measure(clients, fps, seconds), as_json)
 
 
 @bench_app.command("autoscale")
@@ -173,7 +179,7 @@ def bench_autoscale(
     """Load step from 20% to 150% of one replica: reaction time, p99 during the step, scale flips when steady."""
     from bench.autoscale import measure
 
-    _emit(_measured(lambda: measure(model_delay_ms, step_seconds, steady_seconds)), as_json)
+    _ray_bench(lambda: measure(model_delay_ms, step_seconds, steady_seconds), as_json)
 
 
 @bench_app.command("dashboard")

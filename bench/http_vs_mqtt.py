@@ -121,7 +121,7 @@ def measure(clients: int = 8, fps: float = 5.0, seconds: float = 20.0) -> dict[s
             if server is not None:
                 server.should_exit = True
             gateway.close()
-            cluster.stop()
+            cluster.stop(process_exiting=True)  # the command ends with cluster.exit_now
     return {
         "benchmark": "http_vs_mqtt",
         "clients": clients,

@@ -178,7 +178,7 @@ def run(duration_s: float, robots: int, batch: int, ort_threads: int, ingress_co
             processes = cluster.slice_processes(spec)
             ingress_rss, model_rss = processes["ingress"]["rss_mb"], processes["model"]["rss_mb"]
         finally:
-            cluster.stop()
+            cluster.stop(process_exiting=True)  # the command ends with cluster.exit_now
     raw_fps, echo_fps = best["raw_ort_frames_per_s"], echo_report["throughput_fps"]
     limit = limit_fps(raw_fps, echo_fps, decode, model_on_gpu=raw["providers"][0] != "CPUExecutionProvider")
     return {

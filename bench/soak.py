@@ -231,7 +231,7 @@ class Soak:
             self.stop.set()
             with contextlib.suppress(Exception):
                 cluster.delete_slice(SLICE)
-            cluster.stop()
+            cluster.stop(process_exiting=True)  # the command ends with cluster.exit_now
             self.broker.stop()
         window_s = min(600.0, duration_s / 4)
         fault_times = [started + f["at_s"] for f in self.faults]
