@@ -381,13 +381,11 @@ class Agent:
             return
         try:
             response = self._post_beat(body)
+            failure = str(response.status_code) if response.status_code >= 500 else None
         except httpx.TransportError as e:
-            log.warning("heartbeat failed (%s); slices keep serving, their capacity is kept for later", e)
-            self._keep_unsent(body)
-            return
-        if response.status_code >= 500:
-            log.warning("heartbeat failed (%s); slices keep serving, their capacity is kept for later",
-                        response.status_code)  # fmt: skip
+            failure = str(e)
+        if failure is not None:
+            log.warning("heartbeat failed (%s); slices keep serving, their capacity is kept for later", failure)
             self._keep_unsent(body)
         elif response.status_code != 200:
             log.warning("heartbeat refused (%s): %s", response.status_code, response.text[:200])

@@ -59,6 +59,8 @@ class SimulationReport:
     """Time each verdict spent inside the slice (ingress arrival to publish), from its timings."""
     answered_at: list[float] = field(default_factory=list, repr=False)
     """Monotonic time of every answer, for gaps in service."""
+    sent_at: list[float] = field(default_factory=list, repr=False)
+    """Monotonic time each verdict of ``latencies_ms`` was sent at (same order): latency by when it was sent."""
 
     @property
     def throughput_fps(self) -> float:
@@ -208,6 +210,7 @@ class Simulation:
                 return
             self.report.results += 1
             self.report.latencies_ms.append(latency_ms)
+            self.report.sent_at.append(sent_at)
             self.report.slice_ms.append(reply.timings_ms.total)
             self.report.model_call_ms.append(reply.timings_ms.inference)
             self.report.correct += (reply.verdict == "pass") == (label == "good")

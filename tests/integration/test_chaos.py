@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -31,7 +32,7 @@ from robots.simulate import Simulation
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 POOL = [(s.label, s.data) for s in (synth.generate(6160, i) for i in range(24))]
-ROUNDS_9, PHASE_9_S = 5, 5.0
+CYCLES_9, ON_9_S, OFF_9_S = 8, 3.0, 3.0
 
 
 @pytest.fixture
@@ -193,52 +194,98 @@ def _model_pids(spec: SliceSpec) -> set[int]:
     return pids
 
 
+def _cpu_by_process() -> dict[tuple[int, int], tuple[int, int]]:
+    """(PID, start time) -> (parent PID, CPU ticks used) of every process on the machine."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            table[(int(entry.name), int(fields[19]))] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return table
+
+
+def _other_processes_cores(before: dict[tuple[int, int], tuple[int, int]], seconds: float, ours: set[int]) -> float:
+    """Cores that processes other than this test's own (this process and its descendants: its Ray, its broker)
+    used since ``before`` was taken: what CI's other test worker takes from the machine."""
+    now = _cpu_by_process()
+    parents = {pid: parent for (pid, _), (parent, _) in now.items()}
+    mine = set(ours)
+    for pid in parents:  # descendants, up the parent chain
+        chain: list[int] = []
+        p = pid
+        while p > 1 and p not in mine and len(chain) < 64:
+            chain.append(p)
+            p = parents.get(p, 0)
+        if p in mine:
+            mine.update(chain)
+    ticks = sum(used - before.get(key, (0, 0))[1] for key, (_, used) in now.items() if key[0] not in mine)
+    return ticks / os.sysconf("SC_CLK_TCK") / seconds
+
+
 def test_9_a_robot_flooding_at_ten_times_its_limit_is_throttled_and_told_and_the_others_keep_their_latency(
     broker: MosquittoBroker,
 ) -> None:
     """The line allows 5 frames/s per robot; one robot sends 50. It is answered ``rate_limited`` for the excess
-    (told, not silently dropped); the ten other robots lose nothing and keep their latency. Measured in rounds,
-    each the same fleet without the flood and then with it, so that the machine's own load (CI runs another
-    test beside this one) falls on both: the median round's flooded p99 is within 20 % of its baseline's."""
+    (told, not silently dropped); the ten other robots lose nothing and keep their latency: their p99 while
+    the flood is on is within 20 % of their p99 while it is off. The flood goes on and off every 3 s while the
+    fleet streams, so that both are measured over the same minute (in 5 s rounds a CI run still measured
+    per-round ratios from 0.8 to 3.2: bursts of the other test worker's load fell on one phase or the other).
+    The comparison needs a machine that is this test's alone: where other processes used more than a fifth
+    of a core meanwhile (CI's other worker), only the losses and the throttling are checked."""
     spec = SliceSpec(name="c-flood", tenant="acme", lines=["line-1"], broker=BrokerSpec(port=broker.port),
                      replicas=ReplicaSpec(min_replicas=1, max_replicas=1),
                      frame_policy={"line-1": FramePolicy(max_fps=5)})  # fmt: skip
     cluster.apply_slice(spec)
-    rounds: list[tuple[Simulation, Simulation]] = []
+    on: list[tuple[float, float]] = []
     replies: list[object] = []
+    flood_sent = 0
+
+    def flood_in_cycles(first: float) -> None:
+        nonlocal flood_sent
+        for k in range(CYCLES_9):
+            start = first + k * (ON_9_S + OFF_9_S)
+            time.sleep(max(0.0, start - time.monotonic()))
+            sent, answers = faults.flood(broker.host, broker.port, tenant="acme", line="line-1",
+                                         frames=[data for _, data in POOL], fps=50.0, seconds=ON_9_S)  # fmt: skip
+            on.append((start, start + ON_9_S))
+            flood_sent += sent
+            replies.extend(answers)
+
+    cpu_before, measured_from = _cpu_by_process(), time.monotonic()
     try:
-        for _ in range(ROUNDS_9):
-            baseline = _fleet(broker, robots=10, fps=2)
-            baseline.run(PHASE_9_S)
-            flooder = threading.Thread(target=lambda: replies.extend(faults.flood(
-                broker.host, broker.port, tenant="acme", line="line-1", frames=[data for _, data in POOL],
-                fps=50.0, seconds=PHASE_9_S + 2.5)[1]), daemon=True)  # fmt: skip
-            flooder.start()
-            time.sleep(1.5)  # its connection and the token bucket's burst: a flood's start, not the flood
-            flooded = _fleet(broker, robots=10, fps=2)
-            flooded.run(PHASE_9_S)
-            flooder.join()
-            rounds.append((baseline, flooded))
+        fleet = _fleet(broker, robots=10, fps=2)
+        flooder = threading.Thread(target=flood_in_cycles, args=(time.monotonic() + OFF_9_S,), daemon=True)
+        flooder.start()
+        fleet.run(OFF_9_S + CYCLES_9 * (ON_9_S + OFF_9_S))
+        flooder.join()
     finally:
         cluster.delete_slice(spec.name)
+    ours = {os.getpid(), *(p.pid for p in cluster.run_processes()), broker.pid or 0}
+    other_cores = _other_processes_cores(cpu_before, time.monotonic() - measured_from, ours)
+    report = fleet.report
+    # A frame sent while the flood is on is flooded; one sent while it is off is the baseline, except in the
+    # second after the flood stops, while its last answers drain.
+    flooded = [ms for ms, t in zip(report.latencies_ms, report.sent_at, strict=True) if any(a <= t < b for a, b in on)]
+    quiet = [ms for ms, t in zip(report.latencies_ms, report.sent_at, strict=True)
+             if not any(a <= t < b + 1.0 for a, b in on)]  # fmt: skip
     refused = sum(1 for r in replies if isinstance(r, wire.ErrorReply) and r.code is wire.ErrorCode.RATE_LIMITED)
     judged = sum(1 for r in replies if isinstance(r, wire.Result))
-    ratios = sorted(f.report.percentile(99) / b.report.percentile(99) for b, f in rounds)
-    base = [ms for b, _ in rounds for ms in b.report.latencies_ms]
-    flood = [ms for _, f in rounds for ms in f.report.latencies_ms]
-    figures = {"scenario": 9, "baseline_p50_ms": float(np.percentile(base, 50)),
-               "baseline_p99_ms": float(np.percentile(base, 99)), "flooded_p50_ms": float(np.percentile(flood, 50)),
-               "flooded_p99_ms": float(np.percentile(flood, 99)), "p99_ratios": [round(r, 2) for r in ratios],
-               "flood_sent": len(replies), "flood_refused": refused, "flood_judged": judged}  # fmt: skip
+    figures = {"scenario": 9, "baseline_p50_ms": float(np.percentile(quiet, 50)),
+               "baseline_p99_ms": float(np.percentile(quiet, 99)), "flooded_p50_ms": float(np.percentile(flooded, 50)),
+               "flooded_p99_ms": float(np.percentile(flooded, 99)), "baseline_frames": len(quiet),
+               "flooded_frames": len(flooded), "other_processes_cores": round(other_cores, 2),
+               "flood_sent": flood_sent, "flood_refused": refused, "flood_judged": judged}  # fmt: skip
     print(json.dumps(figures))
-    for b, f in rounds:
-        assert b.report.lost == 0 and f.report.lost == 0 and f.report.results == f.report.sent, figures
-    assert refused >= 0.8 * len(replies), figures  # 45 of every 50 frames a second are beyond the limit
-    assert judged <= 6 * (PHASE_9_S + 3) * ROUNDS_9, figures  # the token bucket's burst aside, 5 a second
-    # A baseline whose p99 is over 5x its p50 was measured on a saturated machine (CI's other worker busy): it
-    # cannot anchor a 20 % comparison, so then only the losses and the throttling above are checked.
-    if np.percentile(base, 99) <= 5 * np.percentile(base, 50):
-        assert ratios[len(ratios) // 2] <= 1.2, figures
+    assert report.lost == 0 and report.results == report.sent, figures
+    assert len(on) == CYCLES_9 and len(flooded) > 100 and len(quiet) > 100, figures
+    assert refused >= 0.7 * flood_sent, figures  # 45 of every 50 frames a second are beyond the limit
+    # Each time the flood comes back its token bucket has refilled its 2 s burst (10 frames), then 5 a second.
+    assert judged <= CYCLES_9 * (10 + 5 * ON_9_S) + 5, figures
+    if other_cores <= 0.2:
+        assert figures["flooded_p99_ms"] <= 1.2 * figures["baseline_p99_ms"], figures
 
 
 def _alive(pid: int) -> bool:
