@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -81,11 +81,8 @@ class SimulationReport:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures: throughput, latency percentiles, accuracy, losses."""
-        data = {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in ("latencies_ms", "answered_at", "slice_ms", "model_call_ms")
-        }
+        per_frame = {f.name for f in fields(self) if not f.repr}  # a figure per frame: summarized below
+        data = {k: v for k, v in asdict(self).items() if k not in per_frame}
         data.update(
             throughput_fps=round(self.throughput_fps, 1),
             p50_ms=round(self.percentile(50), 2),

@@ -33,3 +33,14 @@ def test_a_pool_of_one_surface_family_holds_only_that_familys_parts() -> None:
     assert pool == [(s.label, s.data) for s in expected]
     assert {s.family for s in expected} == {"printed"}
     assert pool != render_pool(6, workers=1)  # the generator's own mix of families otherwise
+
+
+def test_the_summary_holds_figures_not_a_value_per_frame() -> None:
+    """``sent_at`` (a time per verdict) once went into the summary that ``robots simulate --json`` and the
+    chaos tests print: every send time of the run in one JSON line (scenario 6 at 5 minutes printed 2,521)."""
+    report = SimulationReport(robots=1, target_fps=1.0, elapsed_s=2.0, sent=2, results=2)
+    report.latencies_ms, report.sent_at, report.answered_at = [10.0, 20.0], [1.0, 2.0], [1.01, 2.02]
+    report.slice_ms, report.model_call_ms = [5.0, 6.0], [3.0, 4.0]
+    summary = report.summary()
+    assert not any(isinstance(v, list) for v in summary.values()), summary
+    assert summary["p50_ms"] == 15.0 and summary["sent"] == 2
