@@ -17,7 +17,7 @@ raylet, GCS, this load generator) the resident memory and open file descriptors 
 over a deployment's replicas), and the running model replicas. It prints frames sent, answered and lost,
 the duplicate rate, model replica changes per hour outside the minute after each fault, the longest gap
 between verdicts, latency, and per component the drift from the first to the last ``window_s`` (10
-minutes; a quarter of the run when it is shorter).
+minutes; a quarter of the run when it is shorter), with every sample.
 
     lineside bench soak --duration 7200 --json
 """
@@ -255,6 +255,11 @@ class Soak:
             "flood": self.flood,
             "drift_window_s": window_s,
             "components": summarize_drift(self.samples, started, end, window_s),
+            # Every sample, seconds from the start: a warm-up levels off, a leak keeps climbing.
+            "samples": {
+                component: {name: [[round(t - started), v] for t, v in values] for name, values in series.items()}
+                for component, series in self.samples.items()
+            },
         }
 
 
