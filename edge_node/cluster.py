@@ -268,7 +268,8 @@ def stop(*, process_exiting: bool = False) -> None:
             if _run_mark is not None:
                 killed = processes.end(started | processes.of_run(_run_mark))
                 if killed:
-                    log.info("ended %d Ray processes that outlived ray.shutdown", len(killed))
+                    log.info("ended %d Ray processes %s", len(killed),
+                             "of this run" if process_exiting else "that outlived ray.shutdown")  # fmt: skip
 
 
 def exit_now(code: int) -> NoReturn:
